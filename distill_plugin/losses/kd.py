@@ -1,0 +1,124 @@
+"""Online logit distillation: teacher and student logits built chunk by chunk from hidden states.
+
+For every supervised row i (hidden state at position t, predicting token t+1 = ``targets[i]``):
+
+    z_s = h_s W_sᵀ,  z_t = h_t W_tᵀ                     (compute dtype; vocab cut to the shared V)
+    log P = log_softmax(z_t / T),  log Q = log_softmax(z_s / T)          (fp32)
+    kd_i  = D(P‖Q)                                       (see ``divergences``)
+    ce_i  = −log_softmax(z_s)[targets[i]]                (T = 1)
+
+    loss = (kd_weight · T^{2·[temperature_squared]} · Σ_i kd_i + ce_weight · Σ_i ce_i) / N
+
+N is the number of supervised tokens in the whole optimizer step (HF ``num_items_in_batch``) so
+gradient accumulation and data parallelism do not change the objective. The reported ``kd`` and
+``ce`` components are Σ kd_i / N and Σ ce_i / N, unweighted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .chunked import fused_linear_loss
+from .divergences import divergence, get_divergence
+
+
+@dataclass(frozen=True)
+class KDSettings:
+    """The maths knobs of a logit-KD loss (the pydantic config maps onto this)."""
+
+    divergence: str = "forward_kl"
+    temperature: float = 1.0
+    beta: float = 0.5
+    skew: float = 0.1
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
+    temperature_squared: bool = True
+
+    def __post_init__(self):
+        get_divergence(self.divergence)  # fail early on an unknown name
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def kd_scale(self) -> float:
+        return self.kd_weight * (self.temperature**2 if self.temperature_squared else 1.0)
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor  # differentiable weighted total
+    kd: torch.Tensor  # Σ kd_i / N, detached
+    ce: torch.Tensor  # Σ ce_i / N, detached (0 when no targets were given)
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma-style final logit soft-capping, cap·tanh(z/cap); identity when ``cap`` is None."""
+    return logits if not cap else cap * torch.tanh(logits / cap)
+
+
+def combine(kd_rows, student_logits, targets, settings: KDSettings, normalizer) -> torch.Tensor:
+    """``[objective, kd, ce]`` for one chunk, each already divided by ``normalizer``.
+
+    Shared by the online and the offline (top-k) losses: both reduce to per-row KD terms plus the
+    hard-label CE on the same fp32 student logits.
+    """
+    kd = kd_rows.sum()
+    if targets is not None and targets.numel():
+        ce_grad = torch.is_grad_enabled() and settings.ce_weight > 0
+        with torch.set_grad_enabled(ce_grad):
+            ce = F.cross_entropy(student_logits, targets, reduction="sum")
+    else:
+        ce = kd.new_zeros(())
+    objective = settings.kd_scale * kd + settings.ce_weight * ce
+    return torch.stack([objective, kd.detach(), ce.detach()]) / normalizer
+
+
+def online_kd_loss(
+    student_rows: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_rows: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    settings: KDSettings = KDSettings(),
+    normalizer: float | torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    vocab_size: int | None = None,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+) -> LossOutput:
+    """Fused, chunked online KD (+ optional CE) from final hidden states; see the module docstring.
+
+    Args:
+        student_rows / teacher_rows: [N, H_s] / [N, H_t] hidden states of the supervised rows
+            (``select_rows``), in the same order for both models.
+        student_weight / teacher_weight: lm_head weights [V_s, H_s] / [V_t, H_t].
+        targets: [N] next-token ids for the CE term (None: no CE).
+        normalizer: N of the module docstring; defaults to the number of rows.
+        vocab_size: compare over the first ``vocab_size`` entries only; defaults to min(V_s, V_t).
+            Checkpoints pad their embeddings to different sizes; padding rows are cut, never filled
+            with zero logits (a zero logit is a real logit and would steal probability mass).
+    """
+    vocab = vocab_size or min(student_weight.shape[0], teacher_weight.shape[0])
+    if vocab > min(student_weight.shape[0], teacher_weight.shape[0]):
+        raise ValueError(f"vocab_size={vocab} exceeds an lm_head ({student_weight.shape[0]}, {teacher_weight.shape[0]})")
+    normalizer = normalizer if normalizer is not None else max(student_rows.shape[0], 1)
+    t_weight, t_bias = teacher_weight[:vocab], teacher_bias[:vocab] if teacher_bias is not None else None
+    inv_t = 1.0 / settings.temperature
+
+    def chunk_loss(student_logits, start, end):
+        with torch.no_grad():
+            teacher_logits = F.linear(teacher_rows[start:end], t_weight, t_bias).float()
+            teacher_logp = F.log_softmax(softcap(teacher_logits, teacher_softcap) * inv_t, dim=-1)
+        logits = softcap(student_logits.float(), student_softcap)
+        student_logp = F.log_softmax(logits * inv_t, dim=-1)
+        kd_rows = divergence(teacher_logp, student_logp, settings.divergence, settings.beta, settings.skew)
+        return combine(kd_rows, logits, None if targets is None else targets[start:end], settings, normalizer)
+
+    s_bias = student_bias[:vocab] if student_bias is not None else None
+    loss, parts = fused_linear_loss(student_rows, student_weight[:vocab], chunk_loss, s_bias, chunk_size)
+    return LossOutput(loss, parts[0], parts[1])

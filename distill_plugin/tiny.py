@@ -1,0 +1,125 @@
+"""Tiny, locally built tokenizer and Qwen2-style models.
+
+Tests, the demo and the recipes' CPU twins use these instead of hub checkpoints (no network here):
+the real loading code (`from_pretrained` on a directory) is exercised on the directories written
+by this module.
+
+The tokenizer is character level with byte fallback, so any UTF-8 text round-trips, and carries a
+Qwen/R1-like chat template whose assistant turns keep their ``<think>...</think>`` reasoning.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+PAD, BOS_EOS = "<|endoftext|>", "<|im_end|>"
+
+# A ChatML template that keeps reasoning in assistant turns and can prefill ``<think>\n``.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}"
+    "{%- if message.get('reasoning_content') -%}"
+    "{{- '<think>\n' + message['reasoning_content'] + '\n</think>\n' }}"
+    "{%- endif -%}"
+    "{{- message['content'] + '<|im_end|>' }}"
+    "{%- endgeneration -%}"
+    "{{- '\n' }}"
+    "{%- else -%}"
+    "{{- message['content'] + '<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking -%}{{- '<think>\n' }}{%- endif -%}"
+    "{%- endif -%}"
+)
+
+# An R1-Distill-like template that strips reasoning from assistant turns (used to prove that the
+# export check catches such templates).
+STRIPPING_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
+    "{{- message['content'] + '<|im_end|>' }}",
+    "{%- set c = message['content'] -%}{%- if '</think>' in c -%}"
+    "{%- set c = c.split('</think>')[-1] -%}{%- endif -%}{{- c + '<|im_end|>' }}",
+)
+
+
+def build_tokenizer(out_dir: str | Path | None = None, chat_template: str = CHAT_TEMPLATE):
+    """Build (and optionally save) the character-level tiny tokenizer."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    chars = list(string.printable)
+    vocab = {tok: i for i, tok in enumerate(["<unk>"] + byte_tokens + chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    core.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        pad_token=PAD,
+        eos_token=BOS_EOS,
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tok.add_tokens([PAD], special_tokens=True)
+    tok.chat_template = chat_template
+    tok.padding_side = "right"
+    if out_dir is not None:
+        tok.save_pretrained(str(out_dir))
+    return tok
+
+
+def build_model(
+    out_dir: str | Path | None = None,
+    tokenizer=None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    vocab_pad_to: int | None = None,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+):
+    """Build a randomly initialised Qwen2 causal LM sized for ``tokenizer``.
+
+    ``vocab_pad_to`` pads the embedding matrix beyond the tokenizer's length, as real checkpoints of
+    one family do (151,936 vs 152,064), so the vocab-padding path can be tested.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tokenizer or build_tokenizer()
+    vocab = max(len(tokenizer), vocab_pad_to or 0)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        max_position_embeddings=2048,
+        tie_word_embeddings=tie_word_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        use_sliding_window=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    if out_dir is not None:
+        model.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+    return model
+
+
+def build_pair(root: str | Path, teacher_hidden: int = 64, student_hidden: int = 32, **kw) -> tuple[Path, Path]:
+    """Write a tiny teacher and student (sharing the tokenizer) under ``root``; return their paths."""
+    root = Path(root)
+    tok = build_tokenizer()
+    build_model(root / "teacher", tok, hidden_size=teacher_hidden, seed=1, **kw)
+    build_model(root / "student", tok, hidden_size=student_hidden, seed=2, **kw)
+    return root / "teacher", root / "student"
