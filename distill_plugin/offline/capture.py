@@ -1,0 +1,282 @@
+"""Capture a teacher's top-k log-probabilities on the exact token ids training will see.
+
+Shift convention (shared with the online loss and the collator): the teacher's distribution at
+position t predicts token t+1, so position t is captured iff ``labels[t+1] != -100``. Stored values
+are ``topk(log_softmax(logits_t / T_capture))`` in fp32 (natural log), before any renormalisation.
+
+Examples come from ``examples_from_axolotl_config`` (Axolotl's own dataset preparation, so ids and
+labels are byte-identical to training) or ``examples_from_jsonl`` (chat template of a tokenizer,
+for users without Axolotl). Backends: ``hf`` (batched forward, the LM head applied only to the
+captured positions, chunk by chunk, so ``[B, T, V]`` fp32 logits are never held) and ``vllm``
+(``prompt_logprobs``; lazy import).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from distill_plugin.offline.store import (
+    StoreMeta, StoreWriter, chat_template_hash, positions_mask, row_key, stored_keys, tokenizer_hash,
+)
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    row_id: str | None = None
+
+    @property
+    def mask(self) -> np.ndarray:
+        return positions_mask(self.labels)
+
+
+def examples_from_axolotl_config(config: str | Path, **overrides) -> tuple[list[Example], object, dict]:
+    """Tokenise the training set of an Axolotl YAML exactly as ``axolotl.cli.train`` will.
+
+    Returns ``(examples, tokenizer, info)`` with ``info = {"sequence_len", "base_model"}``.
+    """
+    from axolotl.cli.config import load_cfg
+    from axolotl.common.datasets import load_datasets
+
+    cfg = load_cfg(str(config), **overrides)
+    meta = load_datasets(cfg=cfg)
+    from axolotl.loaders import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg)
+    examples = [
+        Example(list(map(int, row["input_ids"])), list(map(int, row["labels"])), row.get("id"))
+        for row in meta.train_dataset
+    ]
+    return examples, tokenizer, {"sequence_len": cfg.sequence_len, "base_model": cfg.base_model}
+
+
+def examples_from_jsonl(path: str | Path, tokenizer, sequence_len: int | None = None,
+                        messages_field: str = "messages", id_field: str = "id") -> list[Example]:
+    """Rows with ``messages`` (assistant turns supervised, via the template's ``{% generation %}``
+    markers) or ``text`` (every token supervised), truncated to ``sequence_len``."""
+    examples = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if messages_field in row:
+                enc = tokenizer.apply_chat_template(row[messages_field], tokenize=True, return_dict=True,
+                                                    return_assistant_tokens_mask=True)
+                ids = list(enc["input_ids"])
+                labels = [t if m else -100 for t, m in zip(ids, enc["assistant_masks"])]
+            else:
+                ids = tokenizer(row["text"])["input_ids"]
+                labels = list(ids)
+            if sequence_len:
+                ids, labels = ids[:sequence_len], labels[:sequence_len]
+            examples.append(Example(ids, labels, None if row.get(id_field) is None else str(row[id_field])))
+    return examples
+
+
+def _lm_head_topk(hidden, head_weight, k: int, temperature: float, softcap: float | None, chunk: int):
+    """``topk(log_softmax(hidden @ W.T / T))`` in fp32 over rows of ``hidden [n, H]``, chunk by chunk."""
+    import torch
+
+    ids, vals = [], []
+    for start in range(0, hidden.shape[0], chunk):
+        logits = (hidden[start:start + chunk] @ head_weight.T).float()
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        lp = torch.log_softmax(logits / temperature, dim=-1)
+        v, i = lp.topk(k, dim=-1)
+        ids.append(i.cpu())
+        vals.append(v.cpu())
+    if not ids:
+        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
+    return torch.cat(ids), torch.cat(vals)
+
+
+class HFBackend:
+    """Batched transformers forward; only captured positions go through the LM head."""
+
+    def __init__(self, model, k: int, temperature: float = 1.0, chunk_positions: int = 1024):
+        self.model, self.k, self.temperature, self.chunk = model.eval(), k, temperature, chunk_positions
+        self.head = model.get_output_embeddings()
+        self.decoder = model.get_decoder()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    @classmethod
+    def from_pretrained(cls, path: str, k: int, temperature: float = 1.0, device: str | None = None,
+                        dtype: str = "auto", **kw) -> "HFBackend":
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+        return cls(model, k, temperature, **kw)
+
+    def __call__(self, batch: list[Example]) -> list[tuple[np.ndarray, np.ndarray]]:
+        import torch
+
+        device = self.head.weight.device
+        width = max(len(e.input_ids) for e in batch)
+        input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+        attention = torch.zeros(len(batch), width, dtype=torch.long)
+        for b, e in enumerate(batch):  # right padding: real positions keep their position ids
+            input_ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            attention[b, : len(e.input_ids)] = 1
+        masks = [torch.from_numpy(e.mask) for e in batch]
+        select = torch.zeros(len(batch), width, dtype=torch.bool)
+        for b, m in enumerate(masks):
+            select[b, : len(m)] = m
+        with torch.inference_mode():
+            hidden = self.decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+            ids, vals = _lm_head_topk(hidden[select.to(device)], self.head.weight, self.k, self.temperature,
+                                      self.softcap, self.chunk)
+        out, start = [], 0
+        for m in masks:
+            n = int(m.sum())
+            out.append((ids[start:start + n].numpy(), vals[start:start + n].numpy()))
+            start += n
+        return out
+
+
+class VLLMBackend:
+    """vLLM ``prompt_logprobs`` on token-id prompts (``max_tokens=1``).
+
+    vLLM reports, for prompt token j >= 1, the top-k of the distribution predicting token j (from
+    position j-1) plus the actual token. In our convention that is position t = j - 1.
+    Temperature: vLLM's prompt logprobs are of the raw logits, so only ``temperature == 1`` is
+    accepted. Candidates are taken by rank (``Logprob.rank <= k``), dropping the actual token
+    when it lies outside the top-k.
+    """
+
+    def __init__(self, model: str, k: int, temperature: float = 1.0, **llm_kwargs):
+        if temperature != 1.0:
+            raise ValueError("the vllm backend captures at temperature 1.0; use --backend hf for others")
+        from vllm import LLM, SamplingParams  # noqa: PLC0415 (optional dependency)
+
+        llm_kwargs.setdefault("max_logprobs", k)
+        self.llm = LLM(model=model, **llm_kwargs)
+        self.params = SamplingParams(max_tokens=1, prompt_logprobs=k, temperature=1.0)
+        self.k = k
+
+    def __call__(self, batch: list[Example]) -> list[tuple[np.ndarray, np.ndarray]]:
+        from vllm.inputs import TokensPrompt
+
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=e.input_ids) for e in batch], self.params,
+                                    use_tqdm=False)
+        result = []
+        for e, out in zip(batch, outputs):
+            positions = np.flatnonzero(e.mask)
+            ids = np.zeros((len(positions), self.k), dtype=np.int64)
+            vals = np.full((len(positions), self.k), -np.inf, dtype=np.float32)
+            for row, t in enumerate(positions):
+                cands = sorted(((lp.rank, tok, lp.logprob) for tok, lp in out.prompt_logprobs[t + 1].items()
+                                if lp.rank is not None and lp.rank <= self.k))
+                for j, (_, tok, value) in enumerate(cands[: self.k]):
+                    ids[row, j], vals[row, j] = tok, value
+            result.append((ids, vals))
+        return result
+
+
+@dataclass
+class CaptureStats:
+    rows: int = 0
+    skipped: int = 0
+    positions: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """Shard owning a row: ``int(row_key) mod n``, independent of dataset order."""
+    return int(key, 16) % num_shards
+
+
+def capture(examples: Iterable[Example], backend, out_dir: str | Path, meta: StoreMeta, shard: int = 0,
+            num_shards: int = 1, batch_size: int = 8, max_rows: int | None = None, rows_per_part: int = 256,
+            progress: bool = True) -> CaptureStats:
+    """Capture the rows of this shard not yet stored under ``out_dir`` (resumable by row key).
+
+    Batches are formed from examples sorted by length (less padding). ``max_rows`` bounds the
+    number of new rows captured in this call.
+    """
+    from tqdm.auto import tqdm
+
+    done = stored_keys(out_dir)
+    todo, seen, stats = [], set(), CaptureStats()
+    for e in examples:
+        key = row_key(e.input_ids)
+        if shard_of(key, num_shards) != shard or key in seen:
+            continue
+        seen.add(key)
+        if key in done:
+            stats.skipped += 1
+        elif e.mask.any():
+            todo.append(e)
+    todo = sorted(todo, key=lambda e: len(e.input_ids))[:max_rows]
+    writer = StoreWriter(out_dir, meta, shard, num_shards, rows_per_part)
+    bar = tqdm(total=len(todo), unit="row", desc="capture", disable=not progress)
+    start = time.perf_counter()
+    for i in range(0, len(todo), batch_size):
+        batch = todo[i:i + batch_size]
+        for e, (ids, vals) in zip(batch, backend(batch)):
+            writer.add(e.input_ids, e.labels, ids, vals, e.row_id)
+            stats.rows += 1
+            stats.positions += len(ids)
+            stats.tokens += len(e.input_ids)
+        stats.seconds = time.perf_counter() - start
+        bar.update(len(batch))
+        bar.set_postfix(tok_s=f"{stats.tokens_per_s:,.0f}")
+    writer.close()
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def make_meta(teacher: str, tokenizer, k: int, temperature: float, sequence_len: int | None,
+              vocab_size: int, bits: int = 8, r_max: float = 20.0) -> StoreMeta:
+    return StoreMeta(teacher=str(teacher), tokenizer_hash=tokenizer_hash(tokenizer),
+                     chat_template_hash=chat_template_hash(getattr(tokenizer, "chat_template", None)),
+                     k=k, capture_temperature=float(temperature), sequence_len=sequence_len,
+                     vocab_size=int(vocab_size), codec={"bits": bits, "r_max": r_max})
+
+
+def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | Path | None = None,
+                    data: str | Path | None = None, tokenizer=None, k: int = 64, temperature: float = 1.0,
+                    backend: str = "hf", sequence_len: int | None = None, device: str | None = None,
+                    dtype: str = "auto", batch_size: int = 8, shard: int = 0, num_shards: int = 1,
+                    max_rows: int | None = None, bits: int = 8, progress: bool = True) -> CaptureStats:
+    """One-call capture for Python users and tests: examples from ``config`` (Axolotl YAML) or
+    ``data`` (JSONL + ``tokenizer``, a path or an object), then the chosen backend."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if config is not None:
+        examples, tokenizer, info = examples_from_axolotl_config(config)
+        sequence_len = info["sequence_len"]
+    else:
+        if data is None:
+            raise ValueError("give an Axolotl config or a JSONL data file")
+        tokenizer = tokenizer if not isinstance(tokenizer, (str, Path, type(None))) else \
+            AutoTokenizer.from_pretrained(str(tokenizer or teacher))
+        examples = examples_from_jsonl(data, tokenizer, sequence_len)
+    vocab = AutoConfig.from_pretrained(str(teacher)).vocab_size
+    meta = make_meta(str(teacher), tokenizer, k, temperature, sequence_len, vocab, bits=bits)
+    if backend == "hf":
+        runner = HFBackend.from_pretrained(str(teacher), k, temperature, device=device, dtype=dtype)
+    elif backend == "vllm":
+        runner = VLLMBackend(str(teacher), k, temperature)
+    else:
+        raise ValueError(f"unknown backend {backend!r} (hf | vllm)")
+    return capture(examples, runner, out_dir, meta, shard, num_shards, batch_size, max_rows, progress=progress)

@@ -1,0 +1,318 @@
+"""Parquet store of captured top-k teacher distributions, with the capture's provenance.
+
+Layout: a directory holding ``meta.json`` (the store metadata, written when a capture starts) and
+part files ``part-s{shard}of{n}-{seq}.parquet``, each written whole (to ``*.tmp`` then renamed), so
+an interrupted capture loses at most the part in flight. Schema of every part (one row per training
+example):
+
+==============  =========  ===================================================================
+column          type       meaning
+==============  =========  ===================================================================
+row_key         string     ``row_key(input_ids)``: blake2b-128 of the int32 little-endian ids
+row_id          string     the user-facing id of the example, if the dataset had one (nullable)
+n_tokens        int32      ``len(input_ids)``
+n_positions     int32      number of captured positions (= popcount of ``positions``)
+positions       binary     bit t set (``np.packbits``, big-endian bit order) iff position t was
+                           captured, i.e. ``labels[t+1] != -100``: the distribution at t
+                           predicts token t+1
+topk            binary     ``codec.encode`` of the ``[n_positions, k]`` ids and log-probs
+==============  =========  ===================================================================
+
+Part-file key-value metadata ``distill_plugin.store`` holds the store metadata (``StoreMeta``) plus
+``tables`` (the codec's symbol counts for that part). Log-probs are natural-log
+``log_softmax(logits / capture_temperature)`` of the teacher, before any top-k renormalisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from distill_plugin.offline.codec import CodecConfig, CodecTables, decode, encode, fit_tables
+
+FORMAT_VERSION = 1
+META_KEY = b"distill_plugin.store"
+META_FILE = "meta.json"
+
+
+def row_key(input_ids) -> str:
+    """Content key of a training example: blake2b-128 of its ids as int32 little-endian."""
+    arr = np.asarray(input_ids, dtype="<i4")
+    return hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest()
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """SHA-256 of the tokenizer's vocabulary, merges, normaliser and special tokens.
+
+    Fast tokenizers hash their serialised ``tokenizers`` JSON (runtime truncation/padding settings
+    excluded); others hash the sorted vocabulary and special tokens.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:
+        spec = {"vocab": sorted(tokenizer.get_vocab().items())}
+    spec["special"] = sorted(str(t) for t in getattr(tokenizer, "all_special_tokens", []))
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def chat_template_hash(template: str | None) -> str | None:
+    """SHA-256 of the chat template string (``None`` when the run uses no template)."""
+    return None if template is None else hashlib.sha256(template.encode()).hexdigest()
+
+
+@dataclass
+class StoreMeta:
+    """What a store depends on; ``check_compatible`` compares it with a training run."""
+
+    teacher: str
+    tokenizer_hash: str
+    chat_template_hash: str | None
+    k: int
+    capture_temperature: float
+    sequence_len: int | None
+    vocab_size: int
+    codec: dict = field(default_factory=lambda: asdict(CodecConfig()))
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def codec_config(self) -> CodecConfig:
+        return CodecConfig(**self.codec)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "StoreMeta":
+        data = json.loads(text)
+        data.pop("tables", None)
+        return cls(**data)
+
+    def same_capture(self, other: "StoreMeta") -> list[str]:
+        """Field names (extra excluded) that differ from ``other``."""
+        a, b = asdict(self), asdict(other)
+        return [f for f in a if f != "extra" and a[f] != b[f]]
+
+
+class StoreMismatchError(ValueError):
+    """The offline logits were captured for a different tokenizer / template / k than the run."""
+
+
+def check_compatible(meta: StoreMeta, tokenizer=None, k: int | None = None, chat_template: str | None = "",
+                     sequence_len: int | None = None) -> None:
+    """Raise ``StoreMismatchError`` naming every field where the store and the run disagree.
+
+    ``chat_template`` defaults to ``tokenizer.chat_template``; pass ``None`` explicitly for runs
+    without a template. ``k`` may be smaller than the stored k (the top-k' of a top-k capture is
+    exact); a larger k is an error. ``sequence_len`` is checked only when given.
+    """
+    problems = []
+    if meta.format_version != FORMAT_VERSION:
+        problems.append(f"format_version: store {meta.format_version}, this code reads {FORMAT_VERSION}")
+    if tokenizer is not None:
+        run_hash = tokenizer_hash(tokenizer)
+        if run_hash != meta.tokenizer_hash:
+            problems.append(f"tokenizer hash: store {meta.tokenizer_hash[:12]}, run {run_hash[:12]}")
+        if chat_template == "":
+            chat_template = getattr(tokenizer, "chat_template", None)
+    if chat_template != "":
+        run_template = chat_template_hash(chat_template)
+        if run_template != meta.chat_template_hash:
+            problems.append(f"chat template hash: store {str(meta.chat_template_hash)[:12]}, run {str(run_template)[:12]}")
+    if k is not None and k > meta.k:
+        problems.append(f"k: store has top-{meta.k}, run asks for top-{k}")
+    if sequence_len is not None and meta.sequence_len is not None and sequence_len != meta.sequence_len:
+        problems.append(f"sequence_len: store {meta.sequence_len}, run {sequence_len}")
+    if problems:
+        raise StoreMismatchError(
+            f"offline teacher logits (teacher {meta.teacher!r}) do not match this run: "
+            + "; ".join(problems)
+            + ". Re-capture with the run's tokenizer, chat template and k (distill-data logits)."
+        )
+
+
+def _part_paths(root: Path) -> list[Path]:
+    return sorted(root.glob("part-*.parquet"))
+
+
+def read_meta(path: str | os.PathLike) -> StoreMeta:
+    """The store's metadata (``meta.json`` of a store directory, or a part's key-value metadata)."""
+    path = Path(path)
+    if path.is_dir():
+        return StoreMeta.from_json((path / META_FILE).read_text())
+    import pyarrow.parquet as pq
+
+    return StoreMeta.from_json(pq.read_schema(path).metadata[META_KEY])
+
+
+def positions_mask(labels) -> np.ndarray:
+    """Captured positions of one example: ``mask[t] = labels[t+1] != -100`` (last position False)."""
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[:-1] = labels[1:] != -100
+    return mask
+
+
+class StoreWriter:
+    """Buffer captured rows and write them as self-contained part files.
+
+    ``meta.json`` is created on first use; reopening a directory whose metadata differs from
+    ``meta`` (other teacher, tokenizer, k, temperature, ...) raises instead of mixing captures.
+    """
+
+    def __init__(self, root: str | os.PathLike, meta: StoreMeta, shard: int = 0, num_shards: int = 1,
+                 rows_per_part: int = 256):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.meta, self.rows_per_part = meta, rows_per_part
+        meta_path = self.root / META_FILE
+        if meta_path.exists():
+            differs = StoreMeta.from_json(meta_path.read_text()).same_capture(meta)
+            if differs:
+                raise StoreMismatchError(f"{self.root} holds a capture with different {', '.join(differs)}")
+        else:
+            tmp = meta_path.with_suffix(".tmp")
+            tmp.write_text(meta.to_json())
+            os.replace(tmp, meta_path)
+        self.prefix = f"part-s{shard:03d}of{num_shards:03d}-"
+        self._seq = len(list(self.root.glob(self.prefix + "*.parquet")))
+        self._rows: list[dict] = []
+
+    def add(self, input_ids, labels, ids: np.ndarray, logprobs: np.ndarray, row_id: str | None = None) -> None:
+        """Add one example: ``ids``/``logprobs`` are ``[n_positions, >=k]`` at the captured positions."""
+        mask = positions_mask(labels)
+        if len(ids) != mask.sum():
+            raise ValueError(f"{len(ids)} captured positions but labels select {int(mask.sum())}")
+        self._rows.append(dict(row_key=row_key(input_ids), row_id=None if row_id is None else str(row_id),
+                               n_tokens=len(mask), mask=mask,
+                               ids=np.asarray(ids)[:, : self.meta.k], logprobs=np.asarray(logprobs)[:, : self.meta.k]))
+        if len(self._rows) >= self.rows_per_part:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        if not self._rows:
+            return None
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cfg = self.meta.codec_config
+        rows = [r for r in self._rows if len(r["ids"])]
+        tables = fit_tables(((r["ids"], r["logprobs"]) for r in rows), cfg)
+        blobs = [encode(r["ids"], r["logprobs"], tables, cfg) if len(r["ids"]) else b"" for r in self._rows]
+        table = pa.table({
+            "row_key": pa.array([r["row_key"] for r in self._rows], pa.string()),
+            "row_id": pa.array([r["row_id"] for r in self._rows], pa.string()),
+            "n_tokens": pa.array([r["n_tokens"] for r in self._rows], pa.int32()),
+            "n_positions": pa.array([int(r["mask"].sum()) for r in self._rows], pa.int32()),
+            "positions": pa.array([np.packbits(r["mask"]).tobytes() for r in self._rows], pa.binary()),
+            "topk": pa.array(blobs, pa.binary()),
+        })
+        file_meta = json.loads(self.meta.to_json()) | {"tables": json.loads(tables.to_json())}
+        table = table.replace_schema_metadata({META_KEY: json.dumps(file_meta).encode()})
+        path = self.root / f"{self.prefix}{self._seq:06d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp, compression={"row_key": "zstd", "row_id": "zstd", "positions": "zstd",
+                                                "n_tokens": "zstd", "n_positions": "zstd", "topk": "none"},
+                       row_group_size=16)
+        os.replace(tmp, path)
+        self._seq += 1
+        self._rows = []
+        return path
+
+    def close(self) -> None:
+        self.flush()
+
+
+def stored_keys(root: str | os.PathLike) -> set[str]:
+    """Row keys already written under ``root`` (complete parts only): what a resumed capture skips."""
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    keys: set[str] = set()
+    for path in _part_paths(root) if root.exists() else []:
+        keys.update(pq.read_table(path, columns=["row_key"]).column(0).to_pylist())
+    return keys
+
+
+@dataclass
+class StoredRow:
+    """One example's targets: ``ids``/``logprobs`` ``[n_positions, k]`` at the ``mask`` positions."""
+
+    mask: np.ndarray
+    ids: np.ndarray
+    logprobs: np.ndarray
+    row_id: str | None = None
+
+
+class TopKStore:
+    """Random access to a store by row key; decodes one Parquet row group at a time (LRU cached)."""
+
+    def __init__(self, root: str | os.PathLike, cache_row_groups: int = 8):
+        import pyarrow.parquet as pq
+
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        self._files, self._tables, self._index = [], [], {}
+        for fi, path in enumerate(_part_paths(self.root)):
+            pf = pq.ParquetFile(path)
+            part_meta = json.loads(pf.schema_arrow.metadata[META_KEY])
+            differs = StoreMeta.from_json(json.dumps(part_meta)).same_capture(self.meta)
+            if differs:
+                raise StoreMismatchError(f"{path.name} was captured with different {', '.join(differs)}")
+            self._files.append(pf)
+            self._tables.append(CodecTables(**part_meta["tables"]))
+            keys = pf.read(columns=["row_key"]).column(0).to_pylist()
+            rg_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+            starts = np.cumsum([0] + rg_rows)
+            for r, key in enumerate(keys):
+                rg = int(np.searchsorted(starts, r, side="right") - 1)
+                self._index[key] = (fi, rg, r - int(starts[rg]))
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_size = cache_row_groups
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def keys(self):
+        return self._index.keys()
+
+    def _row_group(self, fi: int, rg: int):
+        key = (fi, rg)
+        if key not in self._cache:
+            self._cache[key] = self._files[fi].read_row_group(rg).to_pydict()
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def get(self, key: str) -> StoredRow:
+        if key not in self._index:
+            raise KeyError(
+                f"row {key} is not in the offline logits store {self.root}: the training tokens differ from "
+                "the captured ones (other dataset, sequence_len, template or tokenizer?) or the capture is incomplete"
+            )
+        fi, rg, r = self._index[key]
+        cols = self._row_group(fi, rg)
+        n_tokens, n_pos = cols["n_tokens"][r], cols["n_positions"][r]
+        mask = np.unpackbits(np.frombuffer(cols["positions"][r], dtype=np.uint8), count=n_tokens).astype(bool)
+        k = self.meta.k
+        if n_pos:
+            ids, lps = decode(cols["topk"][r], n_pos, k, self._tables[fi], self.meta.codec_config)
+        else:
+            ids, lps = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return StoredRow(mask=mask, ids=ids, logprobs=lps, row_id=cols["row_id"][r])
+
+    def get_by_ids(self, input_ids) -> StoredRow:
+        return self.get(row_key(input_ids))

@@ -1,0 +1,68 @@
+"""The Axolotl plugin: ``plugins: [distill_plugin.DistillPlugin]`` plus a ``distill:`` block.
+
+Hooks used: ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
+validates it), ``get_trainer_cls`` (our trainer class), ``get_collator_cls_and_kwargs`` (the
+teacher-logit collator for offline KD; ``None`` otherwise, never ``(None, None)``, which would
+disable Axolotl's default collator) and ``post_trainer_create`` (loads the teacher once per process
+and attaches it). No training-args mixin is contributed, so the plugin does not depend on being
+registered before ``axolotl.core.training_args`` is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from axolotl.integrations.base import BasePlugin
+
+from .args import DistillConfig
+
+LOG = logging.getLogger(__name__)
+
+
+def distill_config_of(cfg) -> DistillConfig | None:
+    """The validated ``distill:`` block of an Axolotl cfg, or None when absent."""
+    block = cfg.get("distill") if hasattr(cfg, "get") else getattr(cfg, "distill", None)
+    if not block:
+        return None
+    return block if isinstance(block, DistillConfig) else DistillConfig.model_validate(dict(block))
+
+
+class DistillPlugin(BasePlugin):
+    """Knowledge distillation for Axolotl (online logit KD and offline top-k KD)."""
+
+    def get_input_args(self) -> str:
+        return "distill_plugin.args.DistillArgs"
+
+    def get_trainer_cls(self, cfg):
+        if distill_config_of(cfg) is None:
+            return None
+        from .axolotl_trainer import AxolotlDistillTrainer
+
+        return AxolotlDistillTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
+        config = distill_config_of(cfg)
+        if config is None or config.teacher_logits is None:
+            return None
+        from .offline.plugin_hooks import collator_cls_and_kwargs
+
+        return collator_cls_and_kwargs(cfg, config, is_eval)
+
+    def post_trainer_create(self, cfg, trainer) -> None:
+        config = distill_config_of(cfg)
+        if config is None or not hasattr(trainer, "setup_distillation"):
+            return
+        tokenizer = trainer.processing_class
+        if config.teacher_logits is not None:
+            from .offline.plugin_hooks import offline_teacher_source
+
+            source = offline_teacher_source(cfg, config, tokenizer)
+        else:
+            from .teacher import OnlineTeacher, check_same_tokenizer, load_teacher
+
+            if config.check_tokenizer:
+                check_same_tokenizer(tokenizer, config.teacher, config.teacher_revision)
+            teacher = load_teacher(config, trainer.args.device)
+            source = OnlineTeacher(teacher, config.kd_settings(), config.chunk_size, len(tokenizer))
+        trainer.setup_distillation(config, source)
+        LOG.info("distill_plugin: %s, divergence=%s, T=%s", type(source).__name__, config.divergence, config.temperature)

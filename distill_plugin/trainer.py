@@ -1,0 +1,117 @@
+"""Trainer glue: one ``compute_loss`` for Axolotl's trainer and for TRL's ``SFTTrainer``.
+
+Per micro-batch: run the student with its lm_head bypassed (final hidden states only), keep the
+rows whose next-token label is supervised, ask the teacher source for the fused loss, and normalise
+by the supervised-token count of the whole optimizer step (``num_items_in_batch``, summed over
+gradient-accumulation micro-batches and, with ``average_tokens_across_devices``, over processes).
+The KD and CE components are logged next to ``loss`` as ``kd_loss`` and ``ce_loss``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .args import DistillConfig
+from .losses.chunked import select_rows
+from .modeling import final_hidden_states, output_head
+
+
+class DistillTrainerMixin:
+    """Mix in before a ``transformers.Trainer`` subclass. Call ``setup_distillation`` before training."""
+
+    distill_config: DistillConfig | None = None
+    teacher_source = None
+
+    def setup_distillation(self, config: DistillConfig, teacher_source) -> None:
+        self.distill_config = config
+        self.teacher_source = teacher_source
+        # We normalise by num_items_in_batch ourselves; make the Trainer compute and pass it.
+        self.model_accepts_loss_kwargs = True
+        self._distill_metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._distill_counts = {"train": 0, "eval": 0}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.teacher_source is None:
+            raise RuntimeError(
+                "distill_plugin: the trainer has no teacher; was the plugin's post_trainer_create hook run "
+                "(Axolotl) or setup_distillation called (TRL)?"
+            )
+        labels = inputs["labels"]
+        hidden = final_hidden_states(model, inputs)
+        student_rows, targets, mask = select_rows(hidden, labels)
+        normalizer = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
+        if torch.is_tensor(normalizer):
+            normalizer = normalizer.to(hidden.device).float()
+        out = self.teacher_source.loss(output_head(model), student_rows, targets, inputs, mask, normalizer)
+        scale = self._loss_scale(num_items_in_batch)
+        loss = out.loss * scale
+        self._record("train" if model.training else "eval", out, scale)
+        return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    def _loss_scale(self, num_items_in_batch) -> float:
+        """Mirror transformers.Trainer: a loss normalised by a count summed over processes is
+        multiplied by the process count, because DDP averages gradients across processes."""
+        if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
+            return float(self.accelerator.num_processes)
+        return 1.0
+
+    def _record(self, split: str, out, scale: float) -> None:
+        metrics = self._distill_metrics[split]
+        metrics["kd_loss"] += out.kd.item() * scale
+        metrics["ce_loss"] += out.ce.item() * scale
+        self._distill_counts[split] += 1
+
+    def _flush(self, split: str) -> dict[str, float]:
+        count = self._distill_counts[split]
+        if not count:
+            return {}
+        # Training components are fractions of the step's total: sum over the step's micro-batches,
+        # average over the optimizer steps since the last log. Eval batches are each normalised.
+        per = count / self.args.gradient_accumulation_steps if split == "train" else count
+        values = torch.tensor(list(self._distill_metrics[split].values()), dtype=torch.float64) / max(per, 1e-12)
+        values = self.accelerator.gather_for_metrics(values.to(self.accelerator.device).reshape(1, -1))
+        values = values.reshape(-1, len(self._distill_metrics[split])).mean(0)
+        names = list(self._distill_metrics[split])
+        self._distill_metrics[split] = defaultdict(float)
+        self._distill_counts[split] = 0
+        prefix = "eval_" if split == "eval" else ""
+        return {f"{prefix}{name}": round(float(v), 6) for name, v in zip(names, values)}
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.distill_config is not None:
+            if "loss" in logs:
+                logs.update(self._flush("train"))
+            elif "eval_loss" in logs:
+                logs.update(self._flush("eval"))
+        super().log(logs, *args, **kwargs)
+
+
+def make_trl_trainer_class():
+    """``DistillSFTTrainer``: TRL's SFTTrainer with the distillation loss (import deferred)."""
+    from trl import SFTTrainer
+
+    class DistillSFTTrainer(DistillTrainerMixin, SFTTrainer):
+        """SFTTrainer + KD. Pass ``teacher_model`` (a model or path) and ``distill_config``."""
+
+        def __init__(self, *args, teacher_model=None, distill_config: DistillConfig | dict | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            from .teacher import OnlineTeacher, check_same_tokenizer, load_teacher
+
+            fields = dict(distill_config or {}) if not isinstance(distill_config, DistillConfig) else distill_config.model_dump()
+            if isinstance(teacher_model, torch.nn.Module):
+                fields["teacher"] = getattr(teacher_model, "name_or_path", "") or "<in-memory teacher>"
+            elif teacher_model is not None:
+                fields["teacher"] = teacher_model
+            config = DistillConfig.model_validate(fields)
+            if isinstance(teacher_model, torch.nn.Module):
+                teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
+            else:
+                if config.check_tokenizer:
+                    check_same_tokenizer(self.processing_class, config.teacher, config.teacher_revision)
+                teacher = load_teacher(config, self.args.device)
+            source = OnlineTeacher(teacher, config.kd_settings(), config.chunk_size, len(self.processing_class))
+            self.setup_distillation(config, source)
+
+    return DistillSFTTrainer
