@@ -33,6 +33,18 @@ class DistillPlugin(BasePlugin):
     def get_input_args(self) -> str:
         return "distill_plugin.args.DistillArgs"
 
+    def pre_model_load(self, cfg) -> None:
+        # Axolotl maps each rank to device {"": LOCAL_RANK} (an accelerator index) whenever
+        # world_size > 1; on a CPU-only multi-process run (gloo) that index does not exist. The
+        # loader already holds this dict object, so it is edited in place.
+        import torch
+
+        device_map = cfg.device_map
+        if distill_config_of(cfg) is not None and isinstance(device_map, dict) and not torch.cuda.is_available():
+            for key, value in device_map.items():
+                if isinstance(value, int):
+                    device_map[key] = "cpu"
+
     def get_trainer_cls(self, cfg):
         if distill_config_of(cfg) is None:
             return None

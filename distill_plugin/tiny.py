@@ -4,13 +4,12 @@ Tests, the demo and the recipes' CPU twins use these instead of hub checkpoints 
 the real loading code (`from_pretrained` on a directory) is exercised on the directories written
 by this module.
 
-The tokenizer is character level with byte fallback, so any UTF-8 text round-trips, and carries a
+The tokenizer is Qwen2's byte-level BPE with a 261-token vocabulary (bytes + specials) and a
 Qwen/R1-like chat template whose assistant turns keep their ``<think>...</think>`` reasoning.
 """
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -47,25 +46,38 @@ STRIPPING_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
 )
 
 
-def build_tokenizer(out_dir: str | Path | None = None, chat_template: str = CHAT_TEMPLATE):
-    """Build (and optionally save) the character-level tiny tokenizer."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
+def byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2/Qwen convention)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
 
-    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-    chars = list(string.printable)
-    vocab = {tok: i for i, tok in enumerate(["<unk>"] + byte_tokens + chars)}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
-    core.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
+
+def build_tokenizer(out_dir: str | Path | None = None, chat_template: str = CHAT_TEMPLATE):
+    """Build (and optionally save) the tiny tokenizer: Qwen2's byte-level BPE with no merges.
+
+    Every byte is one token, so any UTF-8 text round-trips, and ``AutoTokenizer`` reloads the saved
+    directory as the very same ``Qwen2Tokenizer`` (a custom tokenizer class would be replaced by
+    Qwen2's on reload, because the tiny models are Qwen2 models).
+    """
+    from transformers import Qwen2Tokenizer
+
+    vocab = {ch: i for i, ch in enumerate(byte_alphabet())}
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token=PAD,
         pad_token=PAD,
         eos_token=BOS_EOS,
         additional_special_tokens=SPECIAL_TOKENS[1:],
     )
-    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
-    tok.add_tokens([PAD], special_tokens=True)
     tok.chat_template = chat_template
     tok.padding_side = "right"
     if out_dir is not None:

@@ -27,8 +27,10 @@ class DistillTrainerMixin:
     def setup_distillation(self, config: DistillConfig, teacher_source) -> None:
         self.distill_config = config
         self.teacher_source = teacher_source
-        # We normalise by num_items_in_batch ourselves; make the Trainer compute and pass it.
+        # We normalise by num_items_in_batch ourselves; make the Trainer compute and pass it, summed
+        # over processes too (Axolotl turns that off), so N is the global supervised-token count.
         self.model_accepts_loss_kwargs = True
+        self.args.average_tokens_across_devices = True
         self._distill_metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._distill_counts = {"train": 0, "eval": 0}
 

@@ -32,7 +32,7 @@ def uneven_rows(n_supervised=(3, 25, 6, 30), length=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     rows = []
     for n in n_supervised:
-        ids = torch.randint(0, 300, (length,), generator=g)
+        ids = torch.randint(0, 256, (length,), generator=g)  # byte tokens of the tiny tokenizer
         labels = ids.clone()
         labels[: length - n] = -100
         rows.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "labels": labels.tolist()})

@@ -57,28 +57,35 @@ def examples_from_axolotl_config(config: str | Path, **overrides) -> tuple[list[
     return examples, tokenizer, {"sequence_len": cfg.sequence_len, "base_model": cfg.base_model}
 
 
-def examples_from_jsonl(path: str | Path, tokenizer, sequence_len: int | None = None,
-                        messages_field: str = "messages", id_field: str = "id") -> list[Example]:
-    """Rows with ``messages`` (assistant turns supervised, via the template's ``{% generation %}``
-    markers) or ``text`` (every token supervised), truncated to ``sequence_len``."""
-    examples = []
+def tokenize_row(row: dict, tokenizer, sequence_len: int | None = None, messages_field: str = "messages",
+                 id_field: str = "id") -> Example:
+    """Tokenise one row: ``messages`` through the tokenizer's chat template (assistant turns
+    supervised, via the template's ``{% generation %}`` markers) or ``text`` (every token
+    supervised), truncated to ``sequence_len``."""
+    if messages_field in row:
+        enc = tokenizer.apply_chat_template(row[messages_field], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids = list(enc["input_ids"])
+        labels = [t if m else -100 for t, m in zip(ids, enc["assistant_masks"])]
+    else:
+        ids = list(tokenizer(row["text"])["input_ids"])
+        labels = list(ids)
+    if sequence_len:
+        ids, labels = ids[:sequence_len], labels[:sequence_len]
+    return Example(ids, labels, None if row.get(id_field) is None else str(row[id_field]))
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if messages_field in row:
-                enc = tokenizer.apply_chat_template(row[messages_field], tokenize=True, return_dict=True,
-                                                    return_assistant_tokens_mask=True)
-                ids = list(enc["input_ids"])
-                labels = [t if m else -100 for t, m in zip(ids, enc["assistant_masks"])]
-            else:
-                ids = tokenizer(row["text"])["input_ids"]
-                labels = list(ids)
-            if sequence_len:
-                ids, labels = ids[:sequence_len], labels[:sequence_len]
-            examples.append(Example(ids, labels, None if row.get(id_field) is None else str(row[id_field])))
-    return examples
+            if line.strip():
+                yield json.loads(line)
+
+
+def examples_from_jsonl(path: str | Path, tokenizer, sequence_len: int | None = None,
+                        messages_field: str = "messages", id_field: str = "id") -> list[Example]:
+    """``tokenize_row`` over a JSONL file (for users without Axolotl)."""
+    return [tokenize_row(r, tokenizer, sequence_len, messages_field, id_field) for r in read_jsonl(path)]
 
 
 def _lm_head_topk(hidden, head_weight, k: int, temperature: float, softcap: float | None, chunk: int):

@@ -12,23 +12,30 @@ Scheme (format version 1), for one row of ``N`` positions with ``k`` candidates 
   the teacher favours frequent, low-id tokens); mantissas are coded uniformly (``b_j`` bits).
   Token ids therefore cost ~``H(bucket) + E[b]`` bits, which is far below ``ceil(log2 V)`` when
   the top-k sets concentrate on frequent tokens.
-* **Log-probs** are quantised relative to the position's top-1, in the log domain:
-  ``r_i = lp_max - lp_i >= 0``, code ``c_i = round(r_i / step)`` clamped to ``levels - 2`` with
-  ``levels = 2**bits`` and ``step = r_max / (levels - 2)``; code ``levels - 1`` marks ``-inf``
-  (a padded candidate). Codes are entropy-coded with one categorical model. ``lp_max`` itself is
-  stored as float16 (2 bytes/position).
+* **Log-probs** are quantised relative to the position's top-1: ``r_i = lp_max - lp_i >= 0``
+  (log domain), ``levels = 2**bits``, code ``levels - 1`` marks ``-inf`` (a padded candidate),
+  finite values use codes ``0 .. levels-2``:
+
+  - ``scale="sqrt"`` (default): uniform in ``s_i = 1 - exp(-r_i / 2) = 1 - sqrt(p_i / p_max)``,
+    ``c_i = round(s_i * (levels - 2))``. The step in ``r`` grows as ``p_i`` shrinks, matching the
+    KL's weighting of each entry's error by its probability: half the bytes of ``"log"`` at the
+    same measured KL. Error bound: ``|sqrt(q_i/q_max) - sqrt(p_i/p_max)| <= 1 / (2 (levels-2))``
+    (except the last level, decoded finite at ``s = 1 - 0.5/(levels-2)``).
+  - ``scale="log"``: uniform in ``r``: ``c_i = round(r_i / step)``, ``step = r_max / (levels-2)``.
+
+  Codes are entropy-coded with one categorical model. ``lp_max`` itself is stored as float16
+  (2 bytes/position).
 * **Models**: the categorical tables are fitted once per store part (``fit_tables`` over all rows
   of the part, stored in its metadata), so a row blob carries no header.
 
-Error bound. Decoding gives ``lp_hat_i = lp_max16 - c_i * step`` with ``|r_hat_i - r_i| <= step/2``
-for every finite entry with ``r_i <= r_max`` (ids are exact; ``-inf`` stays ``-inf``). For the top-k
-distribution renormalised as the loss uses it (``p_i ∝ exp(lp_i)`` over the k entries), the decoded
-``q_i ∝ p_i exp(d_i)`` with ``|d_i| <= step/2``, so by Hoeffding's lemma
-
-    KL(p || q) = log E_p[exp(d)] - E_p[d] <= step**2 / 8 nats/position,
-
-e.g. 7.7e-4 at the defaults (bits = 8, r_max = 20: step = 0.079); entries beyond ``r_max`` (relative
-probability < e**-20 = 2e-9) are clamped to ``r_max``. Absolute log-probs (needed for the tail
+KL. Ids are exact and ``-inf`` stays ``-inf``. Write the decoded top-k, renormalised as the loss
+uses it (``p_i ∝ exp(lp_i)`` over the k entries), as ``q_i ∝ p_i exp(d_i)``. In general
+``KL(p || q) = log E_p[exp(d)] - E_p[d] <= sum_i p_i (exp(a_i) - 1 - a_i)`` with ``|d_i - d_0| <= a_i``,
+so errors count in proportion to each entry's probability (the ``"sqrt"`` design). With
+``scale="log"``, ``|d_i - d_0| <= step/2`` for every entry with ``r_i <= r_max``, and Hoeffding's lemma
+gives the strict bound ``KL <= step**2 / 8`` nats/position (7.7e-4 at bits = 8, r_max = 20); entries
+beyond ``r_max`` (relative probability < e**-20) are clamped. ``benchmarks/bench_topk_codec.py``
+measures both scales. Absolute log-probs (needed for the tail
 bucket ``1 - sum_i p_i``) also carry the float16 error of ``lp_max``: ``<= 2**-11 * |lp_max|``.
 """
 
@@ -50,6 +57,7 @@ class CodecConfig:
 
     bits: int = 8
     r_max: float = 20.0
+    scale: str = "sqrt"  # "sqrt": uniform in sqrt(p_i / p_max); "log": uniform in r_i (strict KL bound)
 
     @property
     def levels(self) -> int:
@@ -61,8 +69,22 @@ class CodecConfig:
 
     @property
     def kl_bound(self) -> float:
-        """Worst-case KL (nats/position) between the exact and decoded renormalised top-k."""
-        return self.step**2 / 8
+        """``scale="log"``: worst-case KL (nats/position) between exact and decoded renormalised top-k."""
+        return self.step**2 / 8 if self.scale == "log" else float("nan")
+
+    def quantise(self, rel: np.ndarray) -> np.ndarray:
+        """Codes ``0 .. levels-2`` of relative log-probs ``rel = lp_max - lp >= 0``."""
+        if self.scale == "log":
+            x = rel / self.step
+        else:
+            x = -np.expm1(-rel / 2) * (self.levels - 2)
+        return np.clip(np.rint(x), 0, self.levels - 2).astype(np.int64)
+
+    def dequantise(self, codes: np.ndarray) -> np.ndarray:
+        if self.scale == "log":
+            return codes.astype(np.float32) * np.float32(self.step)
+        s = np.minimum(codes / (self.levels - 2), 1 - 0.5 / (self.levels - 2))  # keep the last level finite
+        return (-2 * np.log1p(-s)).astype(np.float32)
 
 
 @dataclass
@@ -113,7 +135,7 @@ def _split(ids: np.ndarray, logprobs: np.ndarray, cfg: CodecConfig):
     lp_max = np.where(finite, lp, -np.inf).max(axis=1)
     lp_max16 = lp_max.astype(np.float16)
     rel = lp_max16.astype(np.float32)[:, None] - np.where(finite, lp, 0.0)
-    codes = np.clip(np.rint(np.maximum(rel, 0.0) / cfg.step), 0, cfg.levels - 2).astype(np.int64)
+    codes = cfg.quantise(np.maximum(rel, 0.0))
     codes[~finite] = cfg.levels - 1
     return buckets, mantissas, codes, lp_max16
 
@@ -184,7 +206,7 @@ def decode(blob: bytes, n: int, k: int, tables: CodecTables, cfg: CodecConfig) -
     codes = coder.decode(_model(tables.code_counts), n * k).astype(np.int64).reshape(n, k)
     gaps = (np.left_shift(1, flat) + mantissas).reshape(n, k)
     ids = np.cumsum(gaps, axis=1) - 1
-    logprobs = lp_max[:, None] - codes.astype(np.float32) * np.float32(cfg.step)
+    logprobs = lp_max[:, None] - cfg.dequantise(codes)
     logprobs[codes == cfg.levels - 1] = -np.inf
     order = _desc_order(ids, logprobs)
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(logprobs, order, axis=1)

@@ -1,0 +1,195 @@
+"""``distill-data``: one verb per stage. Each verb is a thin wrapper over a Python function.
+
+Other modules may add verbs with one line, e.g. ``app.command("logits")(capture_logits)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .backends import PromptStyle, Sampling
+from .io import InputError
+from .schema import FieldMap
+from .logits import logits
+
+app = typer.Typer(name="distill-data", no_args_is_help=True, add_completion=False,
+                  help="R1-style trajectory generation, verification, filtering and chat-template export.")
+
+Strict = Annotated[bool, typer.Option("--strict", help="Fail on the first bad input line instead of skipping it.")]
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("DISTILL_DATA_LOGLEVEL", "INFO"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # never echo request lines
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command("generate")
+def generate_cmd(
+    prompts: Annotated[list[Path], typer.Argument(help="Prompt JSONL file(s) or folder(s).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
+    model: Annotated[str, typer.Option(help="Teacher: local dir / hub name (hf, vllm) or served model name (openai).")],
+    backend: Annotated[str, typer.Option(help="hf | openai | vllm")] = "hf",
+    n: Annotated[int, typer.Option("-n", help="Samples per prompt.")] = 4,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_tokens: int = 16384,
+    seed: Optional[int] = None,
+    system_prompt: Optional[str] = None,
+    suffix: Annotated[Optional[str], typer.Option(help="Appended to the user turn (default: R1's 'reason step by step … \\boxed{}'); '' for none.")] = None,
+    prefill_think: Annotated[bool, typer.Option(help="Start the assistant turn with '<think>\\n'.")] = False,
+    field_id: Optional[str] = None,
+    field_prompt: Optional[str] = None,
+    field_answer: Optional[str] = None,
+    field_tests: Optional[str] = None,
+    field_choices: Optional[str] = None,
+    base_url: Annotated[str, typer.Option(help="openai backend: server URL ending in /v1.")] = "http://127.0.0.1:8000/v1",
+    api_key_env: Annotated[str, typer.Option(help="openai backend: env variable holding the API key.")] = "OPENAI_API_KEY",
+    concurrency: int = 16,
+    timeout: Annotated[float, typer.Option(help="openai backend: seconds per request.")] = 600.0,
+    max_retries: int = 5,
+    batch_size: Annotated[int, typer.Option(help="hf backend: prompts per generate() call.")] = 8,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm backend.")] = 1,
+    chunk_size: Annotated[int, typer.Option(help="Prompts handed to the backend per call.")] = 64,
+    shard: Annotated[Optional[str], typer.Option(help="'i/n': only this worker's share (0-based i).")] = None,
+    limit: Optional[int] = None,
+    strict: Strict = False,
+):
+    """Sample n teacher trajectories per prompt (resumable; --shard i/n splits the work)."""
+    from .generate import GenerateConfig, generate
+
+    _setup_logging()
+    style = PromptStyle(system_prompt=system_prompt, prefill_think=prefill_think)
+    if suffix is not None:
+        style.suffix = suffix or None
+    opts = {"hf": {"batch_size": batch_size},
+            "openai": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
+                       "timeout_s": timeout, "max_retries": max_retries},
+            "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
+    cfg = GenerateConfig(
+        backend=backend, model=model, prompt=style, chunk_size=chunk_size, limit=limit, strict=strict,
+        sampling=Sampling(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+        fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests,
+                        choices=field_choices),
+        backend_options=opts)
+    try:
+        typer.echo(generate([str(p) for p in prompts], out, cfg, shard=shard).summary())
+    except (InputError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+
+
+@app.command("merge")
+def merge_cmd(gen_dir: Path, out: Annotated[Path, typer.Option("-o", "--out")]):
+    """Join generation shards into one JSONL (each id once)."""
+    from .generate import merge
+
+    _setup_logging()
+    typer.echo(merge(gen_dir, out).summary())
+
+
+@app.command("verify")
+def verify_cmd(
+    gen: Annotated[Path, typer.Argument(help="Generation folder or file.")],
+    out: Annotated[Path, typer.Option("-o", "--out")],
+    task: Annotated[str, typer.Option(help="math | code | mcq")] = "math",
+    workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
+    timeout: Annotated[float, typer.Option(help="Hard per-item timeout for a maths check (s).")] = 5.0,
+    code_wall: float = 10.0,
+    code_cpu: int = 10,
+    code_memory_mb: int = 1024,
+    strict: Strict = False,
+):
+    """Mark every generation correct/wrong/unverifiable (resumable)."""
+    from .verify import VerifyConfig, verify
+
+    _setup_logging()
+    kw = {"workers": workers} if workers else {}
+    cfg = VerifyConfig(task=task, timeout_s=timeout, code_wall_s=code_wall, code_cpu_s=code_cpu,
+                       code_memory_mb=code_memory_mb, strict=strict, **kw)
+    try:
+        typer.echo(verify(gen, out, cfg).summary())
+    except (InputError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+
+
+@app.command("filter")
+def filter_cmd(
+    ver: Path,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (kept.jsonl) or .jsonl file.")],
+    decontaminate: Annotated[Optional[list[Path]], typer.Option(help="Benchmark JSONL file(s); repeatable.")] = None,
+    ngram: int = 8,
+    max_tokens: Optional[int] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Count --max-tokens with this tokenizer.")] = None,
+    near_dup_threshold: float = 0.8,
+    no_dedup: bool = False,
+    keep_unverifiable: bool = False,
+    keep_incorrect: bool = False,
+    strict: Strict = False,
+):
+    """Drop contaminated/duplicate prompts and truncated/incorrect/over-length generations."""
+    from .filters import FilterConfig, filter_rows
+
+    _setup_logging()
+    cfg = FilterConfig(decontaminate=[str(p) for p in decontaminate or []], ngram=ngram,
+                       max_tokens=max_tokens, tokenizer=tokenizer, near_dup_threshold=near_dup_threshold,
+                       dedup=not no_dedup, keep_unverifiable=keep_unverifiable,
+                       require_correct=not keep_incorrect, strict=strict)
+    try:
+        typer.echo(filter_rows(ver, out, cfg).summary())
+    except (InputError, FileNotFoundError, ValueError) as e:
+        _fail(e)
+
+
+@app.command("export")
+def export_cmd(
+    kept: Path,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Training JSONL file.")],
+    select: Annotated[str, typer.Option(help="first_correct | shortest_correct | all_correct | first | shortest | all")] = "first_correct",
+    reasoning_field: Annotated[bool, typer.Option(help="Put reasoning in a separate `reasoning_content` field.")] = False,
+    check_template: Annotated[Optional[str], typer.Option(help="Student tokenizer: fail if its chat template strips the reasoning.")] = None,
+    strict: Strict = False,
+):
+    """Write {"messages", "id", "source"} rows with <think>…</think> kept in the assistant turn."""
+    from .export import ExportConfig, ReasoningStrippedError, export
+
+    _setup_logging()
+    try:
+        cfg = ExportConfig(select=select, reasoning_field=reasoning_field, check_template=check_template, strict=strict)
+        typer.echo(export(kept, out, cfg).summary())
+    except (InputError, FileNotFoundError, ValueError, ReasoningStrippedError) as e:
+        _fail(e)
+
+
+@app.command("run")
+def run_cmd(config: Annotated[Path, typer.Argument(help="Pipeline YAML.")]):
+    """All four stages from one YAML (re-run the same command to resume)."""
+    from .export import ReasoningStrippedError
+    from .pipeline import run_pipeline
+
+    _setup_logging()
+    try:
+        rep = run_pipeline(config)
+    except (InputError, FileNotFoundError, ValueError, ReasoningStrippedError) as e:
+        _fail(e)
+    typer.echo(f"done: {rep.get('output', '(shard only)')}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+app.command("logits")(logits)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,133 @@
+"""Stage 4: write chat-format training rows and prove the student's template keeps the reasoning.
+
+Row: ``{"messages": [system?, user, assistant], "id", "source"}``. The assistant turn holds
+``<think>\\nR\\n</think>\\n\\nA`` (R1's layout) or, with ``reasoning_field``, ``content=A`` plus
+``reasoning_content=R`` (for templates that render that field). Axolotl reads it with
+``type: chat_template`` (``field_messages: messages``).
+
+R1-Distill-style chat templates drop everything up to ``</think>`` from assistant turns, so a
+student trained with them never sees the reasoning. :func:`check_reasoning_kept` renders a few
+rows through the student's template and raises :class:`ReasoningStrippedError` if it is lost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from .io import SkipLog, write_jsonl_atomic
+from .report import StageReport
+from .schema import join_reasoning
+from .verify import unique_rows
+
+Select = Literal["first_correct", "shortest_correct", "all_correct", "first", "shortest", "all"]
+
+
+class ReasoningStrippedError(RuntimeError):
+    """The student's chat template removes the reasoning from assistant turns."""
+
+
+class ExportConfig(BaseModel):
+    select: Select = "first_correct"
+    reasoning_field: bool = False  # separate `reasoning_content` instead of inline <think>
+    keep_prompt_suffix: bool = True  # user turn exactly as the teacher saw it (system + suffix)
+    check_template: str | None = None  # student tokenizer (dir or hub name) to check
+    check_rows: int = 3
+    strict: bool = False
+
+
+def select_generations(gens: list[dict], how: Select) -> list[dict]:
+    """Pick generations; ``*_correct`` only consider ``correct is True``."""
+    pool = [g for g in gens if g.get("correct") is True] if how.endswith("_correct") else list(gens)
+    if not pool:
+        return []
+    if how.startswith("first"):
+        return pool[:1]
+    if how.startswith("shortest"):
+        key = lambda g: g.get("completion_tokens") if g.get("completion_tokens") is not None else len(g.get("text", ""))  # noqa: E731
+        return [min(pool, key=key)]
+    return pool
+
+
+def assistant_message(gen: dict, reasoning_field: bool) -> dict:
+    reasoning, content = gen.get("reasoning", ""), gen.get("content", "")
+    if reasoning_field:
+        return {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    return {"role": "assistant", "content": join_reasoning(reasoning, content)}
+
+
+def prompt_messages(row: dict, keep_suffix: bool) -> list[dict]:
+    if keep_suffix and row.get("messages"):
+        return [dict(m) for m in row["messages"]]
+    p = row["prompt"]
+    return [dict(m) for m in p] if isinstance(p, list) else [{"role": "user", "content": str(p)}]
+
+
+def to_training_rows(row: dict, cfg: ExportConfig) -> list[dict]:
+    gens = select_generations(row.get("generations", []), cfg.select)
+    base = prompt_messages(row, cfg.keep_prompt_suffix)
+    out = []
+    for k, g in enumerate(gens):
+        rid = str(row["id"]) if len(gens) == 1 else f"{row['id']}#{k}"
+        out.append({"messages": base + [assistant_message(g, cfg.reasoning_field)], "id": rid,
+                    "source": row.get("source", "")})
+    return out
+
+
+def check_reasoning_kept(tokenizer, rows: list[dict], k: int = 3) -> int:
+    """Render up to ``k`` rows with reasoning through ``tokenizer``'s chat template; raise
+    :class:`ReasoningStrippedError` if any loses it. Returns the number of rows checked."""
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    checked = 0
+    for row in rows:
+        if checked >= k:
+            break
+        asst = row["messages"][-1]
+        reasoning = asst.get("reasoning_content")
+        if reasoning is None:
+            content = asst["content"]
+            reasoning = content.split("</think>")[0].split("<think>")[-1] if "</think>" in content else ""
+        reasoning = reasoning.strip()
+        if not reasoning:
+            continue
+        rendered = tokenizer.apply_chat_template(row["messages"], tokenize=False)
+        probes = [reasoning[:40].strip(), reasoning[-40:].strip()]
+        if not all(p in rendered for p in probes):
+            raise ReasoningStrippedError(
+                f"row {row.get('id')}: the student's chat template drops the reasoning from the "
+                "assistant turn (R1-Distill-style templates strip everything before </think>). "
+                "Training on it would teach answers without reasoning. Use a template that keeps "
+                "assistant content verbatim (e.g. the base Qwen2.5 ChatML template, "
+                "`chat_template: qwen_25` in Axolotl), or export with `--reasoning-field` for a "
+                "template that renders `reasoning_content`.")
+        checked += 1
+    return checked
+
+
+def export(inputs, out_path: str | Path, cfg: ExportConfig) -> StageReport:
+    out_path = Path(out_path)
+    skips, report = SkipLog(cfg.strict), StageReport("export")
+    rows: list[dict] = []
+    for row in unique_rows(inputs, skips, report):
+        produced = to_training_rows(row, cfg)
+        if not produced:
+            report.drops["no_selectable_generation"] += 1
+            continue
+        rows.extend(produced)
+        report.rows_out += 1
+        for g in select_generations(row["generations"], cfg.select):
+            if g.get("completion_tokens") is not None:
+                report.token_lengths.append(g["completion_tokens"])
+    if cfg.check_template:
+        n = check_reasoning_kept(cfg.check_template, rows, cfg.check_rows)
+        report.extra["template_check"] = {"tokenizer": cfg.check_template, "rows_checked": n, "ok": True}
+    write_jsonl_atomic(out_path, rows)
+    report.extra.update(training_rows=len(rows), select=cfg.select)
+    report.input_skips = skips.as_dict()
+    report.write(out_path.parent)
+    return report

@@ -1,0 +1,132 @@
+"""Stage 1: sample ``n`` teacher trajectories per prompt, resumably and shardably.
+
+Output: ``<out>/generations.jsonl`` (or ``generations-<i>-of-<n>.jsonl`` with ``--shard i/n``), one
+row per prompt, appended only once all ``n`` samples of that prompt are done. A restart skips ids
+found in any ``generations*.jsonl`` of ``<out>`` and cuts a torn last line, so a run killed at any
+moment and restarted ends with every prompt exactly once. :func:`merge` joins shard files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from .backends import Backend, PromptStyle, Sampling, make_backend
+from .io import (JsonlAppender, SkipLog, done_ids, input_files, parse_shard, read_rows, shard_of,
+                 write_jsonl_atomic)
+from .report import StageReport
+from .schema import FieldMap, canonical_row
+
+log = logging.getLogger("data_prep")
+
+
+class GenerateConfig(BaseModel):
+    backend: str = "hf"  # hf | openai | vllm
+    model: str
+    sampling: Sampling = Field(default_factory=Sampling)
+    prompt: PromptStyle = Field(default_factory=PromptStyle)
+    fields: FieldMap = Field(default_factory=FieldMap)
+    backend_options: dict = Field(default_factory=dict)  # e.g. base_url, concurrency, batch_size
+    chunk_size: int = Field(64, ge=1)  # prompts handed to the backend per call
+    limit: int | None = None  # only the first N valid prompts (smoke tests)
+    strict: bool = False
+    source: str = ""  # default "source" when rows have none (else the input file stem)
+
+
+def shard_path(out_dir: str | Path, shard: tuple[int, int]) -> Path:
+    i, n = shard
+    name = "generations.jsonl" if n == 1 else f"generations-{i:05d}-of-{n:05d}.jsonl"
+    return Path(out_dir) / name
+
+
+def load_prompts(inputs, cfg: GenerateConfig, skips: SkipLog, report: StageReport) -> list[dict]:
+    """Valid canonical rows of all inputs, first occurrence of each id kept."""
+    rows, seen = [], set()
+    files = [f for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs) for f in input_files(p)]
+    for path, lineno, raw in read_rows(files, skips):
+        report.rows_in += 1
+        row = canonical_row(raw, cfg.fields, (path, lineno), skips, cfg.source or Path(path).stem)
+        if row is None:
+            continue
+        if row["id"] in seen:
+            report.drops["duplicate_id"] += 1
+            continue
+        seen.add(row["id"])
+        rows.append(row)
+        if cfg.limit and len(rows) >= cfg.limit:
+            break
+    return rows
+
+
+def generate(inputs, out_dir: str | Path, cfg: GenerateConfig, shard: str | None = None,
+             backend: Backend | None = None) -> StageReport:
+    """Run generation for this shard; returns (and writes) the stage report."""
+    shard_t = parse_shard(shard)
+    out_dir = Path(out_dir)
+    out_path = shard_path(out_dir, shard_t)
+    skips = SkipLog(cfg.strict)
+    report = StageReport("generate")
+    rows = load_prompts(inputs, cfg, skips, report)
+    mine = [r for r in rows if shard_of(r["id"], shard_t[1]) == shard_t[0]]
+    done = done_ids(out_dir.glob("generations*.jsonl")) if out_dir.exists() else set()
+    todo = [r for r in mine if r["id"] not in done]
+    report.extra.update(shard=f"{shard_t[0]}/{shard_t[1]}", prompts_in_shard=len(mine),
+                        already_done=len(mine) - len(todo))
+    log.info("generate: %d prompts in shard, %d already done, %d to do", len(mine), len(mine) - len(todo), len(todo))
+    finish = Counter()
+    if todo:
+        backend = backend or make_backend(cfg.backend, cfg.model, cfg.sampling, cfg.prompt, **cfg.backend_options)
+        meta = backend.describe()
+        bar = tqdm(total=len(todo), desc="generate", unit="prompt")
+        try:
+            with JsonlAppender(out_path) as sink:
+                for start in range(0, len(todo), cfg.chunk_size):
+                    chunk = todo[start:start + cfg.chunk_size]
+                    msgs = [cfg.prompt.messages(r["prompt"]) for r in chunk]
+
+                    def on_done(i: int, gens, chunk=chunk, msgs=msgs):
+                        gens = [g.as_dict() for g in gens]
+                        if len(gens) != cfg.sampling.n:
+                            raise RuntimeError(f"{chunk[i]['id']}: backend returned {len(gens)} of {cfg.sampling.n} samples")
+                        for g in gens:
+                            finish[g["finish_reason"]] += 1
+                            if g["completion_tokens"] is not None:
+                                report.token_lengths.append(g["completion_tokens"])
+                        sink.write({**chunk[i], "messages": msgs[i], "generations": gens, "gen_meta": meta})
+                        report.rows_out += 1
+                        bar.update(1)
+
+                    backend.run(msgs, on_done)
+        finally:
+            bar.close()
+            if backend is not None:
+                backend.close()
+    report.input_skips = skips.as_dict()
+    report.extra["finish_reasons"] = dict(finish)
+    report.write(out_dir, "" if shard_t[1] == 1 else f".shard{shard_t[0]}")
+    return report
+
+
+def merge(in_dir: str | Path, out_path: str | Path) -> StageReport:
+    """Join shard files (any ``*.jsonl`` in ``in_dir``) into one file, each id once."""
+    report = StageReport("merge")
+    skips = SkipLog()
+    seen: set[str] = set()
+
+    def rows():
+        for _, _, row in read_rows(input_files(in_dir), skips):
+            report.rows_in += 1
+            if row.get("id") in seen:
+                report.drops["duplicate_id"] += 1
+                continue
+            seen.add(row.get("id"))
+            report.rows_out += 1
+            yield row
+
+    write_jsonl_atomic(out_path, rows())
+    report.input_skips = skips.as_dict()
+    return report

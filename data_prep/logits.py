@@ -1,0 +1,47 @@
+"""``distill-data logits``: capture a teacher's top-k log-probs into an offline logits store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise typer.BadParameter("--shard is i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise typer.BadParameter(f"--shard {shard}: need 0 <= i < n")
+    return i, n
+
+
+def logits(
+    data: Path = typer.Argument(None, help="train.jsonl (messages or text rows); omit with --config"),
+    teacher: str = typer.Option(..., "--teacher", help="teacher checkpoint (path or hub id)"),
+    out: Path = typer.Option(..., "-o", "--out", help="store directory (resumed if it exists)"),
+    config: Path = typer.Option(None, "--config", help="Axolotl YAML: tokenise exactly as training"),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="tokenizer (= the student's); default: teacher"),
+    top_k: int = typer.Option(64, "--top-k"),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
+    shard: str = typer.Option("0/1", "--shard", help="i/n: capture rows with row_key mod n == i"),
+    temperature: float = typer.Option(1.0, "--temperature", help="capture temperature T: log_softmax(z/T)"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    max_rows: int = typer.Option(None, "--max-rows", help="capture at most this many new rows"),
+    sequence_len: int = typer.Option(None, "--sequence-len", help="truncation for JSONL input"),
+    device: str = typer.Option(None, "--device"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU) | bfloat16 | float16 | float32"),
+    bits: int = typer.Option(8, "--bits", help="log-prob quantisation bits (KL <= step^2/8)"),
+):
+    """Capture top-k teacher log-probs for offline distillation (resumable, shardable)."""
+    from distill_plugin.offline.capture import capture_teacher
+
+    if (data is None) == (config is None):
+        raise typer.BadParameter("give either a JSONL file or --config")
+    i, n = _parse_shard(shard)
+    stats = capture_teacher(teacher, out, config=config, data=data, tokenizer=tokenizer, k=top_k,
+                            temperature=temperature, backend=backend, sequence_len=sequence_len, device=device,
+                            dtype=dtype, batch_size=batch_size, shard=i, num_shards=n, max_rows=max_rows, bits=bits)
+    typer.echo(f"captured {stats.rows} rows ({stats.skipped} already stored), {stats.tokens} tokens, "
+               f"{stats.positions} positions in {stats.seconds:.1f}s: {stats.tokens_per_s:,.0f} tokens/s")

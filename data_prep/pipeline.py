@@ -1,0 +1,94 @@
+"""``distill-data run pipeline.yml``: the four stages from one YAML file, resumable.
+
+Layout under ``workdir``: ``gen/`` (generation shards), ``ver/verified.jsonl``, ``kept/kept.jsonl``,
+the export file (``export.output``, default ``<workdir>/train.jsonl``) and ``report.json``.
+Generation and verification append row by row and skip finished ids, so re-running the same
+command after a crash continues where it stopped; filter and export are cheap, deterministic and
+rewritten atomically on every run. Relative paths in the YAML are relative to the YAML's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .export import ExportConfig, export
+from .filters import FilterConfig, filter_rows
+from .generate import GenerateConfig, generate
+from .report import collect
+from .verify import VerifyConfig, verify
+
+log = logging.getLogger("data_prep")
+
+
+class ExportStage(ExportConfig):
+    output: str | None = None
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str]
+    workdir: str
+    generate: GenerateConfig
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    export: ExportStage = Field(default_factory=ExportStage)
+    shard: str | None = None  # "i/n": this worker only generates its shard (then stops)
+
+
+def _abs(base: Path, p: str | None) -> str | None:
+    if p is None:
+        return None
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q))
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    cfg = PipelineConfig.model_validate(raw)
+    base = path.resolve().parent
+    cfg.input = [_abs(base, p) for p in ([cfg.input] if isinstance(cfg.input, str) else cfg.input)]
+    cfg.workdir = _abs(base, cfg.workdir)
+    cfg.filter.decontaminate = [_abs(base, p) for p in cfg.filter.decontaminate]
+    cfg.export.output = _abs(base, cfg.export.output)
+    for obj, key in ((cfg.generate, "model"), (cfg.filter, "tokenizer"), (cfg.export, "check_template")):
+        val = getattr(obj, key)
+        if val and (base / val).exists():  # a local path; hub names are left alone
+            setattr(obj, key, str(base / val))
+    return cfg
+
+
+def run_pipeline(cfg: PipelineConfig | str | Path, backend=None) -> dict:
+    """Run (or resume) all stages; returns the combined report (also ``<workdir>/report.json``)."""
+    if not isinstance(cfg, PipelineConfig):
+        cfg = load_config(cfg)
+    work = Path(cfg.workdir)
+    gen_dir, ver_dir, kept_dir = work / "gen", work / "ver", work / "kept"
+    reports = {}
+    r = generate(cfg.input, gen_dir, cfg.generate, shard=cfg.shard, backend=backend)
+    reports["generate"] = r
+    log.info(r.summary())
+    if cfg.shard and cfg.shard.split("/")[1] != "1":
+        log.info("shard %s done; run again without `shard` once every shard is finished", cfg.shard)
+        return {k: v.as_dict() for k, v in reports.items()}
+    reports["verify"] = verify(gen_dir, ver_dir, cfg.verify)
+    reports["filter"] = filter_rows(ver_dir, kept_dir / "kept.jsonl", cfg.filter)
+    out = Path(cfg.export.output or work / "train.jsonl")
+    reports["export"] = export(kept_dir, out, ExportConfig(**cfg.export.model_dump(exclude={"output"})))
+    for rep in reports.values():
+        log.info(rep.summary())
+    combined = {
+        "stages": {k: v.as_dict() for k, v in reports.items()},
+        "all_reports": collect([gen_dir, ver_dir, kept_dir, out.parent]),
+        "overall_kept_fraction": (reports["export"].rows_out / reports["verify"].rows_out
+                                  if reports["verify"].rows_out else None),
+        "output": str(out),
+    }
+    (work / "report.json").write_text(json.dumps(combined, indent=2) + "\n")
+    return combined

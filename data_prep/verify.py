@@ -1,0 +1,120 @@
+"""Stage 2: mark every generation correct / wrong / unverifiable, resumably.
+
+Each generation gets ``verdict`` (correct | wrong | no_answer | timeout | unverifiable) and
+``correct`` (True / False / None = could not be checked); each row gets ``n_correct``,
+``n_checked`` and ``pass_rate``. Output: ``<out>/verified.jsonl`` (rows appended per chunk; a
+restart skips ids already there).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from . import verify_code, verify_math, verify_mcq
+from .io import JsonlAppender, SkipLog, done_ids, input_files, read_rows
+from .pool import TIMEOUT
+from .report import StageReport
+from .sandbox import Limits
+
+
+class VerifyConfig(BaseModel):
+    task: Literal["math", "code", "mcq"] = "math"
+    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    timeout_s: float = 5.0  # hard per-item limit for a maths check
+    code_wall_s: float = 10.0
+    code_cpu_s: int = 10
+    code_memory_mb: int = 1024
+    chunk_rows: int = 256
+    strict: bool = False
+
+
+def _answer_text(gen: dict) -> str:
+    """What is graded: the text after ``</think>`` (the whole text if it had no think tags; nothing
+    if the reasoning never closed, so an intermediate ``\\boxed{}`` cannot pass)."""
+    content = gen.get("content")
+    return content if content is not None else gen.get("text", "")
+
+
+def _correct(verdict: str):
+    return None if verdict == "unverifiable" else verdict == "correct"
+
+
+def unique_rows(inputs, skips: SkipLog, report: StageReport):
+    """Rows of all input files (shards), each id once."""
+    seen = set()
+    for path, lineno, row in read_rows(input_files(inputs), skips):
+        report.rows_in += 1
+        if "generations" not in row or "id" not in row:
+            skips.skip(path, lineno, "not_a_generation_row", "needs 'id' and 'generations'")
+            continue
+        if row["id"] in seen:
+            report.drops["duplicate_id"] += 1
+            continue
+        seen.add(row["id"])
+        yield row
+
+
+def verify(inputs, out_dir: str | Path, cfg: VerifyConfig) -> StageReport:
+    out_dir = Path(out_dir)
+    out_path = out_dir / "verified.jsonl"
+    skips, report = SkipLog(cfg.strict), StageReport("verify")
+    rows = list(unique_rows(inputs, skips, report))
+    done = done_ids([out_path])
+    todo = [r for r in rows if r["id"] not in done]
+    report.extra["already_done"] = len(rows) - len(todo)
+    verdicts: Counter[str] = Counter()
+    pool = verify_math.make_pool(cfg.workers, cfg.timeout_s) if cfg.task == "math" and todo else None
+    limits = Limits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
+    bar = tqdm(total=len(todo), desc=f"verify[{cfg.task}]", unit="row")
+    try:
+        with JsonlAppender(out_path) as sink:
+            for start in range(0, len(todo), cfg.chunk_rows):
+                chunk = todo[start:start + cfg.chunk_rows]
+                pairs = [(r, g) for r in chunk for g in r["generations"]]
+                for (row, gen), (verdict, info) in zip(pairs, _check_all(pairs, cfg, pool, limits)):
+                    gen["verdict"], gen["correct"] = verdict, _correct(verdict)
+                    if info:
+                        gen["tests"] = info
+                    verdicts[verdict] += 1
+                for row in chunk:
+                    flags = [g["correct"] for g in row["generations"]]
+                    row["n_correct"] = sum(1 for f in flags if f)
+                    row["n_checked"] = sum(1 for f in flags if f is not None)
+                    row["pass_rate"] = row["n_correct"] / row["n_checked"] if row["n_checked"] else None
+                    sink.write(row)
+                    report.rows_out += 1
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+    checked = sum(v for k, v in verdicts.items() if k != "unverifiable")
+    report.extra.update(task=cfg.task, verdicts=dict(verdicts),
+                        generation_pass_rate=round(verdicts["correct"] / checked, 4) if checked else None,
+                        math_timeouts=pool.timeouts if pool else 0)
+    report.input_skips = skips.as_dict()
+    report.write(out_dir)
+    return report
+
+
+def _check_all(pairs, cfg: VerifyConfig, pool, limits: Limits):
+    if cfg.task == "math":
+        items = [(str(r.get("answer") if r.get("answer") is not None else ""), _answer_text(g)) for r, g in pairs]
+        for r_item, res in zip(items, pool.map(items)):
+            if not r_item[0].strip():
+                yield "unverifiable", None
+            else:
+                yield (verify_math.TIMEOUT if res is TIMEOUT else res), None
+    elif cfg.task == "mcq":
+        for r, g in pairs:
+            yield verify_mcq.check(r.get("answer"), _answer_text(g), r.get("choices")), None
+    else:
+        with ThreadPoolExecutor(max_workers=cfg.workers) as ex:  # each test is its own process
+            yield from ex.map(lambda p: verify_code.check(p[0].get("tests"), _answer_text(p[1]), limits), pairs)

@@ -1,0 +1,76 @@
+"""Maths answer checking with math-verify.
+
+Rules (see docs/data_prep.md): the *gold* answer is parsed first; if it yields nothing the item is
+``unverifiable`` (not wrong). The prediction is the final answer text (after ``</think>``), so a
+``\\boxed{}`` inside the reasoning is never mistaken for the answer. ``verify(gold, pred)``: the
+order matters (gold is the reference). math-verify's own timeouts use ``signal.alarm``, which fails
+off the main thread, so they are disabled here and a hard per-item timeout is enforced by
+:class:`data_prep.pool.HardTimeoutPool`.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+CORRECT, WRONG, UNVERIFIABLE, NO_ANSWER, TIMEOUT = "correct", "wrong", "unverifiable", "no_answer", "timeout"
+
+
+def is_prose(text: str) -> bool:
+    """Does the text contain a word of 3+ letters outside LaTeX commands (``proof omitted``)?"""
+    bare = re.sub(r"\\[a-zA-Z]+", " ", text)
+    return re.search(r"[A-Za-z]{3,}", bare) is not None
+
+
+def gold_candidates(gold: str) -> list[str]:
+    """Strings to parse the gold from, best first. A bare math gold is wrapped in ``$…$`` (so sets,
+    intervals and ``2,3`` parse as LaTeX); prose is not (wrapped, every letter becomes a symbol)."""
+    g = str(gold).strip().rstrip(".").replace("\\$", "")
+    if "\\boxed" in g or re.search(r"(?<!\\)\$", g) or is_prose(g):
+        return [g]
+    return [f"${g}$", g]
+
+
+def _parse(text: str):
+    from math_verify import parse
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return parse(text, parsing_timeout=None)
+
+
+def check(gold: str, prediction: str) -> str:
+    """``correct`` | ``wrong`` | ``unverifiable`` (gold unparseable) | ``no_answer``."""
+    from math_verify import verify
+
+    gold_parsed = None
+    for cand in gold_candidates(gold):
+        gold_parsed = _parse(cand)
+        if gold_parsed:
+            break
+    if not gold_parsed:
+        return UNVERIFIABLE
+    if not prediction or not prediction.strip():
+        return NO_ANSWER
+    pred_parsed = _parse(prediction)
+    if not pred_parsed:
+        return NO_ANSWER
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ok = verify(gold_parsed, pred_parsed, timeout_seconds=None)  # gold first
+    return CORRECT if ok else WRONG
+
+
+def check_item(item: tuple[str, str]) -> str:
+    """Pool entry point: ``(gold, prediction)`` → status; exceptions count as ``no_answer``."""
+    try:
+        return check(*item)
+    except Exception:
+        return NO_ANSWER
+
+
+def make_pool(workers: int = 2, timeout_s: float = 5.0):
+    from .pool import HardTimeoutPool
+
+    return HardTimeoutPool(check_item, workers=workers, timeout_s=timeout_s,
+                           preload=["math_verify", "sympy"])

@@ -1,0 +1,98 @@
+"""End to end through ``axolotl.cli.train`` with the plugin: full fine-tune, LoRA, two processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from conftest import REPO, run_axolotl_train, write_recipe
+
+pytestmark = pytest.mark.slow
+TINY_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
+
+
+def recipe_for(tmp_path, tiny_pair, data, name, **overrides):
+    teacher, student = tiny_pair
+    return write_recipe(
+        TINY_RECIPE,
+        tmp_path / f"{name}.yml",
+        base_model=str(student),
+        distill={"teacher": str(teacher)},
+        datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
+        output_dir=str(tmp_path / name),
+        dataset_prepared_path=str(tmp_path / f"{name}_prepared"),
+        **overrides,
+    )
+
+
+def saved_tensor_shapes(out_dir: Path) -> dict[str, tuple]:
+    shapes = {}
+    for file in out_dir.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    return shapes
+
+
+def assert_learns_and_logs(logs, factor=0.85):
+    assert len(logs) >= 10
+    assert all("kd_loss" in entry and "ce_loss" in entry for entry in logs)
+    first, last = sum(e["loss"] for e in logs[:3]) / 3, sum(e["loss"] for e in logs[-3:]) / 3
+    assert last < factor * first, (first, last)
+
+
+def test_full_finetune(tmp_path, tiny_pair, arithmetic_data):
+    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "full")
+    _, logs = run_axolotl_train(recipe, cwd=tmp_path)
+    assert_learns_and_logs(logs)
+    shapes = saved_tensor_shapes(tmp_path / "full")
+    student_cfg = json.loads((tiny_pair[1] / "config.json").read_text())
+    # The checkpoint is the student's alone: its width, none of the teacher's 48-wide tensors.
+    assert shapes["model.embed_tokens.weight"][1] == student_cfg["hidden_size"] == 32
+    assert not any(48 in shape for shape in shapes.values())
+    assert not any("teacher" in name for name in shapes)
+
+
+def test_lora_student(tmp_path, tiny_pair, arithmetic_data):
+    recipe = recipe_for(
+        tmp_path, tiny_pair, arithmetic_data, "lora",
+        adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0,
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
+        learning_rate=0.05, gradient_checkpointing=True,
+        # Axolotl auto-enables its Triton LoRA kernels, which need CUDA.
+        lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False,
+    )
+    _, logs = run_axolotl_train(recipe, cwd=tmp_path)
+    # A random-init student with frozen embeddings and lm_head plateaus near uniform quickly;
+    # the adapters still have to pull the loss down.
+    assert_learns_and_logs(logs, factor=0.99)
+    assert all(entry["grad_norm"] > 0 for entry in logs)
+    adapter = saved_tensor_shapes(tmp_path / "lora")
+    assert adapter and all("lora_" in name for name in adapter)
+
+
+def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):
+    """Same global batch (4 = 1×4 = 2×2), sequential sampling: same losses and grad norms."""
+    common = dict(max_steps=4, curriculum_sampling=True, save_steps=1000)
+    one = recipe_for(tmp_path, tiny_pair, arithmetic_data, "one", micro_batch_size=4, **common)
+    two = recipe_for(tmp_path, tiny_pair, arithmetic_data, "two", micro_batch_size=2, **common)
+    _, logs_one = run_axolotl_train(one, cwd=tmp_path)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    import os
+
+    os.environ["ACCELERATE_USE_CPU"] = "1"  # gloo process group on CPU
+    try:
+        from conftest import SUBPROCESS_ENV
+
+        SUBPROCESS_ENV["ACCELERATE_USE_CPU"] = "1"
+        _, logs_two = run_axolotl_train(two, cwd=tmp_path, launcher=launcher)
+    finally:
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+        SUBPROCESS_ENV.pop("ACCELERATE_USE_CPU", None)
+    assert len(logs_one) == len(logs_two) == 4
+    for a, b in zip(logs_one, logs_two):
+        for key in ("loss", "grad_norm", "kd_loss", "ce_loss"):
+            assert b[key] == pytest.approx(a[key], rel=2e-3), (key, a, b)
