@@ -45,6 +45,7 @@ class HardTimeoutPool:
             pass
         self.workers: list[tuple] = []
         self.timeouts = 0
+        self.deaths_in_a_row = 0
         for _ in range(self.n):
             self.workers.append(self._spawn())
 
@@ -92,10 +93,16 @@ class HardTimeoutPool:
             for conn in wait(list(conns), timeout=timeout):
                 w = conns[conn]
                 try:
-                    results[busy.pop(w)[0]] = conn.recv()
-                except EOFError:  # the worker died (e.g. OOM-killed): count as a timeout
-                    results[busy.pop(w)[0]] = TIMEOUT
+                    results[busy[w][0]] = conn.recv()
+                    self.deaths_in_a_row = 0
+                except (EOFError, OSError):  # the worker died (e.g. OOM-killed): count as a timeout
+                    results[busy[w][0]] = TIMEOUT
+                    self.deaths_in_a_row += 1
+                    if self.deaths_in_a_row > 2 * self.n:
+                        raise RuntimeError("pool workers keep dying at start (see their traceback "
+                                           "above; scripts run from stdin cannot use a forkserver)")
                     self._replace(w)
+                del busy[w]
             now = time.monotonic()
             for w, (i, deadline) in list(busy.items()):
                 if now >= deadline:

@@ -41,6 +41,7 @@ class DistillConfig(BaseModel):
     topk_tail: Literal["bucket", "renormalize"] = Field(
         "bucket", description="Offline top-k: add a (k+1)-th tail bucket, or renormalise over the top-k."
     )
+    topk: int | None = Field(None, gt=0, description="Offline KD: use the first k of the stored top-K (default: all).")
     check_tokenizer: bool = Field(True, description="Refuse a teacher whose tokenizer differs from the student's.")
 
     @model_validator(mode="after")

@@ -56,9 +56,9 @@ class DistillPlugin(BasePlugin):
         config = distill_config_of(cfg)
         if config is None or config.teacher_logits is None:
             return None
-        from .offline.plugin_hooks import collator_cls_and_kwargs
+        from .offline.collator import offline_collator_cls_and_kwargs
 
-        return collator_cls_and_kwargs(cfg, config, is_eval)
+        return offline_collator_cls_and_kwargs(cfg, is_eval, store_path=config.teacher_logits, k=config.topk)
 
     def post_trainer_create(self, cfg, trainer) -> None:
         config = distill_config_of(cfg)
@@ -66,9 +66,12 @@ class DistillPlugin(BasePlugin):
             return
         tokenizer = trainer.processing_class
         if config.teacher_logits is not None:
-            from .offline.plugin_hooks import offline_teacher_source
+            from .offline.store import check_compatible, read_meta
+            from .teacher import OfflineTeacher
 
-            source = offline_teacher_source(cfg, config, tokenizer)
+            meta = read_meta(config.teacher_logits)  # refuse logits captured for another tokenizer/template/k
+            check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
+            source = OfflineTeacher(config.kd_settings(), config.topk_tail, meta.capture_temperature, config.chunk_size)
         else:
             from .teacher import OnlineTeacher, check_same_tokenizer, load_teacher
 

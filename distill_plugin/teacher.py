@@ -15,6 +15,7 @@ import torch
 
 from .args import DistillConfig
 from .losses.kd import KDSettings, LossOutput, online_kd_loss
+from .losses.topk import topk_kd_loss
 from .modeling import OutputHead, final_hidden_states, output_head
 
 LOG = logging.getLogger(__name__)
@@ -98,4 +99,41 @@ class OnlineTeacher:
             teacher_bias=teacher.bias,
             student_softcap=student.softcap,
             teacher_softcap=teacher.softcap,
+        )
+
+
+class OfflineTeacher:
+    """Stored top-k teacher log-probs, delivered per batch by the offline collator.
+
+    The collator's ``teacher_topk_*`` entry [b, t] is the distribution at position t predicting
+    t+1, the same convention as the hidden states, so the same row mask selects both.
+    """
+
+    def __init__(self, settings: KDSettings, tail: str, capture_temperature: float, chunk_size: int | None = None):
+        self.settings = settings
+        self.tail = tail
+        self.capture_temperature = capture_temperature
+        self.chunk_size = chunk_size
+
+    def loss(self, student: OutputHead, student_rows, targets, inputs: dict, mask, normalizer) -> LossOutput:
+        try:
+            ids, logprobs = inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"]
+        except KeyError:
+            raise KeyError(
+                "offline KD batch has no teacher_topk_ids/teacher_topk_logprobs: the offline collator "
+                "was not used (is `distill.teacher_logits` set and the plugin listed in `plugins:`?)"
+            ) from None
+        return topk_kd_loss(
+            student_rows,
+            student.weight,
+            ids[:, :-1][mask],
+            logprobs[:, :-1][mask],
+            targets,
+            self.settings,
+            self.tail,
+            self.capture_temperature,
+            normalizer=normalizer,
+            chunk_size=self.chunk_size,
+            student_bias=student.bias,
+            student_softcap=student.softcap,
         )

@@ -18,7 +18,8 @@ def reference_divergence(p, q, name, beta, skew):
     """Plain formulas on probabilities (float64). 0·log 0 = 0."""
 
     def kl(a, b):
-        return torch.where(a > 0, a * (a.log() - b.log()), torch.zeros_like(a)).sum(-1)
+        safe_log = lambda x: x.clamp_min(1e-300).log()  # keeps NaN out of the masked branch's grad
+        return torch.where(a > 0, a * (safe_log(a) - safe_log(b)), torch.zeros_like(a)).sum(-1)
 
     if name == "forward_kl" or (name == "jsd" and beta == 0):
         return kl(p, q)

@@ -14,8 +14,9 @@ same, which is why both losses share this module.
     skew_reverse_kl   KL(Q‖λ·Q + (1−λ)·P)                              DistiLLM skew reverse KL
     tvd               ½ Σ |p − q|                                       total variation distance
 
-Zero-probability entries contribute 0 (the ``0·log 0 = 0`` convention), so a ``-inf`` log-prob —
-e.g. a masked-out vocabulary entry — is safe on either side.
+Zero-probability entries contribute 0 (the ``0·log 0 = 0`` convention). ``divergence`` clamps
+log-probs at ``LOG_FLOOR`` first, so a ``-inf`` entry (masked vocabulary, padding inside a top-k) is
+an exact zero probability whose gradient is 0, never NaN (−inf − −inf would poison backward).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Callable
 
 import torch
 
+LOG_FLOOR = -1e4  # exp(-1e4) == 0 in fp32/fp64; far below any real log-prob
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 
 
@@ -102,4 +104,5 @@ def divergence(
     skew: float = 0.1,
 ) -> torch.Tensor:
     """Per-row divergence ``name`` between teacher and student log-probabilities (fp32)."""
+    teacher_logp, student_logp = teacher_logp.clamp(min=LOG_FLOOR), student_logp.clamp(min=LOG_FLOOR)
     return get_divergence(name)(teacher_logp, student_logp, beta=beta, skew=skew)

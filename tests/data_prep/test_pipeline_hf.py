@@ -3,7 +3,7 @@
 What this proves: real `model.generate` sampling, chat-template rendering, reasoning split,
 verification, filtering, export and the template check run end to end and agree with each other;
 the three prompts the teacher memorised with a correct gold survive, the memorised prompt with a
-wrong gold is dropped as incorrect, the unseen prompt (garbage output) is dropped.
+wrong gold is dropped as incorrect, the unseen prompt (the teacher answers with something memorised, or garbage) is dropped.
 """
 
 import json
@@ -64,7 +64,10 @@ def test_cli_verbs_chain(tmp_path, tiny_teacher, tiny_student, prompts_file):
     assert len(rows) == 3
     assert rows[0]["messages"][-1]["content"] == "<think>\n2+3=5\n</think>\n\n\\boxed{5}"
     filt = json.loads((kept / "_report.filter.json").read_text())
-    assert filt["drops"]["no_generation_left"] == 2 and filt["generation_drops"]["incorrect"] == 2
+    assert filt["drops"]["no_generation_left"] == 2
+    # 2 wrong-gold generations are incorrect; the unseen prompt's 2 are dropped as incorrect or
+    # truncated depending on what the memorising teacher emits for it
+    assert filt["generation_drops"]["incorrect"] >= 2 and sum(filt["generation_drops"].values()) == 4
 
 
 def test_pipeline_yaml_run_and_rerun(tmp_path, tiny_teacher, tiny_student, prompts_file):

@@ -1,0 +1,101 @@
+"""A minimal, real OpenAI-compatible ``/v1/chat/completions`` server for the HTTP backend test.
+
+``transformers serve`` would be the natural choice but needs the ``openai`` package, which this
+project does not install; this server runs the tiny model with transformers and answers in the
+OpenAI schema (``choices[].message.content`` / ``reasoning_content``, ``finish_reason``, ``usage``).
+Fault injection proves the client's retries and timeouts: ``--fail-first K`` answers the first K
+requests with 503, ``--slow-request I --slow-seconds S`` stalls request number I for S seconds.
+
+Run: python openai_server.py MODEL_DIR --port P [--api-key-env VAR] [--split-reasoning] ...
+"""
+
+import argparse
+import asyncio
+import os
+import threading
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def build_app(model_dir, fail_first=0, slow_request=-1, slow_seconds=0.0, split_reasoning=False,
+              api_key=None):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    app = FastAPI()
+    state = {"requests": 0, "served": 0, "auth_failures": 0, "bodies": []}
+    lock = threading.Lock()
+
+    @app.get("/stats")
+    def stats():
+        return state
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        with lock:
+            state["requests"] += 1
+            k = state["requests"]
+        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+            state["auth_failures"] += 1
+            return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
+        if k <= fail_first:
+            return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        if k == slow_request:
+            await asyncio.sleep(slow_seconds)
+        body = await request.json()
+        state["bodies"].append({key: v for key, v in body.items() if key != "messages"})
+        msgs = body["messages"]
+        if body.get("continue_final_message"):
+            text = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+            prefill = msgs[-1]["content"]
+            text += prefill
+        else:
+            text, prefill = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), ""
+        enc = tok(text, return_tensors="pt", add_special_tokens=False)
+        n, max_tokens = int(body.get("n", 1)), int(body.get("max_tokens", 64))
+        if body.get("seed") is not None:
+            torch.manual_seed(int(body["seed"]))
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=True, temperature=float(body.get("temperature", 1.0)),
+                                 top_p=float(body.get("top_p", 1.0)), top_k=0, max_new_tokens=max_tokens,
+                                 num_return_sequences=n, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+        choices, total = [], 0
+        for i, ids in enumerate(out[:, enc["input_ids"].shape[1]:].tolist()):
+            stop = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else None
+            body_ids = ids if stop is None else ids[:stop]
+            total += len(body_ids) + (stop is not None)
+            content = tok.decode(body_ids, skip_special_tokens=False)
+            msg = {"role": "assistant", "content": content}
+            full = prefill + content
+            if split_reasoning and "</think>" in full:  # like vLLM's --reasoning-parser
+                r, a = full.split("</think>", 1)
+                msg = {"role": "assistant", "reasoning_content": r.replace("<think>", "").strip("\n"),
+                       "content": a.strip()}
+            choices.append({"index": i, "message": msg, "finish_reason": "length" if stop is None else "stop"})
+        state["served"] += 1
+        return {"id": f"cmpl-{k}", "object": "chat.completion", "model": body.get("model"),
+                "choices": choices,
+                "usage": {"prompt_tokens": enc["input_ids"].shape[1], "completion_tokens": total,
+                          "total_tokens": enc["input_ids"].shape[1] + total}}
+
+    return app
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--fail-first", type=int, default=0)
+    ap.add_argument("--slow-request", type=int, default=-1)
+    ap.add_argument("--slow-seconds", type=float, default=0.0)
+    ap.add_argument("--split-reasoning", action="store_true")
+    ap.add_argument("--api-key-env", default=None)
+    a = ap.parse_args()
+    key = os.environ.get(a.api_key_env) if a.api_key_env else None
+    torch.set_num_threads(1)
+    app = build_app(a.model_dir, a.fail_first, a.slow_request, a.slow_seconds, a.split_reasoning, key)
+    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
