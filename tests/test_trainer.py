@@ -149,6 +149,9 @@ def test_output_head_is_found_through_peft(tiny_pair):
     tok, teacher, student = load_pair(tiny_pair)
     peft_model = get_peft_model(student, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     assert output_head(peft_model).weight is student.lm_head.weight
+    saved = get_peft_model(copy.deepcopy(student), LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    head = output_head(saved)
+    assert head.weight.requires_grad and head.weight is saved.base_model.model.lm_head.modules_to_save["default"].weight
     wrapped_head = get_peft_model(copy.deepcopy(student), LoraConfig(r=4, target_modules=["lm_head"]))
     with pytest.raises(ValueError, match="lm_head"):
         output_head(wrapped_head)
@@ -177,3 +180,14 @@ def test_trl_trainer_trains_the_tiny_pair(tiny_pair, arithmetic_data, tmp_path):
     steps = [h for h in trainer.state.log_history if "loss" in h]
     assert all("kd_loss" in h for h in steps)
     assert steps[-1]["loss"] < 0.8 * steps[0]["loss"]
+
+
+def test_no_silent_fallback_to_plain_ce(tiny_pair, tmp_path):
+    """Regression: KD once silently fell back to CE when a hook name changed. Without a teacher
+    attached, our trainer refuses to compute a loss instead of training plain SFT."""
+    tok, teacher, student = load_pair(tiny_pair)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = KDTrainer(model=student, args=args, train_dataset=uneven_rows(), data_collator=DataCollatorForSeq2Seq(tok))
+    batch = DataCollatorForSeq2Seq(tok, padding=True)(uneven_rows())
+    with pytest.raises(RuntimeError, match="no teacher"):
+        trainer.compute_loss(student, batch)

@@ -58,20 +58,21 @@ def jsd(teacher_logp, student_logp, beta: float = 0.5, **_):
     return beta * _kl(teacher_logp, log_m) + (1.0 - beta) * _kl(student_logp, log_m)
 
 
-def skew_forward_kl(teacher_logp, student_logp, skew: float = 0.1, **_):
+def _skew_kl(logp, logq, skew):
+    """KL(P‖λP + (1−λ)Q); λ = 0 is KL(P‖Q), λ = 1 is 0."""
     if skew >= 1.0:
-        return torch.zeros(teacher_logp.shape[:-1], device=teacher_logp.device)
+        return torch.zeros(logp.shape[:-1], device=logp.device)
     if skew <= 0.0:
-        return forward_kl(teacher_logp, student_logp)
-    return _kl(teacher_logp, _log_mixture(teacher_logp, student_logp, skew))
+        return _kl(logp, logq)
+    return _kl(logp, _log_mixture(logp, logq, skew))
+
+
+def skew_forward_kl(teacher_logp, student_logp, skew: float = 0.1, **_):
+    return _skew_kl(teacher_logp, student_logp, skew)
 
 
 def skew_reverse_kl(teacher_logp, student_logp, skew: float = 0.1, **_):
-    if skew >= 1.0:
-        return torch.zeros(teacher_logp.shape[:-1], device=teacher_logp.device)
-    if skew <= 0.0:
-        return reverse_kl(teacher_logp, student_logp)
-    return _kl(student_logp, _log_mixture(student_logp, teacher_logp, skew))
+    return _skew_kl(student_logp, teacher_logp, skew)
 
 
 def tvd(teacher_logp, student_logp, **_):

@@ -96,3 +96,25 @@ def test_pipeline_yaml_run_and_rerun(tmp_path, tiny_teacher, tiny_student, promp
     assert rep2["stages"]["generate"]["rows_out"] == 0 and rep2["stages"]["generate"]["already_done"] == 5
     assert rep2["stages"]["verify"]["already_done"] == 5
     assert (work / "train.jsonl").read_text() == train
+
+
+def test_bad_input_lines_skipped_or_strict(tmp_path, tiny_teacher):
+    src = tmp_path / "mixed.jsonl"
+    src.write_bytes(b'{"problem": "What is 2+3?", "answer": "5"}\n'
+                    b'{"problem": "oops"\n'
+                    b'{"problem": ""}\n'
+                    b'{"answer": "no prompt"}\n'
+                    b'{"problem": "bad \xff byte"}\n'
+                    b'{"problem": "What is 4*2?", "answer": "8"}\n')
+    gen = tmp_path / "gen"
+    args = ["generate", str(src), "-o", str(gen), "--model", str(tiny_teacher), "-n", "1",
+            "--max-tokens", "30", "--seed", "0"]
+    res = _ok(runner.invoke(app, args))
+    rep = json.loads((gen / "_report.generate.json").read_text())
+    assert rep["rows_out"] == 2 and rep["input_skips"]["counts"] == {
+        "malformed_json": 1, "empty_prompt": 1, "missing_prompt": 1, "not_utf8": 1}
+    assert f"{src}:2: malformed_json" in rep["input_skips"]["examples"][0]
+    before = (gen / "generations.jsonl").read_bytes()
+    res = runner.invoke(app, args + ["--strict"])
+    assert res.exit_code == 2 and f"{src}:2: malformed_json" in res.output
+    assert (gen / "generations.jsonl").read_bytes() == before  # nothing already written lost
