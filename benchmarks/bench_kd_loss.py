@@ -257,6 +257,46 @@ def _rss_kib(field):
     raise RuntimeError(field)
 
 
+class _PeakTensorBytes:
+    """Peak bytes of live tensor storages created inside the block (CPU stand-in for the CUDA
+    allocator's max_memory_allocated: counts every tensor an op returns, not library workspaces)."""
+
+    def __enter__(self):
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+        def free(key, n):
+            tracker.seen.discard(key)
+            tracker.live -= n
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                        st = t.untyped_storage()
+                        key, n = st.data_ptr(), st.nbytes()
+                        if n and key not in tracker.seen:
+                            tracker.seen.add(key)
+                            tracker.live += n
+                            tracker.peak = max(tracker.peak, tracker.live)
+                            weakref.finalize(st, free, key, n)
+                return out
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
 def _short_error(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"error: {type(e).__name__}: {msg[:100]}"
@@ -294,16 +334,22 @@ def run_case(method, rows, chunk, a, fingerprint_path=None):
                 torch.cuda.synchronize()
                 ms = start.elapsed_time(end)
             else:
-                t0 = time.perf_counter()
+                clock = time.process_time if a.cpu_clock == "process" else time.perf_counter
+                t0 = clock()
                 loss = step()
-                ms = (time.perf_counter() - t0) * 1e3
+                ms = (clock() - t0) * 1e3
             if i >= a.warmup:
                 times.append(ms)
         res["time_ms"] = statistics.median(times)
         if cuda:
             res["peak_gib"] = (torch.cuda.max_memory_allocated() - base) / GIB
-        elif base is not None and a.isolate:
+        elif a.cpu_mem == "rss" and base is not None and a.isolate:
             res["peak_gib"] = (_rss_kib("VmHWM") - base) / 1024**2
+        elif a.cpu_mem == "tensors":
+            x[0].grad = x[1].grad = None
+            with _PeakTensorBytes() as tracked:
+                step()
+            res["peak_gib"] = tracked.peak / GIB
         if method != "floor":
             res["loss"] = float(loss)
             if fingerprint_path and x[0].grad is not None and x[1].grad is not None:
@@ -426,6 +472,15 @@ def parse(argv=None):
     ap.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=DEFAULT_METHODS)
     ap.add_argument("--logit-std", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument(
+        "--cpu-clock", choices=["wall", "process"], default="wall",
+        help="CPU timer: wall (perf_counter) or process CPU time (robust on a shared machine; use --threads 1)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--cpu-mem", choices=["tensors", "rss", "none"], default="tensors",
+        help="CPU peak memory: live tensor bytes in one extra untimed step (like CUDA's allocator "
+        "count), or peak RSS growth of the case's fresh process (includes library workspaces)",
+    )  # fmt: skip
     ap.add_argument("--no-isolate", dest="isolate", action="store_false", help="run all cases in one process")
     ap.add_argument("--case-timeout", type=int, default=1800)
     ap.add_argument("--_case", default=None, help=argparse.SUPPRESS)
@@ -449,7 +504,8 @@ def main(argv=None):
     desc = f"V={a.vocab:,} H_s={a.student_hidden} H_t={a.teacher_hidden} {a.dtype} on {a.device}"
     if dev.type == "cuda":
         desc += f" ({torch.cuda.get_device_name(dev)})"
-    print(f"{desc}, torch {torch.__version__}, median of {a.repeats} after {a.warmup} warmup", flush=True)
+    clock = "CUDA events" if dev.type == "cuda" else f"{a.cpu_clock} clock, {torch.get_num_threads()} threads"
+    print(f"{desc}, torch {torch.__version__}, median of {a.repeats} after {a.warmup} warmup ({clock})", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in case_list(a):

@@ -123,6 +123,15 @@ def repair_torn_tail(path: str | Path) -> int:
             pos = start
         else:
             keep = 0
+        fh.seek(keep)
+        tail = fh.read()
+        try:  # a complete row that only lacks its newline (written by someone else): keep it
+            if isinstance(json.loads(tail), dict):
+                fh.seek(0, os.SEEK_END)
+                fh.write(b"\n")
+                return 0
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
         fh.truncate(keep)
         log.warning("%s: removed a torn last line (%d bytes) left by an interrupted run", path, size - keep)
         return size - keep

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from conftest import REPO, run_axolotl_train, write_recipe
+from axolotl_runs import REPO, run_axolotl_train, write_recipe
 
 pytestmark = pytest.mark.slow
 TINY_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
@@ -81,17 +81,8 @@ def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):
     two = recipe_for(tmp_path, tiny_pair, arithmetic_data, "two", micro_batch_size=2, **common)
     _, logs_one = run_axolotl_train(one, cwd=tmp_path)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    import os
-
-    os.environ["ACCELERATE_USE_CPU"] = "1"  # gloo process group on CPU
-    try:
-        from conftest import SUBPROCESS_ENV
-
-        SUBPROCESS_ENV["ACCELERATE_USE_CPU"] = "1"
-        _, logs_two = run_axolotl_train(two, cwd=tmp_path, launcher=launcher)
-    finally:
-        os.environ.pop("ACCELERATE_USE_CPU", None)
-        SUBPROCESS_ENV.pop("ACCELERATE_USE_CPU", None)
+    # ACCELERATE_USE_CPU makes each rank join a gloo process group on CPU.
+    _, logs_two = run_axolotl_train(two, cwd=tmp_path, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
     assert len(logs_one) == len(logs_two) == 4
     for a, b in zip(logs_one, logs_two):
         for key in ("loss", "grad_norm", "kd_loss", "ce_loss"):

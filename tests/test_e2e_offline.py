@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REPO, run_axolotl_train, write_recipe
+from axolotl_runs import REPO, run_axolotl_train, write_recipe
 from distill_plugin.demo.core import encode, heldout_losses
 from distill_plugin.demo.task import make_split
 from distill_plugin.tiny import build_model, build_tokenizer

@@ -1,6 +1,6 @@
 """Shared fixtures for the data_prep tests: a tiny *trained* teacher, a tiny student, prompts.
 
-The teacher is the char-level tiny Qwen2 from ``distill_plugin.tiny`` trained for 300 AdamW steps
+The teacher is the char-level tiny Qwen2 from ``distill_plugin.tiny`` trained for 200 AdamW steps
 (~5 s on CPU) to answer four fixed arithmetic prompts with ``<think>\\nR\\n</think>\\n\\n\\boxed{A}``.
 It is *memorised*, not intelligent: on those prompts it produces well-formed R1-style output so
 the verification/filter/export path runs on real generations; on any other prompt it produces
@@ -33,7 +33,7 @@ def subprocess_env() -> dict:
     return env
 
 
-def train_teacher(out_dir: Path, steps: int = 300) -> Path:
+def train_teacher(out_dir: Path, steps: int = 200) -> Path:
     import torch
 
     from distill_plugin.tiny import build_model, build_tokenizer

@@ -1,6 +1,5 @@
 """Bad input lines, torn last lines, resumable appends, ids and shards."""
 
-import json
 
 import pytest
 
@@ -57,6 +56,8 @@ def test_torn_last_line_ignored_and_repaired(tmp_path):
         sink.write({"id": "c"})
     assert p.read_text() == '{"id": "a"}\n{"id": "b"}\n{"id": "c"}\n'
     assert repair_torn_tail(p) == 0
+    p.write_text('{"id": "a"}\n{"id": "b"}')  # complete row without newline: kept, not cut
+    assert repair_torn_tail(p) == 0 and p.read_text() == '{"id": "a"}\n{"id": "b"}\n'
 
 
 def test_stable_ids_and_shards_partition():

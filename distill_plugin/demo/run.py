@@ -1,0 +1,287 @@
+"""The embedded demo's glue: data, teacher, two ``axolotl.cli.train`` runs (SFT and KD), the table.
+
+    python -m distill_plugin.demo [--out demo_out] [--quick]
+
+1. writes the synthetic addition data (train / held-out, disjoint by problem id) and a tiny tokenizer;
+2. trains a tiny teacher with a plain torch loop (``core.train_causal_lm``) and saves it;
+3. derives two recipes from ``recipes/tiny/logit_kd.yml``: SFT (no plugin) and logit KD (plugin,
+   the trained teacher), with the same student init, data, steps, lr and seed, and runs both with
+   ``python -m axolotl.cli.train`` in subprocesses (concurrently, one thread each);
+4. evaluates teacher, SFT student and KD student on the held-out problems (greedy exact match,
+   assistant-token CE, KL to the teacher), prints a table and writes ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
+SUBPROCESS_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    n_train: int = 3000
+    n_heldout: int = 200
+    # teacher: trained here with a torch loop
+    teacher_hidden: int = 96
+    teacher_layers: int = 3
+    teacher_steps: int = 400
+    teacher_batch: int = 32
+    teacher_lr: float = 3e-3
+    # student: trained twice through axolotl.cli.train, identical but for the distill block
+    student_hidden: int = 48
+    student_layers: int = 2
+    student_steps: int = 300
+    student_batch: int = 16
+    student_lr: float = 3e-3
+    # KD settings (forward KL on the full vocabulary)
+    divergence: str = "forward_kl"
+    temperature: float = 1.0
+    kd_weight: float = 0.5
+    ce_weight: float = 0.5
+    seed: int = 0
+
+
+QUICK = Settings(
+    n_train=256, n_heldout=32, teacher_hidden=48, teacher_layers=2, teacher_steps=30, teacher_batch=16,
+    student_hidden=32, student_layers=1, student_steps=10, student_batch=8,
+)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def write_data(out: Path, s: Settings) -> tuple[list[dict], list[dict]]:
+    from .task import make_split, write_jsonl
+
+    heldout = make_split(s.n_heldout, seed=10_000 + s.seed)
+    train = make_split(s.n_train, seed=s.seed, exclude={r["id"] for r in heldout})
+    assert not {r["id"] for r in train} & {r["id"] for r in heldout}, "held-out split overlaps train"
+    write_jsonl(train, out / "data" / "train.jsonl")
+    write_jsonl(heldout, out / "data" / "heldout.jsonl")
+    return train, heldout
+
+
+# ------------------------------------------------------------------------------------------- recipes
+
+
+def student_recipes(out: Path, s: Settings) -> dict[str, Path]:
+    """SFT and KD recipes from the tiny base recipe: same everything but the plugin + distill block."""
+    if not BASE_RECIPE.exists():
+        raise FileNotFoundError(f"{BASE_RECIPE} not found: run the demo from a source checkout (pip install -e .)")
+    base = yaml.safe_load(BASE_RECIPE.read_text())
+    common = {
+        "base_model": str(out / "student_init"),
+        "datasets": [{
+            "path": str(out / "data" / "train.jsonl"), "type": "chat_template",
+            "field_messages": "messages", "roles_to_train": ["assistant"],
+        }],
+        "max_steps": s.student_steps,
+        "micro_batch_size": s.student_batch,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": s.student_lr,
+        "lr_scheduler": "cosine",
+        "warmup_steps": max(1, s.student_steps // 20),
+        "save_steps": s.student_steps,
+        "logging_steps": 1,
+        "seed": s.seed,
+        "val_set_size": 0.0,
+    }
+    recipes = {}
+    for name in ("sft", "kd"):
+        cfg = {**base, **common, "output_dir": str(out / name), "dataset_prepared_path": str(out / "prepared" / name)}
+        if name == "sft":
+            cfg.pop("plugins", None)
+            cfg.pop("distill", None)
+        else:
+            cfg["distill"] = {
+                **base.get("distill", {}), "teacher": str(out / "teacher"), "teacher_dtype": "float32",
+                "divergence": s.divergence, "temperature": s.temperature,
+                "kd_weight": s.kd_weight, "ce_weight": s.ce_weight,
+            }
+        path = out / "recipes" / f"{name}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        recipes[name] = path
+    return recipes
+
+
+LOSS_LINE = re.compile(r"\{'loss': ")
+
+
+def train_students(out: Path, recipes: dict[str, Path], steps: int, threads: int, console) -> dict[str, float]:
+    """Run the recipes concurrently through ``axolotl.cli.train``; a progress bar per run from its logs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    env = {**os.environ, **SUBPROCESS_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    (out / "logs").mkdir(exist_ok=True)
+    procs, logs, started, seconds = {}, {}, {}, {}
+    for name, recipe in recipes.items():
+        logs[name] = out / "logs" / f"{name}.log"
+        handle = logs[name].open("w")
+        started[name] = time.perf_counter()
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "axolotl.cli.train", str(recipe)],
+            cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT,
+        )
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        tasks = {name: progress.add_task(f"axolotl.cli.train {name.upper():>3}", total=steps) for name in recipes}
+        while procs:
+            time.sleep(1.0)
+            for name in list(procs):
+                done = len(LOSS_LINE.findall(logs[name].read_text(errors="replace")))
+                progress.update(tasks[name], completed=min(done, steps))
+                code = procs[name].poll()
+                if code is None:
+                    continue
+                seconds[name] = time.perf_counter() - started[name]
+                del procs[name]
+                if code != 0:
+                    for other in procs.values():
+                        other.terminate()
+                    tail = logs[name].read_text(errors="replace")[-4000:]
+                    raise RuntimeError(f"axolotl.cli.train {name} failed ({code}); log {logs[name]}:\n{tail}")
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    return path
+
+
+def run_demo(out: Path, s: Settings, threads: int = 1, console=None) -> dict:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from ..tiny import build_model, build_tokenizer
+    from . import core
+
+    console = console or Console()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "tokenizer", "teacher", "student_init", "sft", "kd", "prepared", "recipes", "logs"):
+        fresh(out / sub)
+    t0 = time.perf_counter()
+
+    console.rule("[bold]1. data, tokenizer, models")
+    train, heldout = write_data(out, s)
+    tok = build_tokenizer(out / "tokenizer")
+    teacher = build_model(None, tok, hidden_size=s.teacher_hidden, num_layers=s.teacher_layers, num_heads=4, seed=1)
+    student = build_model(out / "student_init", tok, hidden_size=s.student_hidden, num_layers=s.student_layers,
+                          num_heads=4, seed=2)
+    params = {"teacher": core.count_params(teacher), "student": core.count_params(student)}
+    console.print(f"train {len(train)} / held-out {len(heldout)} problems (disjoint); tokenizer {len(tok)} tokens; "
+                  f"teacher {params['teacher']:,} params, student {params['student']:,} params")
+
+    console.rule("[bold]2. teacher (torch loop)")
+    train_enc = [core.encode(tok, r) for r in train]
+    heldout_enc = [core.encode(tok, r) for r in heldout]
+    with Progress(TextColumn("teacher"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("teacher", total=s.teacher_steps, loss="-")
+        with core.Timer() as teacher_time:
+            core.train_causal_lm(
+                teacher, train_enc, tok.pad_token_id, s.teacher_steps, s.teacher_batch, s.teacher_lr, seed=s.seed,
+                warmup=max(1, s.teacher_steps // 10),
+                on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=f"{loss:.4f}"),
+            )
+    teacher.save_pretrained(str(out / "teacher"))
+    tok.save_pretrained(str(out / "teacher"))
+    console.print(f"teacher trained in {teacher_time.seconds:.0f}s -> {out / 'teacher'}")
+
+    console.rule("[bold]3. students: SFT and KD through axolotl.cli.train")
+    recipes = student_recipes(out, s)
+    console.print(f"recipes: {recipes['sft']}  {recipes['kd']}")
+    student_seconds = train_students(out, recipes, s.student_steps, threads, console)
+
+    console.rule("[bold]4. held-out evaluation")
+    rows = []
+    models = {"teacher": teacher}
+    for name in ("sft", "kd"):
+        models[name] = AutoModelForCausalLM.from_pretrained(str(out / name), dtype=torch.float32)
+    labels = {"teacher": "teacher", "sft": "student SFT", "kd": "student KD"}
+    for name, model in models.items():
+        with console.status(f"evaluating {labels[name]}"):
+            acc, texts = core.exact_match(model, tok, heldout_enc)
+            losses = core.heldout_losses(model, heldout_enc, tok.pad_token_id, teacher=None if name == "teacher" else teacher)
+        rows.append({
+            "model": labels[name],
+            "params": core.count_params(model),
+            "train_steps": s.teacher_steps if name == "teacher" else s.student_steps,
+            "train_seconds": round(teacher_time.seconds if name == "teacher" else student_seconds[name], 1),
+            "exact_match": acc,
+            "heldout_ce": losses["ce"],
+            "kl_to_teacher": losses.get("kl_to_teacher"),
+            "samples": [{"prompt": heldout[i]["messages"][0]["content"], "output": texts[i]} for i in range(3)],
+        })
+    results = {
+        "settings": asdict(s),
+        "threads": threads,
+        "heldout_tokens": losses["tokens"],
+        "rows": rows,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "paths": {"teacher": str(out / "teacher"), "sft": str(out / "sft"), "kd": str(out / "kd"),
+                  "recipes": {k: str(v) for k, v in recipes.items()}},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    console.print(results_table(results))
+    console.print(f"wall time {results['wall_seconds']:.0f}s; results -> {out / 'results.json'}")
+    return results
+
+
+def results_table(results: dict):
+    from rich.table import Table
+
+    s = results["settings"]
+    table = Table(title=f"held-out two-digit addition ({s['n_heldout']} problems, unseen in training)")
+    for col in ("model", "params", "steps", "train s", "exact match", "CE", "KL(T‖S)"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in results["rows"]:
+        kl = "-" if r["kl_to_teacher"] is None else f"{r['kl_to_teacher']:.4f}"
+        table.add_row(r["model"], f"{r['params']:,}", str(r["train_steps"]), f"{r['train_seconds']:.0f}",
+                      f"{100 * r['exact_match']:.1f}%", f"{r['heldout_ce']:.4f}", kl)
+    return table
+
+
+def main_cli(
+    out: Path = Path("demo_out"),
+    quick: bool = False,
+    threads: int = 1,
+    student_steps: int | None = None,
+    temperature: float | None = None,
+    kd_weight: float | None = None,
+    ce_weight: float | None = None,
+    seed: int = 0,
+) -> None:
+    s = QUICK if quick else Settings()
+    overrides = {k: v for k, v in dict(student_steps=student_steps, temperature=temperature, kd_weight=kd_weight,
+                                      ce_weight=ce_weight).items() if v is not None}
+    run_demo(out, replace(s, seed=seed, **overrides), threads=threads)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The one command for a fresh machine: set up .venv (scripts/setup.sh, skipped when already done),
+# then run the embedded demo, passing the arguments through:
+#
+#   scripts/demo.sh                 # the full demo (a few minutes on 2 CPU cores), output in ./demo_out
+#   scripts/demo.sh --quick         # a much smaller run
+#   scripts/demo.sh --out /tmp/d    # python -m distill_plugin.demo --help for all options
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$repo/scripts/setup.sh"
+cd "$repo"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" WANDB_MODE="${WANDB_MODE:-disabled}" \
+       AXOLOTL_DO_NOT_TRACK="${AXOLOTL_DO_NOT_TRACK:-1}" TOKENIZERS_PARALLELISM=false
+exec "$repo/.venv/bin/python" -m distill_plugin.demo "$@"
