@@ -19,8 +19,9 @@ from typing import Callable
 import torch
 
 # chunk_loss(student_logits_chunk, start, end) -> 1-D tensor; element 0 is the objective whose
-# gradient is taken, the rest are detached components reported for logging.
-ChunkLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+# gradient is taken, the rest are detached components reported for logging. A chunk loss that
+# knows its gradient in closed form may instead return ``(parts, d objective / d logits)``.
+ChunkLoss = Callable[[torch.Tensor, int, int], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
 
 def auto_chunk_size(vocab_size: int, target_elements: int = 1 << 26) -> int:
@@ -54,20 +55,24 @@ class _FusedLinearLoss(torch.autograd.Function):
             logits = torch.nn.functional.linear(h, weight, bias).detach().requires_grad_(True)
             with torch.enable_grad():
                 parts = chunk_loss(logits, start, end)
-                (g,) = torch.autograd.grad(parts[0], logits)
+                if isinstance(parts, tuple):  # closed-form gradient supplied
+                    parts, g = parts
+                else:
+                    (g,) = torch.autograd.grad(parts[0], logits)
             parts = parts.detach().float()
             totals = parts if totals is None else totals + parts
             g = g.to(weight.dtype)
             if need_h:
                 grad_h[start:end] = g @ weight
             if need_w:
-                grad_w += (g.t() @ h).float()
+                grad_w.add_(g.t() @ h)  # in place: no fp32 [V, H] temporary
             if need_b:
                 grad_b += g.float().sum(0)
             del logits, g
         if totals is None:  # no supervised rows: a zero loss that still connects to the graph
             probe = torch.zeros(0, weight.shape[0], device=hidden.device, dtype=hidden.dtype)
-            totals = chunk_loss(probe.requires_grad_(True), 0, 0).detach().float() * 0
+            parts = chunk_loss(probe.requires_grad_(True), 0, 0)
+            totals = (parts[0] if isinstance(parts, tuple) else parts).detach().float() * 0
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         components = totals[1:].clone()
@@ -81,7 +86,8 @@ class _FusedLinearLoss(torch.autograd.Function):
         scale = grad_loss
         return (
             grad_h * scale.to(grad_h.dtype) if grad_h is not None else None,
-            (grad_w * scale).to(w_dtype) if grad_w is not None else None,
+            # scale straight into the weight dtype: no second fp32 [V, H] temporary
+            torch.mul(grad_w, scale, out=torch.empty_like(grad_w, dtype=w_dtype)) if grad_w is not None else None,
             (grad_b * scale).to(b_dtype) if grad_b is not None else None,
             None,
             None,

@@ -33,7 +33,7 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_rever
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """KL(p‖q) per row; terms with p = 0 contribute 0 even where log q = -inf."""
     p = logp.exp()
-    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+    return torch.where(p > 0, p * (logp - logq), 0.0).sum(-1)
 
 
 def _log_mixture(logp: torch.Tensor, logq: torch.Tensor, weight_p: float) -> torch.Tensor:

@@ -76,6 +76,28 @@ def combine(kd_rows, student_logits, targets, settings: KDSettings, normalizer) 
     return torch.stack([objective, kd.detach(), ce.detach()]) / normalizer
 
 
+def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSettings, normalizer):
+    """``[objective, kd, ce]`` and d objective / d logits for forward KL, without autograd.
+
+    With q = softmax(z/T) and p the teacher:  d KL(p‖q)/dz = (q − p)/T  and
+    d CE/dz = softmax(z) − onehot(target). Skipping the chunk's autograd graph saves several
+    fp32 [chunk, V] buffers and passes (forward KL is the default and most used divergence).
+    """
+    with torch.no_grad():
+        inv_t = 1.0 / settings.temperature
+        z = student_logits.float()
+        student_logp = F.log_softmax(z * inv_t if inv_t != 1.0 else z, dim=-1)
+        p = teacher_logp.exp()
+        kd_rows = (p * (teacher_logp - student_logp)).sum(-1)
+        parts = combine(kd_rows, z, targets, settings, normalizer)
+        grad = student_logp.exp_().sub_(p).mul_(settings.kd_scale * inv_t)  # reuses student_logp's buffer
+        if settings.ce_weight > 0 and targets is not None and targets.numel():
+            soft = F.softmax(z, dim=-1)
+            soft[torch.arange(len(targets), device=soft.device), targets] -= 1.0
+            grad.add_(soft, alpha=settings.ce_weight)
+        return parts, grad.div_(normalizer).to(student_logits.dtype)
+
+
 def online_kd_loss(
     student_rows: torch.Tensor,
     student_weight: torch.Tensor,
@@ -110,14 +132,19 @@ def online_kd_loss(
     t_weight, t_bias = teacher_weight[:vocab], teacher_bias[:vocab] if teacher_bias is not None else None
     inv_t = 1.0 / settings.temperature
 
+    closed_form = settings.divergence == "forward_kl" and not student_softcap
+
     def chunk_loss(student_logits, start, end):
+        chunk_targets = None if targets is None else targets[start:end]
         with torch.no_grad():
-            teacher_logits = F.linear(teacher_rows[start:end], t_weight, t_bias).float()
-            teacher_logp = F.log_softmax(softcap(teacher_logits, teacher_softcap) * inv_t, dim=-1)
+            teacher_logits = softcap(F.linear(teacher_rows[start:end], t_weight, t_bias).float(), teacher_softcap)
+            teacher_logp = F.log_softmax(teacher_logits * inv_t if inv_t != 1.0 else teacher_logits, dim=-1)
+        if closed_form:
+            return forward_kl_closed_form(student_logits, teacher_logp, chunk_targets, settings, normalizer)
         logits = softcap(student_logits.float(), student_softcap)
         student_logp = F.log_softmax(logits * inv_t, dim=-1)
         kd_rows = divergence(teacher_logp, student_logp, settings.divergence, settings.beta, settings.skew)
-        return combine(kd_rows, logits, None if targets is None else targets[start:end], settings, normalizer)
+        return combine(kd_rows, logits, chunk_targets, settings, normalizer)
 
     s_bias = student_bias[:vocab] if student_bias is not None else None
     loss, parts = fused_linear_loss(student_rows, student_weight[:vocab], chunk_loss, s_bias, chunk_size)

@@ -1,62 +1,20 @@
-"""Shared fixtures for the data_prep tests: a tiny *trained* teacher, a tiny student, prompts.
-
-The teacher is the char-level tiny Qwen2 from ``distill_plugin.tiny`` trained for 200 AdamW steps
-(~5 s on CPU) to answer four fixed arithmetic prompts with ``<think>\\nR\\n</think>\\n\\n\\boxed{A}``.
-It is *memorised*, not intelligent: on those prompts it produces well-formed R1-style output so
-the verification/filter/export path runs on real generations; on any other prompt it produces
-garbage (which the filter must drop).
-"""
+"""Fixtures for the data_prep tests (helpers live in dp_helpers.py: a module named ``conftest``
+would collide with tests/conftest.py on ``from conftest import ...``)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
+
+from dp_helpers import TRAINED, train_teacher, write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
-
-R1_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
-TRAINED = [("What is 2+3?", "2+3=5", "5"), ("What is 4*2?", "4*2=8", "8"),
-           ("What is 9-7?", "9-7=2", "2"), ("What is 1+1?", "1+1=2", "2")]
-
-
-def subprocess_env() -> dict:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled",
-               TOKENIZERS_PARALLELISM="false", AXOLOTL_DO_NOT_TRACK="1", OMP_NUM_THREADS="1")
-    return env
-
-
-def train_teacher(out_dir: Path, steps: int = 200) -> Path:
-    import torch
-
-    from distill_plugin.tiny import build_model, build_tokenizer
-
-    tok = build_tokenizer()
-    model = build_model(None, tok, hidden_size=64, seed=0)
-    texts = []
-    for q, r, a in TRAINED:
-        msgs = [{"role": "user", "content": f"{q}\n\n{R1_SUFFIX}"},
-                {"role": "assistant", "content": f"<think>\n{r}\n</think>\n\n\\boxed{{{a}}}"}]
-        texts.append(tok.apply_chat_template(msgs, tokenize=False))
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    labels = enc["input_ids"].clone()
-    labels[enc["attention_mask"] == 0] = -100
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        model(**enc, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(str(out_dir))
-    tok.save_pretrained(str(out_dir))
-    return out_dir
 
 
 @pytest.fixture(scope="session")
@@ -71,18 +29,6 @@ def tiny_student(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("student")
     build_model(d, build_tokenizer(), hidden_size=32, seed=2)
     return d
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture

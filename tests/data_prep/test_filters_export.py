@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import read_jsonl, write_jsonl
+from dp_helpers import read_jsonl, write_jsonl
 from data_prep.dedup import ContaminationIndex, NearDuplicateIndex, normalize
 from data_prep.export import ExportConfig, ReasoningStrippedError, check_reasoning_kept, export
 from data_prep.filters import FilterConfig, filter_rows

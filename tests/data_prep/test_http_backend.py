@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import read_jsonl, subprocess_env
+from dp_helpers import read_jsonl, subprocess_env
 from data_prep.backends import PromptStyle, Sampling
 from data_prep.backends.openai_http import HTTPBackendError, OpenAIHTTPBackend
 from data_prep.generate import GenerateConfig, generate

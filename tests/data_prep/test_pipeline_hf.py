@@ -11,7 +11,7 @@ import json
 import yaml
 from typer.testing import CliRunner
 
-from conftest import read_jsonl
+from dp_helpers import read_jsonl
 from data_prep.backends import PromptStyle, Sampling
 from data_prep.cli import app
 from data_prep.generate import GenerateConfig, generate

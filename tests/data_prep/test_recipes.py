@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TRAINED, subprocess_env, write_jsonl
+from dp_helpers import TRAINED, subprocess_env, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 R7B, TINY = ROOT / "recipes" / "r1_distill_qwen7b.yml", ROOT / "recipes" / "tiny" / "r1_sft.yml"

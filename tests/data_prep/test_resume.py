@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 
-from conftest import read_jsonl, subprocess_env, write_jsonl
+from dp_helpers import read_jsonl, subprocess_env, write_jsonl
 from data_prep.backends import Sampling
 from data_prep.backends.hf import HFBackend
 from data_prep.backends.base import PromptStyle
