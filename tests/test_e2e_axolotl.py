@@ -74,6 +74,23 @@ def test_lora_student(tmp_path, tiny_pair, arithmetic_data):
     assert adapter and all("lora_" in name for name in adapter)
 
 
+def test_qlora_student(tmp_path, arithmetic_data):
+    """4-bit base (bitsandbytes on CPU) + LoRA adapters; widths are multiples of 64 for its kernel."""
+    from distill_plugin.tiny import build_pair
+
+    pair = build_pair(tmp_path / "pair64", teacher_hidden=64, student_hidden=64)
+    recipe = recipe_for(
+        tmp_path, pair, arithmetic_data, "qlora",
+        load_in_4bit=True, adapter="qlora", lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_linear=True,
+        learning_rate=0.05, gradient_checkpointing=True,
+        lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False,
+    )
+    _, logs = run_axolotl_train(recipe, cwd=tmp_path)
+    assert_learns_and_logs(logs, factor=0.99)
+    assert all(entry["grad_norm"] > 0 for entry in logs)
+    assert saved_tensor_shapes(tmp_path / "qlora")
+
+
 def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):
     """Same global batch (4 = 1×4 = 2×2), sequential sampling: same losses and grad norms."""
     common = dict(max_steps=4, curriculum_sampling=True, save_steps=1000)
