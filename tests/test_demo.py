@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
 import pytest
-
-from conftest import SUBPROCESS_ENV
+import yaml
 
 pytestmark = pytest.mark.slow
+ENV = {
+    **os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "COLUMNS": "120",
+}
 
 
 def test_quick_demo(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "distill_plugin.demo", "--out", str(out), "--quick"],
-        cwd=tmp_path, env={**SUBPROCESS_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
@@ -44,8 +48,6 @@ def test_quick_demo(tmp_path):
         assert (out / sub / "config.json").exists()
         assert list((out / sub).glob("*.safetensors")), sub
     # The recipes differ only by the plugin and its distill block.
-    import yaml
-
     sft = yaml.safe_load((out / "recipes" / "sft.yml").read_text())
     kd = yaml.safe_load((out / "recipes" / "kd.yml").read_text())
     assert "distill" not in sft and "plugins" not in sft

@@ -48,7 +48,7 @@ class Settings:
     # student: trained twice through axolotl.cli.train, identical but for the distill block
     student_hidden: int = 48
     student_layers: int = 2
-    student_steps: int = 300
+    student_steps: int = 600
     student_batch: int = 16
     student_lr: float = 3e-3
     # KD settings (forward KL on the full vocabulary)

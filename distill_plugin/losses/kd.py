@@ -79,6 +79,8 @@ def combine(kd_rows, student_logits, targets, settings: KDSettings, normalizer) 
 def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSettings, normalizer):
     """``[objective, kd, ce]`` and d objective / d logits for forward KL, without autograd.
 
+    ``teacher_logp`` is consumed (overwritten) to save a buffer.
+
     With q = softmax(z/T) and p the teacher:  d KL(p‖q)/dz = (q − p)/T  and
     d CE/dz = softmax(z) − onehot(target). Skipping the chunk's autograd graph saves several
     fp32 [chunk, V] buffers and passes (forward KL is the default and most used divergence).
@@ -88,14 +90,16 @@ def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSe
         z = student_logits.float()
         student_logp = F.log_softmax(z * inv_t if inv_t != 1.0 else z, dim=-1)
         p = teacher_logp.exp()
-        kd_rows = (p * (teacher_logp - student_logp)).sum(-1)
+        # Σ p (log p − log q), as one dot product per row (accurate); consumes teacher_logp's buffer.
+        kd_rows = torch.linalg.vecdot(p, teacher_logp.sub_(student_logp))
         parts = combine(kd_rows, z, targets, settings, normalizer)
-        grad = student_logp.exp_().sub_(p).mul_(settings.kd_scale * inv_t)  # reuses student_logp's buffer
+        grad = torch.exp(student_logp, out=student_logp).sub_(p).mul_(settings.kd_scale * inv_t / normalizer)
+        del p
         if settings.ce_weight > 0 and targets is not None and targets.numel():
             soft = F.softmax(z, dim=-1)
             soft[torch.arange(len(targets), device=soft.device), targets] -= 1.0
-            grad.add_(soft, alpha=settings.ce_weight)
-        return parts, grad.div_(normalizer).to(student_logits.dtype)
+            grad.add_(soft.mul_(settings.ce_weight / normalizer))
+        return parts, grad.to(student_logits.dtype)
 
 
 def online_kd_loss(
@@ -139,6 +143,7 @@ def online_kd_loss(
         with torch.no_grad():
             teacher_logits = softcap(F.linear(teacher_rows[start:end], t_weight, t_bias).float(), teacher_softcap)
             teacher_logp = F.log_softmax(teacher_logits * inv_t if inv_t != 1.0 else teacher_logits, dim=-1)
+            del teacher_logits  # one fewer [chunk, V] buffer alive
         if closed_form:
             return forward_kl_closed_form(student_logits, teacher_logp, chunk_targets, settings, normalizer)
         logits = softcap(student_logits.float(), student_softcap)
