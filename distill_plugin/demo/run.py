@@ -186,7 +186,11 @@ def run_demo(out: Path, s: Settings, threads: int = 1, console=None) -> dict:
     hf_logging.disable_progress_bar()
     torch.set_num_threads(threads)
     out = out.resolve()
+    marker = out / ".distill_demo"
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise SystemExit(f"{out} is not empty and is not a previous demo output; pass --out with a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("output of python -m distill_plugin.demo; its sub-folders are recreated on each run\n")
     for sub in ("data", "tokenizer", "teacher", "student_init", "sft", "kd", "prepared", "recipes", "logs"):
         fresh(out / sub)
     t0 = time.perf_counter()
@@ -245,7 +249,7 @@ def run_demo(out: Path, s: Settings, threads: int = 1, console=None) -> dict:
     results = {
         "settings": asdict(s),
         "threads": threads,
-        "heldout_tokens": losses["tokens"],
+        "heldout_tokens": sum(len(e.target_ids) for e in heldout_enc),
         "rows": rows,
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "paths": {"teacher": str(out / "teacher"), "sft": str(out / "sft"), "kd": str(out / "kd"),
