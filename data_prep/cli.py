@@ -34,6 +34,16 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _report(stage) -> None:
+    """Run a stage, print its summary; bad input exits 2 with one line naming the file/key."""
+    from .export import ReasoningStrippedError
+
+    try:
+        typer.echo(stage().summary())
+    except (InputError, FileNotFoundError, ValueError, ReasoningStrippedError) as e:
+        _fail(e)
+
+
 @app.command("generate")
 def generate_cmd(
     prompts: Annotated[list[Path], typer.Argument(help="Prompt JSONL file(s) or folder(s).")],
@@ -82,10 +92,7 @@ def generate_cmd(
         fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests,
                         choices=field_choices),
         backend_options=opts)
-    try:
-        typer.echo(generate([str(p) for p in prompts], out, cfg, shard=shard).summary())
-    except (InputError, FileNotFoundError, ValueError) as e:
-        _fail(e)
+    _report(lambda: generate([str(p) for p in prompts], out, cfg, shard=shard))
 
 
 @app.command("merge")
@@ -116,10 +123,7 @@ def verify_cmd(
     kw = {"workers": workers} if workers else {}
     cfg = VerifyConfig(task=task, timeout_s=timeout, code_wall_s=code_wall, code_cpu_s=code_cpu,
                        code_memory_mb=code_memory_mb, strict=strict, **kw)
-    try:
-        typer.echo(verify(gen, out, cfg).summary())
-    except (InputError, FileNotFoundError, ValueError) as e:
-        _fail(e)
+    _report(lambda: verify(gen, out, cfg))
 
 
 @app.command("filter")
@@ -144,10 +148,7 @@ def filter_cmd(
                        max_tokens=max_tokens, tokenizer=tokenizer, near_dup_threshold=near_dup_threshold,
                        dedup=not no_dedup, keep_unverifiable=keep_unverifiable,
                        require_correct=not keep_incorrect, strict=strict)
-    try:
-        typer.echo(filter_rows(ver, out, cfg).summary())
-    except (InputError, FileNotFoundError, ValueError) as e:
-        _fail(e)
+    _report(lambda: filter_rows(ver, out, cfg))
 
 
 @app.command("export")
@@ -160,14 +161,11 @@ def export_cmd(
     strict: Strict = False,
 ):
     """Write {"messages", "id", "source"} rows with <think>…</think> kept in the assistant turn."""
-    from .export import ExportConfig, ReasoningStrippedError, export
+    from .export import ExportConfig, export
 
     _setup_logging()
-    try:
-        cfg = ExportConfig(select=select, reasoning_field=reasoning_field, check_template=check_template, strict=strict)
-        typer.echo(export(kept, out, cfg).summary())
-    except (InputError, FileNotFoundError, ValueError, ReasoningStrippedError) as e:
-        _fail(e)
+    _report(lambda: export(kept, out, ExportConfig(select=select, reasoning_field=reasoning_field,
+                                                   check_template=check_template, strict=strict)))
 
 
 @app.command("run")
