@@ -11,10 +11,6 @@ rows, with the student hidden states and lm_head weight requiring grad and the t
                  not in the default set)
     floor        the four GEMMs alone in the compute dtype: teacher logits h_t W_tᵀ, student logits
                  h_s W_sᵀ, grad-input g W_s, grad-weight gᵀ h_s (g = the student-logit buffer)
-    proto_acc    PROTOTYPE of a proposed change to losses/chunked.py: as ours, but grad-weight is
-                 accumulated with an in-place mixed-dtype add_ and backward casts with one fused mul
-    proto_fkl    PROTOTYPE: proto_acc plus the analytic forward-KL gradient (q − p)/N instead of
-                 autograd on the chunk
 
 Each (method, rows) case runs in a fresh subprocess (``--no-isolate`` to run in-process), so an OOM
 or a CUDA fault in one case cannot poison the next, and CPU peak memory can be read from the process.
@@ -53,7 +49,7 @@ except ImportError:  # not installed: use the checkout this script lives in
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_METHODS = ["ours", "naive", "liger", "floor"]
-ALL_METHODS = DEFAULT_METHODS + ["liger_ops", "proto_acc", "proto_fkl"]
+ALL_METHODS = DEFAULT_METHODS + ["liger_ops"]
 FINGERPRINT_ROWS = 256
 GIB = 1024**3
 
@@ -170,78 +166,12 @@ def method_floor(x, a, chunk):
     return step
 
 
-class _ProtoFusedKL(torch.autograd.Function):
-    """Prototype of the proposed chunked.py/kd.py changes (forward KL, T = 1, no bias/softcap)."""
-
-    @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, chunk, analytic):
-        from distill_plugin.losses.divergences import divergence
-
-        rows = h_s.shape[0]
-        norm = max(rows, 1)
-        grad_h = torch.empty_like(h_s)
-        grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device)
-        total = torch.zeros((), dtype=torch.float32, device=w_s.device)
-        for s in range(0, rows, chunk):
-            e = min(s + chunk, rows)
-            h = h_s[s:e]
-            log_p = F.log_softmax(F.linear(h_t[s:e], w_t).float(), dim=-1)
-            if analytic:
-                # Σ p (log p − log q); grad wrt student logits = (q − p)/N (log-probs finite online)
-                log_q = F.log_softmax(F.linear(h, w_s).float(), dim=-1)
-                p = log_p.exp()
-                total += torch.linalg.vecdot(p, log_p.sub_(log_q)).sum() / norm  # per-row dots: accurate
-                del log_p
-                g = torch.exp(log_q, out=log_q).sub_(p).div_(norm)
-                del p
-            else:  # same maths as kd.py's chunk loss, differentiated by autograd
-                logits = F.linear(h, w_s).detach().requires_grad_(True)
-                with torch.enable_grad():
-                    kd = divergence(log_p, F.log_softmax(logits.float(), dim=-1), "forward_kl").sum() / norm
-                    (g,) = torch.autograd.grad(kd, logits)
-                total += kd.detach().float()
-                del log_p, logits, kd
-            g = g.to(w_s.dtype)
-            torch.mm(g, w_s, out=grad_h[s:e])
-            grad_w.add_(g.t() @ h)  # mixed-dtype in-place add: no fp32 copy of the [V, H] product
-            del g
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.w_dtype = w_s.dtype
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
-        out_w = torch.empty(grad_w.shape, dtype=ctx.w_dtype, device=grad_w.device)
-        torch.mul(grad_w, grad_loss, out=out_w)  # scale and cast in one pass, no fp32 temporary
-        return grad_h * grad_loss.to(grad_h.dtype), out_w, None, None, None, None
-
-
-def _proto(analytic):
-    def make(x, a, chunk):
-        from distill_plugin.losses.chunked import auto_chunk_size
-
-        h_s, w_s, h_t, w_t, _ = x
-        c = chunk or auto_chunk_size(w_s.shape[0])
-
-        def step():
-            loss = _ProtoFusedKL.apply(h_s, w_s, h_t, w_t, c, analytic)
-            loss.backward()
-            return loss.detach()
-
-        return step
-
-    return make
-
-
 METHODS = {
     "ours": method_ours,
     "naive": method_naive,
     "liger": method_liger,
     "liger_ops": method_liger_ops,
     "floor": method_floor,
-    "proto_acc": _proto(False),
-    "proto_fkl": _proto(True),
 }
 
 
@@ -374,7 +304,7 @@ def case_list(a):
     cases = []
     for rows in a.rows:
         for m in a.methods:
-            if m in ("ours", "proto_acc", "proto_fkl"):
+            if m == "ours":
                 cases += [(m, rows, c) for c in chunks]
             elif m == "floor":
                 cases.append((m, rows, a.floor_chunk or None))
@@ -401,7 +331,7 @@ def run_isolated(case, a, tmp):
 
 def label(r, a):
     m, c = r["method"], r["chunk"]
-    if m in ("ours", "proto_acc", "proto_fkl"):
+    if m == "ours":
         from distill_plugin.losses.chunked import auto_chunk_size
 
         return f"{m} (chunk {c})" if c else f"{m} (chunk {auto_chunk_size(a.vocab)}, auto)"
