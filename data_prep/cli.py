@@ -15,7 +15,7 @@ import typer
 from .backends import PromptStyle, Sampling
 from .io import InputError
 from .schema import FieldMap
-from .logits import logits
+from .logits import import_axolotl_kd, logits
 
 app = typer.Typer(name="distill-data", no_args_is_help=True, add_completion=False,
                   help="R1-style trajectory generation, verification, filtering and chat-template export.")
@@ -187,6 +187,7 @@ def main() -> None:  # pragma: no cover
 
 
 app.command("logits")(logits)
+app.command("import-axolotl-kd")(import_axolotl_kd)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,3 +45,30 @@ def logits(
                             dtype=dtype, batch_size=batch_size, shard=i, num_shards=n, max_rows=max_rows, bits=bits)
     typer.echo(f"captured {stats.rows} rows ({stats.skipped} already stored), {stats.tokens} tokens, "
                f"{stats.positions} positions in {stats.seconds:.1f}s: {stats.tokens_per_s:,.0f} tokens/s")
+
+
+def import_axolotl_kd(
+    data: Path = typer.Argument(..., help="Axolotl KD dataset: .jsonl or .parquet rows with messages + target_token_ids/logprobs"),
+    out: Path = typer.Option(..., "-o", "--out", help="store directory usable as distill.teacher_logits"),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="the tokenizer the log-probs were produced with (= the student's)"),
+    top_k: int = typer.Option(None, "--top-k", help="keep the top k per position (default: all stored)"),
+    temperature: float = typer.Option(1.0, "--temperature", help="the temperature the log-probs were produced at"),
+    logprobs_field: str = typer.Option("logprobs", "--logprobs-field"),
+    messages_field: str = typer.Option("messages", "--messages-field"),
+    sequence_len: int = typer.Option(None, "--sequence-len"),
+):
+    """Import an existing Axolotl-KD-format logprob dataset into an offline logits store."""
+    from transformers import AutoTokenizer
+
+    from distill_plugin.offline.capture import read_jsonl
+    from distill_plugin.offline.interop import import_axolotl_kd as run_import
+
+    if data.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = (row for batch in pq.ParquetFile(data).iter_batches() for row in batch.to_pylist())
+    else:
+        rows = read_jsonl(data)
+    stats = run_import(rows, out, AutoTokenizer.from_pretrained(tokenizer), k=top_k, temperature=temperature,
+                       sequence_len=sequence_len, logprobs_field=logprobs_field, messages_field=messages_field)
+    typer.echo(f"imported {stats.rows} rows ({stats.skipped} already stored), {stats.positions} positions into {out}")
