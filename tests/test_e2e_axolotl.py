@@ -104,3 +104,11 @@ def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):
     for a, b in zip(logs_one, logs_two):
         for key in ("loss", "grad_norm", "kd_loss", "ce_loss"):
             assert b[key] == pytest.approx(a[key], rel=2e-3), (key, a, b)
+
+
+def test_sample_packing(tmp_path, tiny_pair, arithmetic_data):
+    """Axolotl's multipack collator path: teacher and student get the same packed batch."""
+    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "packed", sample_packing=True,
+                        pad_to_sequence_len=True, micro_batch_size=1, max_steps=12)
+    _, logs = run_axolotl_train(recipe, cwd=tmp_path)
+    assert_learns_and_logs(logs, factor=0.95)

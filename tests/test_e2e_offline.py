@@ -82,3 +82,17 @@ def test_mismatched_store_is_refused(tmp_path, sharp_pair, arithmetic_data):
                  {"teacher_logits": str(tmp_path / "logits")})
     with pytest.raises(AssertionError, match="chat template hash"):
         run_axolotl_train(cfg, cwd=tmp_path)
+
+
+def test_offline_with_sample_packing(tmp_path, sharp_pair, arithmetic_data):
+    """The offline collator wraps Axolotl's packing collator: targets follow the packed examples."""
+    from distill_plugin.offline.capture import capture_teacher
+
+    teacher, student = sharp_pair
+    packed = recipe(tmp_path, "packed", REPO / "recipes/tiny/offline_topk_kd.yml", student, arithmetic_data,
+                    {"teacher_logits": str(tmp_path / "logits")})
+    write_recipe(packed, packed, sample_packing=True, pad_to_sequence_len=True, micro_batch_size=1)
+    capture_teacher(teacher, tmp_path / "logits", config=packed, k=16, progress=False)
+    _, logs = run_axolotl_train(packed, cwd=tmp_path)
+    first, last = logs[0]["kd_loss"], logs[-1]["kd_loss"]
+    assert last < 0.5 * first, (first, last)
