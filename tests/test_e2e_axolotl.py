@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,9 +46,11 @@ def assert_learns_and_logs(logs, factor=0.85):
 
 
 def test_full_finetune(tmp_path, tiny_pair, arithmetic_data):
-    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "full")
-    _, logs = run_axolotl_train(recipe, cwd=tmp_path)
+    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "full", val_set_size=0.25, eval_steps=10)
+    output, logs = run_axolotl_train(recipe, cwd=tmp_path)
     assert_learns_and_logs(logs)
+    evals = [float(v) for v in re.findall(r"'eval_kd_loss': '?([-\d.e+]+)", output)]
+    assert len(evals) >= 2 and all(0 <= v < 10 for v in evals)  # normalised, not summed
     shapes = saved_tensor_shapes(tmp_path / "full")
     student_cfg = json.loads((tiny_pair[1] / "config.json").read_text())
     # The checkpoint is the student's alone: its width, none of the teacher's 48-wide tensors.
