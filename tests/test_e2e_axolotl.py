@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -100,7 +101,10 @@ def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):
     one = recipe_for(tmp_path, tiny_pair, arithmetic_data, "one", micro_batch_size=4, **common)
     two = recipe_for(tmp_path, tiny_pair, arithmetic_data, "two", micro_batch_size=2, **common)
     _, logs_one = run_axolotl_train(one, cwd=tmp_path)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     # ACCELERATE_USE_CPU makes each rank join a gloo process group on CPU.
     _, logs_two = run_axolotl_train(two, cwd=tmp_path, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
     assert len(logs_one) == len(logs_two) == 4
