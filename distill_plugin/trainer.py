@@ -9,13 +9,13 @@ The KD and CE components are logged next to ``loss`` as ``kd_loss`` and ``ce_los
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from .args import DistillConfig
 from .losses.chunked import select_rows
 from .modeling import final_hidden_states, output_head
+
+METRICS = ("kd_loss", "ce_loss")  # logged next to `loss`; eval adds the `eval_` prefix
 
 
 class DistillTrainerMixin:
@@ -31,7 +31,8 @@ class DistillTrainerMixin:
         # over processes too (Axolotl turns that off), so N is the global supervised-token count.
         self.model_accepts_loss_kwargs = True
         self.args.average_tokens_across_devices = True
-        self._distill_metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
+        # Running [kd, ce] sums stay on the device: no host sync per micro-batch, one per log.
+        self._distill_sums = {"train": None, "eval": None}
         self._distill_counts = {"train": 0, "eval": 0}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -60,9 +61,9 @@ class DistillTrainerMixin:
         return 1.0
 
     def _record(self, split: str, out, scale: float) -> None:
-        metrics = self._distill_metrics[split]
-        metrics["kd_loss"] += out.kd.item() * scale
-        metrics["ce_loss"] += out.ce.item() * scale
+        parts = torch.stack([out.kd, out.ce]).detach().double() * scale
+        sums = self._distill_sums[split]
+        self._distill_sums[split] = parts if sums is None else sums + parts
         self._distill_counts[split] += 1
 
     def _flush(self, split: str) -> dict[str, float]:
@@ -72,14 +73,11 @@ class DistillTrainerMixin:
         # Training components are fractions of the step's total: sum over the step's micro-batches,
         # average over the optimizer steps since the last log. Eval batches are each normalised.
         per = count / self.args.gradient_accumulation_steps if split == "train" else count
-        values = torch.tensor(list(self._distill_metrics[split].values()), dtype=torch.float64) / max(per, 1e-12)
-        values = self.accelerator.gather_for_metrics(values.to(self.accelerator.device).reshape(1, -1))
-        values = values.reshape(-1, len(self._distill_metrics[split])).mean(0)
-        names = list(self._distill_metrics[split])
-        self._distill_metrics[split] = defaultdict(float)
-        self._distill_counts[split] = 0
+        values = self._distill_sums[split].to(self.accelerator.device).reshape(1, -1) / max(per, 1e-12)
+        values = self.accelerator.gather_for_metrics(values).reshape(-1, len(METRICS)).mean(0).tolist()
+        self._distill_sums[split], self._distill_counts[split] = None, 0
         prefix = "eval_" if split == "eval" else ""
-        return {f"{prefix}{name}": round(float(v), 6) for name, v in zip(names, values)}
+        return {f"{prefix}{name}": round(v, 6) for name, v in zip(METRICS, values)}
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.distill_config is not None:

@@ -59,18 +59,17 @@ def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     return logits if not cap else cap * torch.tanh(logits / cap)
 
 
-def combine(kd_rows, student_logits, targets, settings: KDSettings, normalizer) -> torch.Tensor:
+def combine(kd_rows, student_logits, targets, settings: KDSettings, normalizer, ce=None) -> torch.Tensor:
     """``[objective, kd, ce]`` for one chunk, each already divided by ``normalizer``.
 
     Shared by the online and the offline (top-k) losses: both reduce to per-row KD terms plus the
-    hard-label CE on the same fp32 student logits.
+    hard-label CE on the same fp32 student logits (``ce``: the summed CE when already computed).
     """
     kd = kd_rows.sum()
-    if targets is not None and targets.numel():
-        ce_grad = torch.is_grad_enabled() and settings.ce_weight > 0
-        with torch.set_grad_enabled(ce_grad):
+    if ce is None and targets is not None and targets.numel():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and settings.ce_weight > 0):
             ce = F.cross_entropy(student_logits, targets, reduction="sum")
-    else:
+    elif ce is None:
         ce = kd.new_zeros(())
     objective = settings.kd_scale * kd + settings.ce_weight * ce
     return torch.stack([objective, kd.detach(), ce.detach()]) / normalizer
@@ -92,13 +91,24 @@ def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSe
         p = teacher_logp.exp()
         # Σ p (log p − log q), as one dot product per row (accurate); consumes teacher_logp's buffer.
         kd_rows = torch.linalg.vecdot(p, teacher_logp.sub_(student_logp))
-        parts = combine(kd_rows, z, targets, settings, normalizer)
-        grad = torch.exp(student_logp, out=student_logp).sub_(p).mul_(settings.kd_scale * inv_t / normalizer)
-        del p
-        if settings.ce_weight > 0 and targets is not None and targets.numel():
-            soft = F.softmax(z, dim=-1)
-            soft[torch.arange(len(targets), device=soft.device), targets] -= 1.0
-            grad.add_(soft.mul_(settings.ce_weight / normalizer))
+        with_ce = targets is not None and targets.numel() > 0
+        ce = ce_logp = None
+        if with_ce:  # at T = 1 the CE log-probs are the KD log-probs: one log_softmax, not two
+            ce_logp = student_logp if inv_t == 1.0 else F.log_softmax(z, dim=-1)
+            ce = -ce_logp.gather(1, targets[:, None]).sum()
+        parts = combine(kd_rows, z, targets, settings, normalizer, ce=ce)
+        kd_coef = settings.kd_scale * inv_t / normalizer
+        use_ce = with_ce and settings.ce_weight > 0
+        ce_coef = settings.ce_weight / normalizer
+        q = torch.exp(student_logp, out=student_logp)  # reuses the log-probs' buffer
+        if use_ce and ce_logp is student_logp:  # T = 1: softmax(z) is q itself
+            grad = q.mul_(kd_coef + ce_coef).sub_(p.mul_(kd_coef))
+        else:
+            grad = q.sub_(p).mul_(kd_coef)
+            if use_ce:
+                grad.add_(ce_logp.exp_().mul_(ce_coef))
+        if use_ce:
+            grad[torch.arange(len(targets), device=grad.device), targets] -= ce_coef
         return parts, grad.to(student_logits.dtype)
 
 
