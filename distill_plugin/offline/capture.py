@@ -88,15 +88,16 @@ def examples_from_jsonl(path: str | Path, tokenizer, sequence_len: int | None = 
     return [tokenize_row(r, tokenizer, sequence_len, messages_field, id_field) for r in read_jsonl(path)]
 
 
-def _lm_head_topk(hidden, head_weight, k: int, temperature: float, softcap: float | None, chunk: int):
-    """``topk(log_softmax(hidden @ W.T / T))`` in fp32 over rows of ``hidden [n, H]``, chunk by chunk."""
+def _lm_head_topk(hidden, head, k: int, temperature: float, chunk: int):
+    """``topk(log_softmax(lm_head(hidden) / T))`` in fp32 over rows of ``hidden [n, H]``, chunk by chunk."""
     import torch
+    import torch.nn.functional as F
+
+    from distill_plugin.losses.kd import softcap
 
     ids, vals = [], []
     for start in range(0, hidden.shape[0], chunk):
-        logits = (hidden[start:start + chunk] @ head_weight.T).float()
-        if softcap:
-            logits = softcap * torch.tanh(logits / softcap)
+        logits = softcap(F.linear(hidden[start:start + chunk], head.weight, head.bias).float(), head.softcap)
         lp = torch.log_softmax(logits / temperature, dim=-1)
         v, i = lp.topk(k, dim=-1)
         ids.append(i.cpu())
@@ -110,10 +111,10 @@ class HFBackend:
     """Batched transformers forward; only captured positions go through the LM head."""
 
     def __init__(self, model, k: int, temperature: float = 1.0, chunk_positions: int = 1024):
+        from distill_plugin.modeling import output_head
+
         self.model, self.k, self.temperature, self.chunk = model.eval(), k, temperature, chunk_positions
-        self.head = model.get_output_embeddings()
-        self.decoder = model.get_decoder()
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.head = output_head(model)  # the same lm_head (weight, bias, soft-cap) the training loss uses
 
     @classmethod
     def from_pretrained(cls, path: str, k: int, temperature: float = 1.0, device: str | None = None,
@@ -130,6 +131,8 @@ class HFBackend:
     def __call__(self, batch: list[Example]) -> list[tuple[np.ndarray, np.ndarray]]:
         import torch
 
+        from distill_plugin.modeling import final_hidden_states
+
         device = self.head.weight.device
         width = max(len(e.input_ids) for e in batch)
         input_ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -142,9 +145,9 @@ class HFBackend:
         for b, m in enumerate(masks):
             select[b, : len(m)] = m
         with torch.inference_mode():
-            hidden = self.decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
-            ids, vals = _lm_head_topk(hidden[select.to(device)], self.head.weight, self.k, self.temperature,
-                                      self.softcap, self.chunk)
+            inputs = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+            hidden = final_hidden_states(self.model, inputs)
+            ids, vals = _lm_head_topk(hidden[select.to(device)], self.head, self.k, self.temperature, self.chunk)
         out, start = [], 0
         for m in masks:
             n = int(m.sum())

@@ -162,3 +162,19 @@ def test_vllm_backend(tmp_path, teacher_dir, tokenizer, examples):
 
         ref_ids, ref_lps = exact_topk(transformers.AutoModelForCausalLM.from_pretrained(str(teacher_dir)), e.input_ids, K)
         np.testing.assert_array_equal(by_id(ids, lps)[0], by_id(ref_ids[e.mask], ref_lps[e.mask])[0])
+
+
+def test_capture_uses_the_lm_head_bias(tmp_path, teacher, examples):
+    """Capture reads lm_head through ``modeling.output_head``, like the training loss: a bias counts."""
+    import copy
+
+    biased = copy.deepcopy(teacher)
+    old = biased.lm_head
+    biased.lm_head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        biased.lm_head.weight.copy_(old.weight)
+        biased.lm_head.bias.copy_(torch.linspace(-3.0, 3.0, old.out_features))  # reorders the top-k
+    (captured,) = cap.HFBackend(biased, K, chunk_positions=16)([examples[0]])
+    ids, lps = exact_topk(biased, examples[0].input_ids, K)
+    np.testing.assert_array_equal(by_id(*captured)[0], by_id(ids[examples[0].mask], lps[examples[0].mask])[0])
+    np.testing.assert_allclose(captured[1], lps[examples[0].mask], atol=1e-4)
