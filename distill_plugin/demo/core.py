@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distill_plugin.losses.divergences import divergence
+
 from .task import final_answer
 
 IGNORE = -100
@@ -161,7 +163,7 @@ def heldout_losses(model, examples: list[Encoded], pad_id: int, teacher=None, ba
             vocab = min(logits.shape[-1], t_logits.shape[-1])
             s_logp = F.log_softmax(logits[:, :vocab], -1)
             t_logp = F.log_softmax(t_logits[:, :vocab], -1)
-            kl_sum += (t_logp.exp() * (t_logp - s_logp)).sum().item()
+            kl_sum += divergence(t_logp, s_logp, "forward_kl").sum().item()
         n += labels.numel()
     out = {"ce": ce_sum / n, "tokens": n}
     if teacher is not None:

@@ -32,29 +32,20 @@ def subprocess_env() -> dict:
 
 
 def train_teacher(out_dir: Path, steps: int = 200) -> Path:
-    import torch
-
+    """Memorise the TRAINED trajectories (prompt → `<think>…</think>\\boxed{}`) with the demo's trainer."""
+    from distill_plugin.demo.core import encode, train_causal_lm
     from distill_plugin.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer()
     model = build_model(None, tok, hidden_size=64, seed=0)
-    texts = []
-    for q, r, a in TRAINED:
-        msgs = [{"role": "user", "content": f"{q}\n\n{R1_SUFFIX}"},
-                {"role": "assistant", "content": f"<think>\n{r}\n</think>\n\n\\boxed{{{a}}}"}]
-        texts.append(tok.apply_chat_template(msgs, tokenize=False))
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    labels = enc["input_ids"].clone()
-    labels[enc["attention_mask"] == 0] = -100
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        model(**enc, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    rows = [{"messages": [{"role": "user", "content": f"{q}\n\n{R1_SUFFIX}"},
+                          {"role": "assistant", "content": f"<think>\n{r}\n</think>\n\n\\boxed{{{a}}}"}],
+             "answer": a} for q, r, a in TRAINED]
+    train_causal_lm(model, [encode(tok, row) for row in rows], tok.pad_token_id, steps=steps, batch_size=4, lr=3e-3)
     model.save_pretrained(str(out_dir))
     tok.save_pretrained(str(out_dir))
     return out_dir
+
 
 def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
