@@ -332,8 +332,12 @@ def label(r, a):
     m, c = r["method"], r["chunk"]
     if m == "ours":
         from distill_plugin.losses.chunked import auto_chunk_size
+        from distill_plugin.losses.compiled import COMPILED_CHUNK_ELEMENTS, use_compiled
 
-        return f"{m} (chunk {c})" if c else f"{m} (chunk {auto_chunk_size(a.vocab)}, auto)"
+        compiled = use_compiled(torch.empty(0, device=a.device))
+        mode = ", compiled" if compiled else ""
+        auto = auto_chunk_size(a.vocab, COMPILED_CHUNK_ELEMENTS) if compiled else auto_chunk_size(a.vocab)
+        return f"{m} (chunk {c}{mode})" if c else f"{m} (chunk {auto}, auto{mode})"
     if m == "floor":
         return f"floor (chunked {c})" if c else "floor (chunk-free)"
     if m == "liger":

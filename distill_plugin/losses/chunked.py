@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from .compiled import accumulate_grad_weight
+
 # chunk_loss(student_logits_chunk, start, end) -> 1-D tensor; element 0 is the objective whose
 # gradient is taken, the rest are detached components reported for logging. A chunk loss that
 # knows its gradient in closed form may instead return ``(parts, d objective / d logits)``.
@@ -63,9 +65,9 @@ class _FusedLinearLoss(torch.autograd.Function):
             totals = parts if totals is None else totals + parts
             g = g.to(weight.dtype)
             if need_h:
-                grad_h[start:end] = g @ weight
+                torch.mm(g, weight, out=grad_h[start:end])  # no [chunk, H] temporary + copy
             if need_w:
-                grad_w.add_(g.t() @ h)  # in place: no fp32 [V, H] temporary
+                accumulate_grad_weight(grad_w, g, h)  # in place: no fp32 [V, H] temporary
             if need_b:
                 grad_b += g.float().sum(0)
             del logits, g

@@ -22,7 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .chunked import fused_linear_loss
+from .chunked import auto_chunk_size, fused_linear_loss
+from .compiled import COMPILED_CHUNK_ELEMENTS, compiled_forward_kl_chunk, use_compiled
 from .divergences import divergence, get_divergence
 
 
@@ -112,6 +113,13 @@ def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSe
         return parts, grad.to(student_logits.dtype)
 
 
+def _on(value, device) -> torch.Tensor:
+    """A float or tensor as a 0-d fp32 tensor on ``device`` (``torch.full``: no blocking copy)."""
+    if torch.is_tensor(value):
+        return value.to(device=device, dtype=torch.float32)
+    return torch.full((), float(value), device=device)
+
+
 def online_kd_loss(
     student_rows: torch.Tensor,
     student_weight: torch.Tensor,
@@ -148,8 +156,28 @@ def online_kd_loss(
 
     closed_form = settings.divergence == "forward_kl" and not student_softcap
 
+    compiled = closed_form and use_compiled(student_rows)
+    if compiled:
+        chunk_size = chunk_size or auto_chunk_size(vocab, COMPILED_CHUNK_ELEMENTS)
+        # 0-d device tensors: a new normaliser neither recompiles nor copies host→device per chunk
+        device = student_rows.device
+        kd_coef = settings.kd_scale * inv_t / _on(normalizer, device)
+        ce_coef = settings.ce_weight / _on(normalizer, device)
+
+    def compiled_forward_kl(student_logits, teacher_logits, chunk_targets, teacher_cap):
+        with_ce = chunk_targets is not None and chunk_targets.numel() > 0
+        kd, ce, grad = compiled_forward_kl_chunk(
+            student_logits, teacher_logits, chunk_targets, kd_coef, ce_coef, inv_t, teacher_cap, with_ce
+        )
+        objective = settings.kd_scale * kd + settings.ce_weight * ce
+        return torch.stack([objective, kd, ce]) / normalizer, grad
+
     def chunk_loss(student_logits, start, end):
         chunk_targets = None if targets is None else targets[start:end]
+        if compiled and end - start > 1:  # 0/1-row chunks (rare) stay eager: no extra specialisation
+            with torch.no_grad():
+                teacher_logits = F.linear(teacher_rows[start:end], t_weight, t_bias)
+            return compiled_forward_kl(student_logits, teacher_logits, chunk_targets, teacher_softcap)
         with torch.no_grad():
             teacher_logits = softcap(F.linear(teacher_rows[start:end], t_weight, t_bias).float(), teacher_softcap)
             teacher_logp = F.log_softmax(teacher_logits * inv_t if inv_t != 1.0 else teacher_logits, dim=-1)
