@@ -21,6 +21,7 @@ from . import verify_code, verify_math, verify_mcq
 from .io import JsonlAppender, SkipLog, done_ids, input_files, read_rows
 from .pool import TIMEOUT
 from .report import StageReport
+from .rows import GenerationRow, row_error
 from .sandbox import Limits
 
 
@@ -47,12 +48,14 @@ def _correct(verdict: str):
 
 
 def unique_rows(inputs, skips: SkipLog, report: StageReport):
-    """Rows of all input files (shards), each id once."""
+    """Valid rows (:class:`data_prep.rows.GenerationRow`) of all input files (shards), each id once;
+    a bad row is skipped with ``file:line`` and the reason (or raises under ``--strict``)."""
     seen = set()
     for path, lineno, row in read_rows(input_files(inputs), skips):
         report.rows_in += 1
-        if "generations" not in row or "id" not in row:
-            skips.skip(path, lineno, "not_a_generation_row", "needs 'id' and 'generations'")
+        why = row_error(GenerationRow, row)
+        if why:
+            skips.skip(path, lineno, "invalid_row", why)
             continue
         if row["id"] in seen:
             report.drops["duplicate_id"] += 1
