@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from .guards import preflight, record_settings
 from .io import SkipLog, write_jsonl_atomic
 from .report import StageReport
 from .schema import join_reasoning
@@ -111,9 +112,11 @@ def check_reasoning_kept(tokenizer, rows: list[dict], k: int = 3) -> int:
 
 def export(inputs, out_path: str | Path, cfg: ExportConfig) -> StageReport:
     out_path = Path(out_path)
+    files = preflight(inputs, out_path)
+    record_settings(out_path.parent, "export", cfg.model_dump(exclude={"strict", "check_rows"}), resumable=False)
     skips, report = SkipLog(cfg.strict), StageReport("export")
     rows: list[dict] = []
-    for row in unique_rows(inputs, skips, report):
+    for row in unique_rows(files, skips, report):
         produced = to_training_rows(row, cfg)
         if not produced:
             report.drops["no_selectable_generation"] += 1

@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from . import verify_code, verify_math, verify_mcq
-from .io import JsonlAppender, SkipLog, done_ids, input_files, read_rows
+from .guards import preflight, record_settings
+from .io import JsonlAppender, SkipLog, done_ids, read_rows
 from .pool import TIMEOUT
 from .report import StageReport
 from .rows import GenerationRow, row_error
@@ -36,6 +37,9 @@ class VerifyConfig(BaseModel):
     strict: bool = False
 
 
+SETTINGS = {"task", "timeout_s", "code_wall_s", "code_cpu_s", "code_memory_mb"}  # shape the verdicts
+
+
 def _answer_text(gen: dict) -> str:
     """What is graded: the text after ``</think>`` (the whole text if it had no think tags; nothing
     if the reasoning never closed, so an intermediate ``\\boxed{}`` cannot pass)."""
@@ -47,11 +51,11 @@ def _correct(verdict: str):
     return None if verdict == "unverifiable" else verdict == "correct"
 
 
-def unique_rows(inputs, skips: SkipLog, report: StageReport):
+def unique_rows(files, skips: SkipLog, report: StageReport):
     """Valid rows (:class:`data_prep.rows.GenerationRow`) of all input files (shards), each id once;
     a bad row is skipped with ``file:line`` and the reason (or raises under ``--strict``)."""
     seen = set()
-    for path, lineno, row in read_rows(input_files(inputs), skips):
+    for path, lineno, row in read_rows(files, skips):
         report.rows_in += 1
         why = row_error(GenerationRow, row)
         if why:
@@ -67,8 +71,10 @@ def unique_rows(inputs, skips: SkipLog, report: StageReport):
 def verify(inputs, out_dir: str | Path, cfg: VerifyConfig) -> StageReport:
     out_dir = Path(out_dir)
     out_path = out_dir / "verified.jsonl"
+    files = preflight(inputs, out_dir)
+    record_settings(out_dir, "verify", cfg.model_dump(include=SETTINGS), resumable=True)
     skips, report = SkipLog(cfg.strict), StageReport("verify")
-    rows = list(unique_rows(inputs, skips, report))
+    rows = list(unique_rows(files, skips, report))
     done = done_ids([out_path])
     todo = [r for r in rows if r["id"] not in done]
     report.extra["already_done"] = len(rows) - len(todo)
