@@ -30,9 +30,9 @@ class _OneLineUsageErrors(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as e:
+        except click.exceptions.NoArgsIsHelpError as e:  # the help, as before
             e.show()
-            sys.exit(0)
+            sys.exit(e.exit_code)
         except click.UsageError as e:
             command = e.ctx.command_path if e.ctx else "distill-data"
             click.echo(f"error: {command}: {e.format_message()}", err=True)
@@ -55,6 +55,7 @@ _DEBUG = {"on": bool(os.environ.get("DISTILL_DATA_DEBUG"))}
 def _options(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False):
     """R1-style trajectory generation, verification, filtering and chat-template export."""
     _DEBUG["on"] = _DEBUG["on"] or debug
+
 
 Strict = Annotated[bool, typer.Option("--strict", help="Fail on the first bad input line instead of skipping it.")]
 
