@@ -77,6 +77,32 @@ def unknown_key(model: type[BaseModel], raw: dict, prefix: str = "") -> str | No
     return None
 
 
+_BACKEND_CLASSES = {"hf": ("hf", "HFBackend"), "openai": ("openai_http", "OpenAIHTTPBackend"),
+                    "http": ("openai_http", "OpenAIHTTPBackend"), "vllm": ("vllm", "VLLMBackend")}
+
+
+def unknown_backend_option(backend: str, options: dict) -> str | None:
+    """A ``generate.backend_options`` key the backend's constructor does not take, if any."""
+    import importlib
+    import inspect
+
+    try:
+        module, name = _BACKEND_CLASSES[backend]
+        cls = getattr(importlib.import_module(f"data_prep.backends.{module}"), name)
+        params = inspect.signature(cls.__init__).parameters
+    except (KeyError, ImportError, AttributeError, ValueError):  # unknown backend: reported later
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    valid = [k for k in params if k not in ("self", "model", "sampling", "style")]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+            hint = f"did you mean 'generate.backend_options.{close[0]}'?" if close else "valid keys: " + ", ".join(valid)
+            return f"unknown key 'generate.backend_options.{key}' for backend {backend} ({hint})"
+    return None
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
@@ -105,6 +131,9 @@ def load_config(path: str | Path) -> PipelineConfig:
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         raise InputError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
+    bad = unknown_backend_option(cfg.generate.backend, cfg.generate.backend_options)
+    if bad:
+        raise InputError(f"{path}: {bad}")
     base = path.resolve().parent
     cfg.input = [_abs(base, p) for p in ([cfg.input] if isinstance(cfg.input, str) else cfg.input)]
     cfg.workdir = _abs(base, cfg.workdir)

@@ -162,6 +162,10 @@ BASE_YAML = "input: p.jsonl\nworkdir: run\ngenerate:\n  model: m\n"
     ("exprt: {select: all}\n", "unknown key 'exprt' (did you mean 'export'?)"),
     ("verify: {zzz: 1}\n", "unknown key 'verify.zzz' (valid keys: task, "),
     ("verify: {task: maths}\n", "verify.task: Input should be 'math', 'code' or 'mcq'"),
+    ("  backend: openai\n  backend_options: {concurency: 8}\n",
+     "unknown key 'generate.backend_options.concurency' for backend openai (did you mean 'generate.backend_options.concurrency'?)"),
+    ("  backend_options: {batch_sise: 8}\n",
+     "unknown key 'generate.backend_options.batch_sise' for backend hf (did you mean 'generate.backend_options.batch_size'?)"),
 ])
 def test_nested_config_keys_are_checked(tmp_path, extra, message):
     cfg = tmp_path / "pipe.yml"
