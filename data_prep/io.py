@@ -65,7 +65,7 @@ def read_jsonl(path: str | Path, skips: SkipLog | None = None) -> Iterator[tuple
     """
     skips = skips or SkipLog()
     path = Path(path)
-    with open(path, "rb") as fh:  # line by line: memory is one row, not the file
+    with open(path, "rb", buffering=1 << 20) as fh:  # line by line: memory is one row, not the file
         for i, raw in enumerate(fh):
             lineno = i + 1
             is_last_unterminated = not raw.endswith(b"\n")  # only the last line can lack its newline
