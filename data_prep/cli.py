@@ -7,18 +7,55 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from .backends import PromptStyle, Sampling
+from .guards import prepare_generate, preflight
 from .io import InputError
 from .schema import FieldMap
 from .logits import import_axolotl_kd, logits
 
-app = typer.Typer(name="distill-data", no_args_is_help=True, add_completion=False,
+
+class _OneLineUsageErrors(TyperGroup):
+    """A bad option or argument prints one line ``error: …`` (not a usage panel) and exits 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:  # the help, as before
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx else "distill-data"
+            click.echo(f"error: {command}: {e.format_message()}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(name="distill-data", no_args_is_help=True, add_completion=False, cls=_OneLineUsageErrors,
                   help="R1-style trajectory generation, verification, filtering and chat-template export.")
+_DEBUG = {"on": bool(os.environ.get("DISTILL_DATA_DEBUG"))}
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False):
+    """R1-style trajectory generation, verification, filtering and chat-template export."""
+    _DEBUG["on"] = _DEBUG["on"] or debug
+
 
 Strict = Annotated[bool, typer.Option("--strict", help="Fail on the first bad input line instead of skipping it.")]
 
@@ -29,19 +66,44 @@ def _setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # never echo request lines
 
 
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix (input, config, server): one line, exit 2."""
+    import httpx
+    import yaml
+
+    from .backends.openai_http import HTTPBackendError
+    from .export import ReasoningStrippedError
+
+    return (InputError, OSError, ValueError, yaml.YAMLError, ReasoningStrippedError, HTTPBackendError,
+            httpx.HTTPError)
+
+
+def _one_line(e: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):  # a bad option value: name the key
+        err = e.errors(include_url=False)[0]
+        return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _run(step):
+    """Run ``step``; a user error prints ``error: …`` (one line naming the file/URL/key) and exits 2,
+    or raises with its traceback under ``--debug``."""
+    try:
+        return step()
+    except _user_errors() as e:
+        if _DEBUG["on"]:
+            raise
+        typer.secho(f"error: {_one_line(e)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 def _report(stage) -> None:
-    """Run a stage, print its summary; bad input exits 2 with one line naming the file/key."""
-    from .export import ReasoningStrippedError
-
-    try:
-        typer.echo(stage().summary())
-    except (InputError, FileNotFoundError, ValueError, ReasoningStrippedError) as e:
-        _fail(e)
+    """Run a stage, print its summary."""
+    typer.echo(_run(stage).summary())
 
 
 @app.command("generate")
@@ -86,13 +148,19 @@ def generate_cmd(
             "openai": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
                        "timeout_s": timeout, "max_retries": max_retries},
             "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
-    cfg = GenerateConfig(
+    cfg = _run(lambda: GenerateConfig(  # a bad value (-n 0) is a one-line error too
         backend=backend, model=model, prompt=style, chunk_size=chunk_size, limit=limit, strict=strict,
         sampling=Sampling(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests,
                         choices=field_choices),
-        backend_options=opts)
-    _report(lambda: generate([str(p) for p in prompts], out, cfg, shard=shard))
+        backend_options=opts))
+    inputs = [str(p) for p in prompts]
+
+    def run():
+        prepare_generate(inputs, out, cfg)
+        return generate(inputs, out, cfg, shard=shard)
+
+    _report(run)
 
 
 @app.command("merge")
@@ -101,7 +169,12 @@ def merge_cmd(gen_dir: Path, out: Annotated[Path, typer.Option("-o", "--out")]):
     from .generate import merge
 
     _setup_logging()
-    typer.echo(merge(gen_dir, out).summary())
+
+    def run():
+        preflight(gen_dir, out)
+        return merge(gen_dir, out)
+
+    _report(run)
 
 
 @app.command("verify")
@@ -121,9 +194,9 @@ def verify_cmd(
 
     _setup_logging()
     kw = {"workers": workers} if workers else {}
-    cfg = VerifyConfig(task=task, timeout_s=timeout, code_wall_s=code_wall, code_cpu_s=code_cpu,
-                       code_memory_mb=code_memory_mb, strict=strict, **kw)
-    _report(lambda: verify(gen, out, cfg))
+    _report(lambda: verify(gen, out, VerifyConfig(
+        task=task, timeout_s=timeout, code_wall_s=code_wall, code_cpu_s=code_cpu,
+        code_memory_mb=code_memory_mb, strict=strict, **kw)))
 
 
 @app.command("filter")
@@ -144,11 +217,10 @@ def filter_cmd(
     from .filters import FilterConfig, filter_rows
 
     _setup_logging()
-    cfg = FilterConfig(decontaminate=[str(p) for p in decontaminate or []], ngram=ngram,
-                       max_tokens=max_tokens, tokenizer=tokenizer, near_dup_threshold=near_dup_threshold,
-                       dedup=not no_dedup, keep_unverifiable=keep_unverifiable,
-                       require_correct=not keep_incorrect, strict=strict)
-    _report(lambda: filter_rows(ver, out, cfg))
+    _report(lambda: filter_rows(ver, out, FilterConfig(
+        decontaminate=[str(p) for p in decontaminate or []], ngram=ngram, max_tokens=max_tokens,
+        tokenizer=tokenizer, near_dup_threshold=near_dup_threshold, dedup=not no_dedup,
+        keep_unverifiable=keep_unverifiable, require_correct=not keep_incorrect, strict=strict)))
 
 
 @app.command("export")
@@ -171,14 +243,10 @@ def export_cmd(
 @app.command("run")
 def run_cmd(config: Annotated[Path, typer.Argument(help="Pipeline YAML.")]):
     """All four stages from one YAML (re-run the same command to resume)."""
-    from .export import ReasoningStrippedError
     from .pipeline import run_pipeline
 
     _setup_logging()
-    try:
-        rep = run_pipeline(config)
-    except (InputError, FileNotFoundError, ValueError, ReasoningStrippedError) as e:
-        _fail(e)
+    rep = _run(lambda: run_pipeline(config))
     typer.echo(f"done: {rep.get('output', '(shard only)')}")
 
 

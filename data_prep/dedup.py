@@ -3,8 +3,9 @@
 Normalisation (both for dedup and decontamination): lower-case, every non-alphanumeric run becomes
 one space, whitespace collapsed. Near duplicates: MinHash over word 3-gram shingles with
 ``datasketch.MinHashLSH`` (Jaccard threshold, default 0.8). Contamination: a prompt that shares any
-word ``n``-gram (default 8) with a benchmark item is contaminated; benchmark items shorter than
-``n`` words match when the prompt contains all their words in order (as one shorter n-gram).
+word ``n``-gram (default 8) with a benchmark item is contaminated; a benchmark item shorter than
+``n`` words matches only a prompt that is the whole item (after normalisation): a short item such
+as "Compute 2+3." found inside a longer prompt is too weak a signal to drop it.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class ContaminationIndex:
     def __init__(self, texts: Iterable[str], n: int = 8):
         self.n = n
         self.grams: set[tuple[str, ...]] = set()
-        self.short_lengths: set[int] = set()
+        self.short_items: set[str] = set()  # normalised items of fewer than n words
         self.size = 0
         for t in texts:
             ws = words(t)
@@ -81,11 +82,8 @@ class ContaminationIndex:
             if len(ws) >= n:
                 self.grams |= ngrams(ws, n)
             else:
-                self.grams.add(tuple(ws))
-                self.short_lengths.add(len(ws))
+                self.short_items.add(" ".join(ws))
 
     def overlaps(self, text: str) -> bool:
         ws = words(text)
-        if any(g in self.grams for g in ngrams(ws, self.n)):
-            return True
-        return any(g in self.grams for k in self.short_lengths for g in ngrams(ws, k))
+        return " ".join(ws) in self.short_items or any(g in self.grams for g in ngrams(ws, self.n))

@@ -12,11 +12,14 @@ rows through the student's template and raises :class:`ReasoningStrippedError` i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
+from .guards import preflight, record_settings
 from .io import SkipLog, write_jsonl_atomic
 from .report import StageReport
 from .schema import join_reasoning
@@ -76,6 +79,16 @@ def to_training_rows(row: dict, cfg: ExportConfig) -> list[dict]:
     return out
 
 
+def reasoning_of(row: dict) -> str:
+    """The reasoning of a training row's assistant turn (``reasoning_content`` or inside ``<think>``)."""
+    asst = row["messages"][-1]
+    reasoning = asst.get("reasoning_content")
+    if reasoning is None:
+        content = asst["content"]
+        reasoning = content.split("</think>")[0].split("<think>")[-1] if "</think>" in content else ""
+    return reasoning.strip()
+
+
 def check_reasoning_kept(tokenizer, rows: list[dict], k: int = 3) -> int:
     """Render up to ``k`` rows with reasoning through ``tokenizer``'s chat template; raise
     :class:`ReasoningStrippedError` if any loses it. Returns the number of rows checked."""
@@ -87,12 +100,7 @@ def check_reasoning_kept(tokenizer, rows: list[dict], k: int = 3) -> int:
     for row in rows:
         if checked >= k:
             break
-        asst = row["messages"][-1]
-        reasoning = asst.get("reasoning_content")
-        if reasoning is None:
-            content = asst["content"]
-            reasoning = content.split("</think>")[0].split("<think>")[-1] if "</think>" in content else ""
-        reasoning = reasoning.strip()
+        reasoning = reasoning_of(row)
         if not reasoning:
             continue
         rendered = tokenizer.apply_chat_template(row["messages"], tokenize=False)
@@ -109,25 +117,45 @@ def check_reasoning_kept(tokenizer, rows: list[dict], k: int = 3) -> int:
     return checked
 
 
+def _head(rows: Iterator[dict], k: int, limit: int = 1000) -> list[dict]:
+    """The first rows of ``rows``: until ``k`` of them have reasoning, or ``limit`` rows."""
+    head, with_reasoning = [], 0
+    for row in rows:
+        head.append(row)
+        with_reasoning += bool(reasoning_of(row))
+        if with_reasoning >= k or len(head) >= limit:
+            break
+    return head
+
+
 def export(inputs, out_path: str | Path, cfg: ExportConfig) -> StageReport:
+    """Write the training rows, streaming (the template check looks at the first ones before
+    anything is renamed into place, so a failed check leaves no output)."""
     out_path = Path(out_path)
+    files = preflight(inputs, out_path)
+    record_settings(out_path.parent, "export", cfg.model_dump(exclude={"strict", "check_rows"}), resumable=False)
     skips, report = SkipLog(cfg.strict), StageReport("export")
-    rows: list[dict] = []
-    for row in unique_rows(inputs, skips, report):
-        produced = to_training_rows(row, cfg)
-        if not produced:
-            report.drops["no_selectable_generation"] += 1
-            continue
-        rows.extend(produced)
-        report.rows_out += 1
-        for g in select_generations(row["generations"], cfg.select):
-            if g.get("completion_tokens") is not None:
-                report.token_lengths.append(g["completion_tokens"])
+
+    def training_rows() -> Iterator[dict]:
+        for row in unique_rows(files, skips, report):
+            produced = to_training_rows(row, cfg)
+            if not produced:
+                report.drops["no_selectable_generation"] += 1
+                continue
+            report.rows_out += 1
+            for g in select_generations(row["generations"], cfg.select):
+                if g.get("completion_tokens") is not None:
+                    report.token_lengths.append(g["completion_tokens"])
+            yield from produced
+
+    rows = training_rows()
     if cfg.check_template:
-        n = check_reasoning_kept(cfg.check_template, rows, cfg.check_rows)
+        head = _head(rows, cfg.check_rows)
+        n = check_reasoning_kept(cfg.check_template, head, cfg.check_rows)
         report.extra["template_check"] = {"tokenizer": cfg.check_template, "rows_checked": n, "ok": True}
-    write_jsonl_atomic(out_path, rows)
-    report.extra.update(training_rows=len(rows), select=cfg.select)
+        rows = chain(head, rows)
+    written = write_jsonl_atomic(out_path, rows)
+    report.extra.update(training_rows=written, select=cfg.select)
     report.input_skips = skips.as_dict()
     report.write(out_path.parent)
     return report

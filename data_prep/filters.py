@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from .dedup import ContaminationIndex, NearDuplicateIndex, exact_key, prompt_text
+from .guards import preflight, record_settings
 from .io import SkipLog, input_files, read_rows, write_jsonl_atomic
 from .report import StageReport
 from .schema import FieldMap, canonical_row
@@ -81,6 +82,8 @@ def filter_rows(inputs, out_path: str | Path, cfg: FilterConfig) -> StageReport:
     out_path = Path(out_path)
     if out_path.suffix != ".jsonl":
         out_path = out_path / "kept.jsonl"
+    files = preflight(inputs, out_path)
+    record_settings(out_path.parent, "filter", cfg.model_dump(exclude={"strict"}), resumable=False)
     skips, report = SkipLog(cfg.strict), StageReport("filter")
     bench_texts = load_benchmarks(cfg.decontaminate, cfg.benchmark_fields, SkipLog(cfg.strict))
     contam = ContaminationIndex(bench_texts, cfg.ngram) if bench_texts else None
@@ -90,7 +93,7 @@ def filter_rows(inputs, out_path: str | Path, cfg: FilterConfig) -> StageReport:
     gen_in = Counter()
 
     def kept():
-        for row in tqdm(unique_rows(inputs, skips, report), desc="filter", unit="row"):
+        for row in tqdm(unique_rows(files, skips, report), desc="filter", unit="row"):
             text = prompt_text(row["prompt"])
             if contam is not None and contam.overlaps(text):
                 report.drops["contaminated"] += 1

@@ -65,31 +65,29 @@ def read_jsonl(path: str | Path, skips: SkipLog | None = None) -> Iterator[tuple
     """
     skips = skips or SkipLog()
     path = Path(path)
-    with open(path, "rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    torn_candidate = len(lines) - 1 if not data.endswith(b"\n") else -1
-    for i, raw in enumerate(lines):
-        lineno = i + 1
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            skips.skip(path, lineno, "not_utf8", str(e))
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            if i == torn_candidate:
-                log.warning("%s:%d: ignoring torn last line (interrupted write)", path, lineno)
+    with open(path, "rb", buffering=1 << 20) as fh:  # line by line: memory is one row, not the file
+        for i, raw in enumerate(fh):
+            lineno = i + 1
+            is_last_unterminated = not raw.endswith(b"\n")  # only the last line can lack its newline
+            if not raw.strip():
                 continue
-            skips.skip(path, lineno, "malformed_json", e.msg)
-            continue
-        if not isinstance(obj, dict):
-            skips.skip(path, lineno, "not_an_object", type(obj).__name__)
-            continue
-        yield lineno, obj
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                skips.skip(path, lineno, "not_utf8", str(e))
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                if is_last_unterminated:
+                    log.warning("%s:%d: ignoring torn last line (interrupted write)", path, lineno)
+                    continue
+                skips.skip(path, lineno, "malformed_json", e.msg)
+                continue
+            if not isinstance(obj, dict):
+                skips.skip(path, lineno, "not_an_object", type(obj).__name__)
+                continue
+            yield lineno, obj
 
 
 def read_rows(paths: Iterable[str | Path], skips: SkipLog | None = None) -> Iterator[tuple[str, int, dict]]:
@@ -174,12 +172,16 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:  # e.g. a bad input row under --strict: leave no half-written temp file
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return n
 

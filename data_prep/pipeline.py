@@ -9,16 +9,20 @@ rewritten atomically on every run. Relative paths in the YAML are relative to th
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .export import ExportConfig, export
 from .filters import FilterConfig, filter_rows
 from .generate import GenerateConfig, generate
+from .guards import prepare_generate
+from .io import InputError
 from .report import collect
 from .verify import VerifyConfig, verify
 
@@ -48,10 +52,88 @@ def _abs(base: Path, p: str | None) -> str | None:
     return str(q if q.is_absolute() else (base / q))
 
 
+def _model_of(annotation) -> type[BaseModel] | None:
+    """The pydantic model a field holds (``X``, ``X | None``), if any."""
+    for t in (annotation, *typing.get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def unknown_key(model: type[BaseModel], raw: dict, prefix: str = "") -> str | None:
+    """The first key of ``raw`` (at any depth) that ``model`` does not know, with the nearest
+    valid one: ``unknown key 'generate.samplng' (did you mean 'generate.sampling'?)``."""
+    fields = model.model_fields
+    for key, val in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else "valid keys: " + ", ".join(fields)
+            return f"unknown key '{prefix}{key}' ({hint})"
+        sub = _model_of(fields[key].annotation)
+        if sub is not None and isinstance(val, dict):
+            found = unknown_key(sub, val, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
+
+
+_BACKEND_CLASSES = {"hf": ("hf", "HFBackend"), "openai": ("openai_http", "OpenAIHTTPBackend"),
+                    "http": ("openai_http", "OpenAIHTTPBackend"), "vllm": ("vllm", "VLLMBackend")}
+
+
+def unknown_backend_option(backend: str, options: dict) -> str | None:
+    """A ``generate.backend_options`` key the backend's constructor does not take, if any."""
+    import importlib
+    import inspect
+
+    try:
+        module, name = _BACKEND_CLASSES[backend]
+        cls = getattr(importlib.import_module(f"data_prep.backends.{module}"), name)
+        params = inspect.signature(cls.__init__).parameters
+    except (KeyError, ImportError, AttributeError, ValueError):  # unknown backend: reported later
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    valid = [k for k in params if k not in ("self", "model", "sampling", "style")]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+            hint = f"did you mean 'generate.backend_options.{close[0]}'?" if close else "valid keys: " + ", ".join(valid)
+            return f"unknown key 'generate.backend_options.{key}' for backend {backend} ({hint})"
+    return None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise InputError(f"{path}{where}: malformed YAML: {e.problem}") from e
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: malformed YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping of keys (input, workdir, generate, ...), got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path) -> PipelineConfig:
+    """Read and check a pipeline YAML; every error is one line naming the file and the key."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
-    cfg = PipelineConfig.model_validate(raw)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    raw = _read_yaml(path)
+    bad = unknown_key(PipelineConfig, raw)
+    if bad:
+        raise InputError(f"{path}: {bad}")
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        raise InputError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
+    bad = unknown_backend_option(cfg.generate.backend, cfg.generate.backend_options)
+    if bad:
+        raise InputError(f"{path}: {bad}")
     base = path.resolve().parent
     cfg.input = [_abs(base, p) for p in ([cfg.input] if isinstance(cfg.input, str) else cfg.input)]
     cfg.workdir = _abs(base, cfg.workdir)
@@ -71,6 +153,7 @@ def run_pipeline(cfg: PipelineConfig | str | Path, backend=None) -> dict:
     work = Path(cfg.workdir)
     gen_dir, ver_dir, kept_dir = work / "gen", work / "ver", work / "kept"
     reports = {}
+    prepare_generate(cfg.input, gen_dir, cfg.generate)
     r = generate(cfg.input, gen_dir, cfg.generate, shard=cfg.shard, backend=backend)
     reports["generate"] = r
     log.info(r.summary())

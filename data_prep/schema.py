@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from .io import SkipLog, stable_id
+from .rows import PromptRow, row_error
 
 DEFAULT_CANDIDATES = {
     "id": ["id", "uid", "problem_id", "task_id", "question_id"],
@@ -48,36 +49,30 @@ class FieldMap(BaseModel):
 
 def canonical_row(row: dict, fields: FieldMap, where: tuple[str, int], skips: SkipLog,
                   default_source: str = "") -> dict | None:
-    """Map one input row to the canonical record, or skip it (counted, with file:line)."""
+    """Map one input row to the canonical record (:class:`data_prep.rows.PromptRow`), or skip it
+    (counted, with file:line and the reason)."""
     path, lineno = where
     prompt = fields.pick(row, "prompt")
     if prompt is None:
         skips.skip(path, lineno, "missing_prompt",
                    f"no field {fields.prompt or DEFAULT_CANDIDATES['prompt']}")
         return None
-    if isinstance(prompt, list):  # already a chat: keep it
-        if not prompt:
-            skips.skip(path, lineno, "empty_prompt")
-            return None
-        text_for_id = "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
-    elif isinstance(prompt, str):
-        if not prompt.strip():
-            skips.skip(path, lineno, "empty_prompt")
-            return None
-        text_for_id = prompt
-    else:
-        skips.skip(path, lineno, "bad_prompt_type", type(prompt).__name__)
+    if isinstance(prompt, (str, list)) and not (prompt.strip() if isinstance(prompt, str) else prompt):
+        skips.skip(path, lineno, "empty_prompt")
         return None
-    rid = fields.pick(row, "id")
-    answer = fields.pick(row, "answer")
-    return {
-        "id": str(rid) if rid is not None else stable_id(text_for_id),
-        "prompt": prompt,
-        "answer": None if answer is None else (answer if isinstance(answer, (str, list, dict)) else str(answer)),
-        "tests": fields.pick(row, "tests"),
-        "choices": fields.pick(row, "choices"),
-        "source": str(fields.pick(row, "source") or default_source),
-    }
+    rid, answer = fields.pick(row, "id"), fields.pick(row, "answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    rec = {"id": str(rid) if rid is not None else "", "prompt": prompt, "answer": answer,
+           "tests": fields.pick(row, "tests"), "choices": fields.pick(row, "choices"),
+           "source": str(fields.pick(row, "source") or default_source)}
+    why = row_error(PromptRow, rec)
+    if why:
+        skips.skip(path, lineno, "invalid_row", why)
+        return None
+    if rid is None:
+        rec["id"] = stable_id(prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt))
+    return rec
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -18,9 +19,11 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from . import verify_code, verify_math, verify_mcq
-from .io import JsonlAppender, SkipLog, done_ids, input_files, read_rows
+from .guards import preflight, record_settings
+from .io import JsonlAppender, SkipLog, done_ids, read_rows
 from .pool import TIMEOUT
 from .report import StageReport
+from .rows import GenerationRow, row_error
 from .sandbox import Limits
 
 
@@ -35,6 +38,9 @@ class VerifyConfig(BaseModel):
     strict: bool = False
 
 
+SETTINGS = {"task", "timeout_s", "code_wall_s", "code_cpu_s", "code_memory_mb"}  # shape the verdicts
+
+
 def _answer_text(gen: dict) -> str:
     """What is graded: the text after ``</think>`` (the whole text if it had no think tags; nothing
     if the reasoning never closed, so an intermediate ``\\boxed{}`` cannot pass)."""
@@ -46,13 +52,15 @@ def _correct(verdict: str):
     return None if verdict == "unverifiable" else verdict == "correct"
 
 
-def unique_rows(inputs, skips: SkipLog, report: StageReport):
-    """Rows of all input files (shards), each id once."""
+def unique_rows(files, skips: SkipLog, report: StageReport):
+    """Valid rows (:class:`data_prep.rows.GenerationRow`) of all input files (shards), each id once;
+    a bad row is skipped with ``file:line`` and the reason (or raises under ``--strict``)."""
     seen = set()
-    for path, lineno, row in read_rows(input_files(inputs), skips):
+    for path, lineno, row in read_rows(files, skips):
         report.rows_in += 1
-        if "generations" not in row or "id" not in row:
-            skips.skip(path, lineno, "not_a_generation_row", "needs 'id' and 'generations'")
+        why = row_error(GenerationRow, row)
+        if why:
+            skips.skip(path, lineno, "invalid_row", why)
             continue
         if row["id"] in seen:
             report.drops["duplicate_id"] += 1
@@ -61,22 +69,39 @@ def unique_rows(inputs, skips: SkipLog, report: StageReport):
         yield row
 
 
+def chunks(rows, size: int):
+    """Lists of up to ``size`` consecutive items of the iterable ``rows``."""
+    it = iter(rows)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
 def verify(inputs, out_dir: str | Path, cfg: VerifyConfig) -> StageReport:
+    """Grade every generation, streaming: ``cfg.chunk_rows`` rows in memory at a time."""
     out_dir = Path(out_dir)
     out_path = out_dir / "verified.jsonl"
+    files = preflight(inputs, out_dir)
+    record_settings(out_dir, "verify", cfg.model_dump(include=SETTINGS), resumable=True)
     skips, report = SkipLog(cfg.strict), StageReport("verify")
-    rows = list(unique_rows(inputs, skips, report))
     done = done_ids([out_path])
-    todo = [r for r in rows if r["id"] not in done]
-    report.extra["already_done"] = len(rows) - len(todo)
+    report.extra["already_done"] = 0
+
+    def todo():
+        for row in unique_rows(files, skips, report):
+            if row["id"] in done:
+                report.extra["already_done"] += 1
+            else:
+                yield row
+
     verdicts: Counter[str] = Counter()
-    pool = verify_math.make_pool(cfg.workers, cfg.timeout_s) if cfg.task == "math" and todo else None
+    pool = None
     limits = Limits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
-    bar = tqdm(total=len(todo), desc=f"verify[{cfg.task}]", unit="row")
+    bar = tqdm(desc=f"verify[{cfg.task}]", unit="row")
     try:
         with JsonlAppender(out_path) as sink:
-            for start in range(0, len(todo), cfg.chunk_rows):
-                chunk = todo[start:start + cfg.chunk_rows]
+            for chunk in chunks(todo(), cfg.chunk_rows):
+                if pool is None and cfg.task == "math":  # started only when there is work
+                    pool = verify_math.make_pool(cfg.workers, cfg.timeout_s)
                 pairs = [(r, g) for r in chunk for g in r["generations"]]
                 for (row, gen), (verdict, info) in zip(pairs, _check_all(pairs, cfg, pool, limits)):
                     gen["verdict"], gen["correct"] = verdict, _correct(verdict)

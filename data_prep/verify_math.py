@@ -3,7 +3,9 @@
 Rules (see docs/data_prep.md): the *gold* answer is parsed first; if it yields nothing the item is
 ``unverifiable`` (not wrong). The prediction is the final answer text (after ``</think>``), so a
 ``\\boxed{}`` inside the reasoning is never mistaken for the answer. ``verify(gold, pred)``: the
-order matters (gold is the reference). math-verify's own timeouts use ``signal.alarm``, which fails
+order matters (gold is the reference). Every ``\\boxed{}`` of the answer is graded together as one set,
+and a ``\\%`` matches both ``x`` and ``x/100`` (math-verify's behaviour, documented and tested).
+math-verify's own timeouts use ``signal.alarm``, which fails
 off the main thread, so they are disabled here and a hard per-item timeout is enforced by
 :class:`data_prep.pool.HardTimeoutPool`.
 """
@@ -19,15 +21,30 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled
 CORRECT, WRONG, UNVERIFIABLE, NO_ANSWER, TIMEOUT = "correct", "wrong", "unverifiable", "no_answer", "timeout"
 
 
+_TEXT_GROUP = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_ENV_MARK = re.compile(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}")
+_WORD = re.compile(r"[A-Za-z]{3,}")
+
+
 def is_prose(text: str) -> bool:
-    """Does the text contain a word of 3+ letters outside LaTeX commands (``proof omitted``)?"""
-    bare = re.sub(r"\\[a-zA-Z]+", " ", text)
-    return re.search(r"[A-Za-z]{3,}", bare) is not None
+    """Is the gold prose rather than maths (``see the proof above``, ``\\text{proof omitted}``)?
+
+    Prose: a word of 3+ letters outside LaTeX commands, ``\\text{}``-like groups and environment
+    markers (``\\begin{pmatrix}``), or a gold made only of ``\\text{}`` holding two or more such
+    words. So ``\\text{Monday}``, ``\\text{June 20}``, ``5\\text{ square feet}`` and matrices are
+    maths; math-verify would turn a prose gold into a product of one-letter symbols.
+    """
+    inside = " ".join(_TEXT_GROUP.findall(text))
+    outside = re.sub(r"\\[a-zA-Z]+", " ", _TEXT_GROUP.sub(" ", _ENV_MARK.sub(" ", text)))
+    if _WORD.search(outside):
+        return True
+    return not re.search(r"[0-9A-Za-z]", outside) and len(_WORD.findall(inside)) >= 2
 
 
 def gold_candidates(gold: str) -> list[str]:
-    """Strings to parse the gold from, best first. A bare math gold is wrapped in ``$…$`` (so sets,
-    intervals and ``2,3`` parse as LaTeX); prose is not (wrapped, every letter becomes a symbol)."""
+    """Strings to parse the gold from, best first. A bare maths gold is wrapped in ``$…$`` (so sets,
+    intervals, ``2,3``, matrices and ``\\text{}`` words parse as LaTeX); prose is not (wrapped,
+    every letter would become a symbol)."""
     g = str(gold).strip().rstrip(".").replace("\\$", "")
     if "\\boxed" in g or re.search(r"(?<!\\)\$", g) or is_prose(g):
         return [g]

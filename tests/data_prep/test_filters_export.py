@@ -33,7 +33,8 @@ def test_normalize_and_ngram_contamination():
     # an 8-word window copied (different case/punctuation) is caught
     assert idx.overlaps("Warm-up: FIND the maximum possible value of the product a times b, please")
     assert not idx.overlaps("Find the maximum value of a product of two numbers")  # 7-word overlaps only
-    assert idx.overlaps("Here is a short one. Solve it.")  # benchmark shorter than n words
+    assert idx.overlaps("SHORT one!")  # an item shorter than n words matches as a whole ...
+    assert not idx.overlaps("Here is a short one. Solve it.")  # ... never inside a longer prompt
     assert not idx.overlaps("Totally unrelated question about primes")
 
 
@@ -108,3 +109,16 @@ def test_template_check_catches_stripping_template(tmp_path):
     rows = read_jsonl(tmp_path / "ok.jsonl")
     rows[0]["messages"][-1] = {"role": "assistant", "content": "\\boxed{1}", "reasoning_content": "step one then step two"}
     assert check_reasoning_kept(str(keep_dir), rows) == 1
+
+
+def test_short_benchmark_items_match_only_as_a_whole(tmp_path):
+    """A benchmark item of fewer than 8 words drops a prompt that *is* the item (normalised), not
+    every prompt that contains its words."""
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"problem": "What is 2+3?"}, {"problem": BENCH_Q}])
+    rows = [row("same", "what is 2 + 3", [gen()]),
+            row("inside", "Alice asks: what is 2+3? Then she doubles the result twice.", [gen()]),
+            row("long", "Warm-up: " + BENCH_Q, [gen()])]
+    src = write_jsonl(tmp_path / "ver" / "verified.jsonl", rows)
+    rep = filter_rows(src, tmp_path / "kept", FilterConfig(decontaminate=[str(bench)], dedup=False))
+    assert [r["id"] for r in read_jsonl(tmp_path / "kept" / "kept.jsonl")] == ["inside"]
+    assert rep.drops["contaminated"] == 2
