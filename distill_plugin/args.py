@@ -54,6 +54,12 @@ class DistillConfig(BaseModel):
             raise ValueError("distill: `kd_weight` and `ce_weight` are both 0; nothing would be trained")
         return self
 
+    def loss_terms(self) -> list:
+        """The loss terms of this config (``losses.terms``): today one logit term, ``kd`` + ``ce``."""
+        from .losses.terms import LogitTerms
+
+        return [LogitTerms(self.kd_settings(), self.topk_tail, self.chunk_size)]
+
     def kd_settings(self) -> KDSettings:
         return KDSettings(
             divergence=self.divergence,

@@ -31,12 +31,17 @@ def auto_chunk_size(vocab_size: int, target_elements: int = 1 << 26) -> int:
     return 1 << (rows.bit_length() - 1)
 
 
+def supervised_mask(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """[B, T-1] mask of the positions t whose next token labels[b, t+1] is supervised."""
+    return labels[:, 1:] != ignore_index
+
+
 def select_rows(hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
     """Shift and pack: keep hidden[b, t] where labels[b, t+1] is supervised.
 
     Returns ``(rows [N, H], targets [N], mask [B, T-1])``; row i predicts ``targets[i]``.
     """
-    mask = labels[:, 1:] != ignore_index
+    mask = supervised_mask(labels, ignore_index)
     return hidden[:, :-1][mask], labels[:, 1:][mask], mask
 
 
