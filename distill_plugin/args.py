@@ -13,11 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .losses.divergences import DIVERGENCES
 from .losses.kd import KDSettings
-from .losses.topk import TAIL_MODES
+from .losses.topk import TailMode
 
 # The choices come from the registries, so a new divergence or tail mode is one edit in losses/.
 Divergence = Literal[DIVERGENCES]
-TailMode = Literal[TAIL_MODES]
 
 
 class DistillConfig(BaseModel):
