@@ -11,38 +11,62 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .losses.divergences import DIVERGENCES
 from .losses.kd import KDSettings
+from .losses.topk import TailMode
 
-Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"]
+# The choices come from the registries, so a new divergence or tail mode is one edit in losses/.
+Divergence = Literal[DIVERGENCES]
 
 
 class DistillConfig(BaseModel):
-    """Distillation settings. Exactly one teacher source: ``teacher`` (online) or ``teacher_logits``."""
+    """Distillation settings. Exactly one teacher source: ``teacher`` (online) or ``teacher_logits``.
+
+    Every field's ``description`` is the README's ``distill:`` reference (``scripts/gen_config_table.py``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher: str | None = Field(None, description="Teacher checkpoint: local path or hub id (online KD).")
-    teacher_logits: str | None = Field(None, description="Directory of captured top-k teacher logits (offline KD).")
-    teacher_dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
-    teacher_load_in_4bit: bool = False
-    teacher_load_in_8bit: bool = False
-    teacher_attn_implementation: str | None = None
-    teacher_revision: str | None = None
+    teacher: str | None = Field(
+        None, description="Online teacher: local path or hub id. Exactly one of `teacher` / `teacher_logits`."
+    )
+    teacher_logits: str | None = Field(
+        None, description="Directory written by `distill-data logits` (offline top-k KD)."
+    )
+    teacher_dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
+        "bfloat16", description="Dtype the online teacher is loaded in (compute dtype when quantised)."
+    )
+    teacher_load_in_4bit: bool = Field(
+        False, description="Load the teacher 4-bit (bitsandbytes NF4, double quant); lm_head stays unquantised."
+    )
+    teacher_load_in_8bit: bool = Field(
+        False, description="Load the teacher 8-bit (bitsandbytes); exclusive with `teacher_load_in_4bit`."
+    )
+    teacher_attn_implementation: str | None = Field(
+        None, description="`attn_implementation` passed to the teacher's `from_pretrained` (e.g. `sdpa`)."
+    )
+    teacher_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher.")
 
-    divergence: Divergence = "forward_kl"
+    divergence: Divergence = Field(
+        "forward_kl", description="KD divergence between teacher P and student Q (see the maths below)."
+    )
     beta: float = Field(0.5, ge=0.0, le=1.0, description="JSD mixture weight of the teacher; 0 = forward KL, 1 = reverse KL.")
     skew: float = Field(0.1, ge=0.0, le=1.0, description="Skew-KL λ (DistiLLM).")
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(
+        1.0, gt=0.0, description="T, dividing teacher and student logits inside the loss (CE stays at T = 1)."
+    )
     temperature_squared: bool = Field(True, description="Multiply the KD term by T² (Hinton).")
-    kd_weight: float = Field(1.0, ge=0.0)
-    ce_weight: float = Field(0.0, ge=0.0)
-    chunk_size: int | None = Field(None, gt=0, description="Rows per loss chunk; default sized for ~256 MiB fp32 logits.")
+    kd_weight: float = Field(1.0, ge=0.0, description="Weight of the KD component: loss = (kd_weight·T²·ΣKD + ce_weight·ΣCE) / N.")
+    ce_weight: float = Field(0.0, ge=0.0, description="Weight of the hard-label CE component; not both weights 0.")
+    chunk_size: int | None = Field(
+        None, gt=0, description="Rows per loss chunk; default keeps one fp32 [chunk, V] buffer ≈ 256 MiB (256 rows at V = 151,936)."
+    )
 
-    topk_tail: Literal["bucket", "renormalize"] = Field(
-        "bucket", description="Offline top-k: add a (k+1)-th tail bucket, or renormalise over the top-k."
+    topk_tail: TailMode = Field(
+        "bucket", description="Offline top-k: add a (k+1)-th tail bucket on both sides, or renormalise over the top-k."
     )
     topk: int | None = Field(None, gt=0, description="Offline KD: use the first k of the stored top-K (default: all).")
-    check_tokenizer: bool = Field(True, description="Refuse a teacher whose tokenizer differs from the student's.")
+    check_tokenizer: bool = Field(True, description="Refuse an online teacher whose tokenizer differs from the student's.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -53,6 +77,12 @@ class DistillConfig(BaseModel):
         if self.kd_weight == 0 and self.ce_weight == 0:
             raise ValueError("distill: `kd_weight` and `ce_weight` are both 0; nothing would be trained")
         return self
+
+    def loss_terms(self) -> list:
+        """The loss terms of this config (``losses.terms``): today one logit term, ``kd`` + ``ce``."""
+        from .losses.terms import LogitTerms
+
+        return [LogitTerms(self.kd_settings(), self.topk_tail, self.chunk_size)]
 
     def kd_settings(self) -> KDSettings:
         return KDSettings(

@@ -67,17 +67,16 @@ class DistillPlugin(BasePlugin):
         tokenizer = trainer.processing_class
         if config.teacher_logits is not None:
             from .offline.store import check_compatible, read_meta
-            from .teacher import OfflineTeacher
+            from .teachers import StoredTopKSource
 
             meta = read_meta(config.teacher_logits)  # refuse logits captured for another tokenizer/template/k
             check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
-            source = OfflineTeacher(config.kd_settings(), config.topk_tail, meta.capture_temperature, config.chunk_size)
+            source = StoredTopKSource(meta.capture_temperature)
         else:
-            from .teacher import OnlineTeacher, check_same_tokenizer, load_teacher
+            from .teachers import TeacherModelSource, check_same_tokenizer, load_teacher
 
             if config.check_tokenizer:
                 check_same_tokenizer(tokenizer, config.teacher, config.teacher_revision)
-            teacher = load_teacher(config, trainer.args.device)
-            source = OnlineTeacher(teacher, config.kd_settings(), config.chunk_size, len(tokenizer))
+            source = TeacherModelSource(load_teacher(config, trainer.args.device), len(tokenizer))
         trainer.setup_distillation(config, source)
         LOG.info("distill_plugin: %s, divergence=%s, T=%s", type(source).__name__, config.divergence, config.temperature)

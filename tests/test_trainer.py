@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from distill_plugin.args import DistillConfig
-from distill_plugin.losses import KDSettings, online_kd_loss, select_rows
+from distill_plugin.losses import Component, KDSettings, TermOutput, online_kd_loss, select_rows
 from distill_plugin.modeling import final_hidden_states, output_head
-from distill_plugin.teacher import OnlineTeacher
+from distill_plugin.teachers import TeacherModelSource
 from distill_plugin.trainer import DistillTrainerMixin
 
 
@@ -61,8 +61,8 @@ def make_trainer(tmp_path, tok, teacher, student, data, bs, ga, config=None, **k
         model=student, args=args, train_dataset=data, eval_dataset=data,
         data_collator=DataCollatorForSeq2Seq(tok, padding=True),
     )
-    source = OnlineTeacher(teacher, config.kd_settings(), chunk_size=7, vocab_size=len(tok))
-    trainer.setup_distillation(config, source)
+    config = config.model_copy(update={"chunk_size": 7})
+    trainer.setup_distillation(config, TeacherModelSource(teacher, vocab_size=len(tok)))
     return trainer
 
 
@@ -191,3 +191,39 @@ def test_no_silent_fallback_to_plain_ce(tiny_pair, tmp_path):
     batch = DataCollatorForSeq2Seq(tok, padding=True)(uneven_rows())
     with pytest.raises(RuntimeError, match="no teacher"):
         trainer.compute_loss(student, batch)
+
+
+class HiddenNorm:
+    """A non-logit term needing no teacher signal: Σ_i ‖h_i‖² / H over the supervised rows."""
+
+    accepts = ()
+
+    def __init__(self, weight, events=None):
+        self.components = (Component("hidden_norm", weight),)
+        self.events = events
+
+    def __call__(self, student, signal):
+        if self.events is not None:
+            self.events.append("loss")
+        value = student.rows.float().pow(2).sum() / student.rows.shape[1]
+        return TermOutput(self.components[0].weight * value, value.detach()[None])
+
+
+def test_any_term_list_is_weighted_and_logged_by_name(tiny_pair, tmp_path):
+    """The trainer logs `<name>_loss` (train and eval) for every component of every term."""
+    tok, teacher, student = load_pair(tiny_pair)
+    trainer = make_trainer(tmp_path, tok, teacher, student, uneven_rows(), 2, 2)
+    trainer.setup_distillation(trainer.distill_config, trainer.teacher_source,
+                               trainer.distill_config.loss_terms() + [HiddenNorm(0.05)])
+    trainer.args.max_steps = 2
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 2
+    for h in steps:
+        assert h["hidden_norm_loss"] > 0
+        expected = 0.7 * 4 * h["kd_loss"] + 0.3 * h["ce_loss"] + 0.05 * h["hidden_norm_loss"]
+        assert h["loss"] == pytest.approx(expected, rel=1e-3)
+    metrics = trainer.evaluate()
+    assert {"eval_kd_loss", "eval_ce_loss", "eval_hidden_norm_loss"} <= set(metrics)
+    expected = 0.7 * 4 * metrics["eval_kd_loss"] + 0.3 * metrics["eval_ce_loss"] + 0.05 * metrics["eval_hidden_norm_loss"]
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-3)

@@ -22,7 +22,8 @@ from .compiled import accumulate_grad_weight
 
 # chunk_loss(student_logits_chunk, start, end) -> 1-D tensor; element 0 is the objective whose
 # gradient is taken, the rest are detached components reported for logging. A chunk loss that
-# knows its gradient in closed form may instead return ``(parts, d objective / d logits)``.
+# knows its gradient in closed form may instead return ``(parts, d objective / d logits)`` (only
+# when the logits require grad; on the values-only path it returns ``parts``).
 ChunkLoss = Callable[[torch.Tensor, int, int], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
 
@@ -32,13 +33,41 @@ def auto_chunk_size(vocab_size: int, target_elements: int = 1 << 26) -> int:
     return 1 << (rows.bit_length() - 1)
 
 
+def supervised_mask(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """[B, T-1] mask of the positions t whose next token labels[b, t+1] is supervised."""
+    return labels[:, 1:] != ignore_index
+
+
 def select_rows(hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
     """Shift and pack: keep hidden[b, t] where labels[b, t+1] is supervised.
 
     Returns ``(rows [N, H], targets [N], mask [B, T-1])``; row i predicts ``targets[i]``.
     """
-    mask = labels[:, 1:] != ignore_index
+    mask = supervised_mask(labels, ignore_index)
     return hidden[:, :-1][mask], labels[:, 1:][mask], mask
+
+
+def _parts(result) -> torch.Tensor:
+    """The ``[objective, *components]`` of a chunk loss's result, detached, in fp32."""
+    return (result[0] if isinstance(result, tuple) else result).detach().float()
+
+
+def _no_rows(hidden, weight, chunk_loss: ChunkLoss) -> torch.Tensor:
+    """Zero totals when there is no supervised row (the chunk loss tells how many components)."""
+    probe = torch.zeros(0, weight.shape[0], device=hidden.device, dtype=hidden.dtype)
+    return _parts(chunk_loss(probe, 0, 0)) * 0
+
+
+def _values_only(hidden, weight, bias, chunk_loss: ChunkLoss, chunk_size: int):
+    """No gradient wanted (eval, ``torch.no_grad``): logits → values, no grad buffers, no extra GEMM."""
+    totals = None
+    with torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            parts = _parts(chunk_loss(torch.nn.functional.linear(hidden[start:end], weight, bias), start, end))
+            totals = parts if totals is None else totals + parts
+    totals = _no_rows(hidden, weight, chunk_loss) if totals is None else totals
+    return totals[0], totals[1:]
 
 
 class _FusedLinearLoss(torch.autograd.Function):
@@ -61,7 +90,7 @@ class _FusedLinearLoss(torch.autograd.Function):
                     parts, g = parts
                 else:
                     (g,) = torch.autograd.grad(parts[0], logits)
-            parts = parts.detach().float()
+            parts = _parts(parts)
             totals = parts if totals is None else totals + parts
             g = g.to(weight.dtype)
             if need_h:
@@ -72,9 +101,7 @@ class _FusedLinearLoss(torch.autograd.Function):
                 grad_b += g.float().sum(0)
             del logits, g
         if totals is None:  # no supervised rows: a zero loss that still connects to the graph
-            probe = torch.zeros(0, weight.shape[0], device=hidden.device, dtype=hidden.dtype)
-            parts = chunk_loss(probe.requires_grad_(True), 0, 0)
-            totals = (parts[0] if isinstance(parts, tuple) else parts).detach().float() * 0
+            totals = _no_rows(hidden, weight, chunk_loss)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         components = totals[1:].clone()
@@ -114,7 +141,12 @@ def fused_linear_loss(
 
     Returns:
         ``(objective, components)``: the summed objective (differentiable w.r.t. ``hidden``,
-        ``weight`` and ``bias``) and the summed, detached components.
+        ``weight`` and ``bias``) and the summed, detached components. Under ``torch.no_grad`` (or
+        when nothing requires grad) only the values are computed: no gradient buffers, no
+        gradient GEMMs, and ``chunk_loss`` sees logits that do not require grad.
     """
-    chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
-    return _FusedLinearLoss.apply(hidden, weight, bias, chunk_loss, int(chunk_size))
+    chunk_size = int(chunk_size or auto_chunk_size(weight.shape[0]))
+    wants_grad = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if not (torch.is_grad_enabled() and wants_grad):
+        return _values_only(hidden, weight, bias, chunk_loss, chunk_size)
+    return _FusedLinearLoss.apply(hidden, weight, bias, chunk_loss, chunk_size)

@@ -79,6 +79,7 @@ def combine(kd_rows, student_logits, targets, settings: KDSettings, normalizer, 
 def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSettings, normalizer):
     """``[objective, kd, ce]`` and d objective / d logits for forward KL, without autograd.
 
+    When ``student_logits`` does not require grad only ``[objective, kd, ce]`` is returned.
     ``teacher_logp`` is consumed (overwritten) to save a buffer.
 
     With q = softmax(z/T) and p the teacher:  d KL(p‖q)/dz = (q − p)/T  and
@@ -98,6 +99,8 @@ def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSe
             ce_logp = student_logp if inv_t == 1.0 else F.log_softmax(z, dim=-1)
             ce = -ce_logp.gather(1, targets[:, None]).sum()
         parts = combine(kd_rows, z, targets, settings, normalizer, ce=ce)
+        if not student_logits.requires_grad:  # values only (eval / no_grad): no gradient maths
+            return parts
         kd_coef = settings.kd_scale * inv_t / normalizer
         use_ce = with_ce and settings.ce_weight > 0
         ce_coef = settings.ce_weight / normalizer

@@ -32,6 +32,7 @@ from .divergences import divergence
 from .kd import KDSettings, LossOutput, combine, softcap
 
 TAIL_MODES = ("bucket", "renormalize")
+TailMode = Literal[TAIL_MODES]
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ def topk_distributions(
     student_logp: torch.Tensor,
     teacher_ids: torch.Tensor,
     teacher_logp: torch.Tensor,
-    tail: Literal["bucket", "renormalize"] = "bucket",
+    tail: TailMode = "bucket",
     temper: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student log-probs over the teacher's top-k support (+ tail bucket).
@@ -75,7 +76,7 @@ def topk_kd_loss(
     teacher_logprobs: torch.Tensor,
     targets: torch.Tensor | None = None,
     settings: KDSettings = KDSettings(),
-    tail: Literal["bucket", "renormalize"] = "bucket",
+    tail: TailMode = "bucket",
     capture_temperature: float = 1.0,
     normalizer: float | torch.Tensor | None = None,
     chunk_size: int | None = None,

@@ -27,8 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from distill_plugin.offline.store import StoredRow, TopKStore, positions_mask, row_key
-
-IDS_KEY, LOGPROBS_KEY = "teacher_topk_ids", "teacher_topk_logprobs"
+from distill_plugin.signals import TOPK_IDS, TOPK_LOGPROBS
 
 
 @lru_cache(maxsize=4)
@@ -110,7 +109,7 @@ class OfflineTopKCollator:
             span = slice(T - n, T) if left else slice(0, n)
             ids[b, span] = torch.from_numpy(row_ids)
             lps[b, span] = torch.from_numpy(row_lps)
-        batch[IDS_KEY], batch[LOGPROBS_KEY] = ids, lps
+        batch[TOPK_IDS], batch[TOPK_LOGPROBS] = ids, lps
         return batch
 
 

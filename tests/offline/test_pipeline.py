@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from distill_plugin.offline import capture as cap
-from distill_plugin.offline.collator import IDS_KEY, LOGPROBS_KEY, OfflineTopKCollator, offline_collator_cls_and_kwargs
+from distill_plugin.offline.collator import OfflineTopKCollator, offline_collator_cls_and_kwargs
 from distill_plugin.offline.store import (
     StoreMismatchError, TopKStore, check_compatible, read_meta, row_key, stored_keys,
 )
+from distill_plugin.signals import TOPK_IDS, TOPK_LOGPROBS
 from offline_helpers import by_id, exact_topk
 
 K = 8
@@ -88,29 +89,29 @@ def test_collator_alignment_padding_and_packing(tmp_path, teacher, tokenizer, ex
                                    return_tensors="pt")
     batch = collator(feats())
     B, T = batch["input_ids"].shape
-    assert batch[IDS_KEY].shape == (B, T, K) and batch[IDS_KEY].dtype == torch.long
-    assert batch[LOGPROBS_KEY].dtype == torch.float32 and T % 16 == 0
+    assert batch[TOPK_IDS].shape == (B, T, K) and batch[TOPK_IDS].dtype == torch.long
+    assert batch[TOPK_LOGPROBS].dtype == torch.float32 and T % 16 == 0
     for b, e in enumerate(examples[:2]):
         ids, lps = exact_topk(teacher, e.input_ids, K)
         labels = batch["labels"][b]
         for t in range(T):
             supervised = t + 1 < T and labels[t + 1] != -100
-            assert torch.isfinite(batch[LOGPROBS_KEY][b, t, 0]) == supervised
+            assert torch.isfinite(batch[TOPK_LOGPROBS][b, t, 0]) == supervised
             if supervised:  # shift: target at t is the teacher's distribution at t, predicting t+1
-                got = by_id(batch[IDS_KEY][b, t][None].numpy(), batch[LOGPROBS_KEY][b, t][None].numpy())
+                got = by_id(batch[TOPK_IDS][b, t][None].numpy(), batch[TOPK_LOGPROBS][b, t][None].numpy())
                 ref = by_id(ids[t][None], lps[t][None])
                 np.testing.assert_array_equal(got[0], ref[0])
                 np.testing.assert_allclose(got[1], ref[1], atol=0.05)
             else:
-                assert (batch[IDS_KEY][b, t] == 0).all()
+                assert (batch[TOPK_IDS][b, t] == 0).all()
     packed = OfflineTopKCollator(tokenizer, store_path=str(tmp_path), base_collator=V2BatchSamplerDataCollatorForSeq2Seq,
                                  padding=True, return_tensors="pt")(feats())
     n0, n1 = (len(e.input_ids) for e in examples[:2])
-    assert packed["input_ids"].shape[0] == 1 and packed[IDS_KEY].shape[1] == packed["input_ids"].shape[1]
+    assert packed["input_ids"].shape[0] == 1 and packed[TOPK_IDS].shape[1] == packed["input_ids"].shape[1]
     for b, off, n in ((0, 0, n0), (1, n0, n1)):
-        np.testing.assert_array_equal(packed[IDS_KEY][0, off:off + n].numpy(), batch[IDS_KEY][b, :n].numpy())
-        np.testing.assert_array_equal(packed[LOGPROBS_KEY][0, off:off + n].numpy(), batch[LOGPROBS_KEY][b, :n].numpy())
-    assert not torch.isfinite(packed[LOGPROBS_KEY][0, n0 - 1]).any()  # no target across the boundary
+        np.testing.assert_array_equal(packed[TOPK_IDS][0, off:off + n].numpy(), batch[TOPK_IDS][b, :n].numpy())
+        np.testing.assert_array_equal(packed[TOPK_LOGPROBS][0, off:off + n].numpy(), batch[TOPK_LOGPROBS][b, :n].numpy())
+    assert not torch.isfinite(packed[TOPK_LOGPROBS][0, n0 - 1]).any()  # no target across the boundary
 
     bad = feats()
     bad[0]["labels"] = [-100] * len(bad[0]["labels"])

@@ -9,33 +9,7 @@ import torch
 from distill_plugin.losses import DIVERGENCES, KDSettings, online_kd_loss
 from distill_plugin.losses.topk import log1mexp, topk_kd_loss
 
-from test_losses import make_case, reference_divergence
-
-
-def stored_topk(h_t, w_t, k, capture_temperature):
-    """What a capture stores: top-k ids and log-probs of log_softmax(z_t / T_c)."""
-    logp = torch.log_softmax((h_t.double() @ w_t.double().t()) / capture_temperature, -1)
-    values, ids = logp.topk(k, dim=-1)
-    return ids, values.float()
-
-
-def reference_topk(h_s, w_s, ids, lps, targets, s: KDSettings, tail, t_cap, normalizer):
-    q_full = torch.softmax((h_s.double() @ w_s.double().t()) / s.temperature, -1)
-    q = q_full.gather(1, ids)
-    p = lps.double().exp()
-    present = torch.isfinite(lps)
-    q = torch.where(present, q, torch.zeros_like(q))
-    if tail == "bucket":
-        p = torch.cat([p, (1 - p.sum(-1, keepdim=True)).clamp(min=0)], -1)
-        q = torch.cat([q, 1 - q.sum(-1, keepdim=True)], -1)
-    else:
-        q = q / q.sum(-1, keepdim=True)
-    p = p ** (t_cap / s.temperature)
-    p = p / p.sum(-1, keepdim=True)
-    kd = reference_divergence(p, q, s.divergence, s.beta, s.skew).sum()
-    ce = torch.nn.functional.cross_entropy(h_s.double() @ w_s.double().t(), targets, reduction="sum")
-    t2 = s.temperature**2 if s.temperature_squared else 1.0
-    return (s.kd_weight * t2 * kd + s.ce_weight * ce) / normalizer
+from reference import make_case, reference_topk, stored_topk
 
 
 CASES = [(d, b) for d in DIVERGENCES for b in ((0.0, 0.5, 1.0) if d == "jsd" else (0.5,))]
@@ -52,7 +26,7 @@ def test_values_and_grads_match_reference(name, beta, tail, temperature, t_cap, 
     out = topk_kd_loss(h_s, w_s, ids, lps, targets, s, tail, t_cap, normalizer=40, chunk_size=chunk)
     out.loss.backward()
     h2, w2 = h_s.detach().clone().requires_grad_(True), w_s.detach().clone().requires_grad_(True)
-    ref = reference_topk(h2, w2, ids, lps, targets, s, tail, t_cap, 40)
+    ref, _, _ = reference_topk(h2, w2, ids, lps, targets, s, tail, t_cap, 40)
     ref.backward()
     torch.testing.assert_close(out.loss.double(), ref, rtol=1e-4, atol=1e-6)
     # fp32 vs fp64: the tail bucket's log(1 − Σq) loses a few digits when Σq → 1, so gradients are

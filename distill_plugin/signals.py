@@ -1,0 +1,73 @@
+"""What a teacher gives the losses (signals), what the student's forward gives them, and the batch keys.
+
+A teacher *source* (``distill_plugin.teachers``) turns a batch into signals; a loss *term*
+(``distill_plugin.losses.terms``) declares which signal kinds it accepts and consumes one. Every
+signal holds the supervised rows only, in ``select_rows`` order: row i is position t of the batch,
+whose distribution predicts token t+1 (``labels[b, t+1] != -100``).
+
+    DenseLogits    final hidden states [N, H_t] + output head: the full teacher logits, built chunk
+                   by chunk inside the fused loss, never materialised whole
+    TopKLogprobs   the teacher's top-k ids and log-probs [N, k] stored at a capture temperature
+
+Intermediate hidden states (hidden-state KD) and cross-tokenizer alignments (ULD) are further
+signal kinds, added here when their terms land.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Batch keys: the trainer, the offline collator and the model-input filter all read these names.
+LABELS = "labels"
+NUM_ITEMS = "num_items_in_batch"
+TOPK_IDS = "teacher_topk_ids"  # LongTensor [B, T, k]
+TOPK_LOGPROBS = "teacher_topk_logprobs"  # FloatTensor [B, T, k], -inf where absent
+NON_MODEL_KEYS = (LABELS, NUM_ITEMS, TOPK_IDS, TOPK_LOGPROBS)  # never passed to model.forward
+IGNORE_INDEX = -100
+
+
+@dataclass
+class OutputHead:
+    """What a loss needs of a model's output layer: logits = softcap(h Wᵀ + b)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    softcap: float | None = None
+    module: torch.nn.Module | None = None
+
+
+@dataclass
+class StudentRows:
+    """The student's side of a micro-batch: supervised rows [N, H_s], next-token targets [N], head."""
+
+    rows: torch.Tensor
+    targets: torch.Tensor
+    head: OutputHead
+
+
+@dataclass
+class DenseLogits:
+    """Teacher final hidden states of the supervised rows [N, H_t] and its output head.
+
+    ``vocab_size`` caps the compared vocabulary (the tokenizer's length), so lm_head padding rows
+    of either model are cut, never compared.
+    """
+
+    rows: torch.Tensor
+    head: OutputHead
+    vocab_size: int | None = None
+
+
+@dataclass
+class TopKLogprobs:
+    """Stored teacher top-k ids and log-probs [N, k] captured at ``capture_temperature``.
+
+    A row whose log-probs are all -inf has no teacher entry (e.g. the last token of a packed
+    document); losses give it CE only.
+    """
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    capture_temperature: float = 1.0

@@ -1,0 +1,61 @@
+"""Loading an online teacher (frozen, once per process, optionally 4/8-bit) and the tokenizer check."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..args import DistillConfig
+
+LOG = logging.getLogger(__name__)
+_TEACHERS: dict[tuple, torch.nn.Module] = {}  # one teacher per process, however often we are asked
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
+
+
+def load_teacher(config: DistillConfig, device: torch.device | str) -> torch.nn.Module:
+    """Load the teacher once per process: frozen, eval mode, no grad, optionally 4/8-bit."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    key = (config.teacher, config.teacher_dtype, config.teacher_load_in_4bit, config.teacher_load_in_8bit, str(device))
+    if key in _TEACHERS:
+        return _TEACHERS[key]
+    kwargs = {"dtype": DTYPES[config.teacher_dtype], "revision": config.teacher_revision}
+    if config.teacher_attn_implementation:
+        kwargs["attn_implementation"] = config.teacher_attn_implementation
+    quantized = config.teacher_load_in_4bit or config.teacher_load_in_8bit
+    if quantized:
+        compute = DTYPES[config.teacher_dtype] if config.teacher_dtype != "auto" else torch.bfloat16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=config.teacher_load_in_4bit,
+            load_in_8bit=config.teacher_load_in_8bit,
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+        )
+        kwargs["device_map"] = {"": device}
+    LOG.info("loading teacher %s (%s%s)", config.teacher, config.teacher_dtype, ", quantized" if quantized else "")
+    model = AutoModelForCausalLM.from_pretrained(config.teacher, **kwargs)
+    if not quantized:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    _TEACHERS[key] = model
+    return model
+
+
+def check_same_tokenizer(student_tokenizer, teacher_path: str, revision: str | None = None) -> None:
+    """Refuse to distil across tokenizers: the logit KD loss compares distributions id by id."""
+    from transformers import AutoTokenizer
+
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, revision=revision)
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab == t_vocab:
+        return
+    differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=lambda kv: kv[1])[:5]
+    raise ValueError(
+        f"distill.teacher: tokenizer of {teacher_path!r} differs from the student's "
+        f"({len(t_vocab)} vs {len(s_vocab)} tokens; first differences: {differing}). Logit KD needs one "
+        "shared tokenizer; set `distill.check_tokenizer: false` only if you know the ids line up."
+    )

@@ -1,0 +1,65 @@
+"""Teacher sources: turn a batch into teacher signals (``distill_plugin.signals``) for the loss terms.
+
+    TeacherModelSource   a frozen teacher model run on the student's exact batch (same input_ids,
+                         attention_mask and position_ids, so sample packing is identical)
+                         → DenseLogits (final hidden states of the supervised rows + lm_head)
+    StoredTopKSource     top-k log-probs captured offline, put in the batch by the offline
+                         collator (``distill_plugin.offline.collator``) → TopKLogprobs
+
+``signals(inputs, mask)`` takes the batch and the [B, T-1] supervised mask (``supervised_mask``)
+and returns ``{signal kind: signal}`` with rows in the same order as the student's rows. Sources
+compute no loss; they run before the student's forward, under ``torch.no_grad``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from ..modeling import final_hidden_states, output_head
+from ..signals import TOPK_IDS, TOPK_LOGPROBS, DenseLogits, TopKLogprobs
+
+
+class TeacherSource(Protocol):
+    produces: tuple[type, ...]
+
+    def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]: ...
+
+
+class TeacherModelSource:
+    """A frozen teacher model (``teachers.load_teacher``) run on the student's batch."""
+
+    produces = (DenseLogits,)
+
+    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None):
+        self.model = model
+        self.vocab_size = vocab_size  # the tokenizer's length: lm_head padding rows are never compared
+
+    def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
+        with torch.no_grad():
+            rows = final_hidden_states(self.model, inputs)[:, :-1][mask]
+        return {DenseLogits: DenseLogits(rows, output_head(self.model), self.vocab_size)}
+
+
+class StoredTopKSource:
+    """Stored top-k teacher log-probs, delivered per batch by the offline collator.
+
+    The collator's entry [b, t] is the distribution at position t predicting t+1, the same
+    convention as the hidden states, so the same mask selects both.
+    """
+
+    produces = (TopKLogprobs,)
+
+    def __init__(self, capture_temperature: float = 1.0):
+        self.capture_temperature = capture_temperature
+
+    def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
+        try:
+            ids, logprobs = inputs[TOPK_IDS], inputs[TOPK_LOGPROBS]
+        except KeyError:
+            raise KeyError(
+                f"offline KD batch has no {TOPK_IDS}/{TOPK_LOGPROBS}: the offline collator was not used "
+                "(is `distill.teacher_logits` set and the plugin listed in `plugins:`?)"
+            ) from None
+        return {TopKLogprobs: TopKLogprobs(ids[:, :-1][mask], logprobs[:, :-1][mask], self.capture_temperature)}
