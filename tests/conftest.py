@@ -15,7 +15,7 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     """A tiny teacher (hidden 48) and student (hidden 32) sharing the tiny tokenizer."""
-    from distill_plugin.tiny import build_pair
+    from distill_plugin.testing.tiny import build_pair
 
     return build_pair(tmp_path_factory.mktemp("pair"), teacher_hidden=48, student_hidden=32)
 

@@ -1,6 +1,6 @@
 """Shared helpers for the data_prep tests (fixtures are in conftest.py).
 
-The teacher is the char-level tiny Qwen2 from ``distill_plugin.tiny`` trained for 200 AdamW steps
+The teacher is the char-level tiny Qwen2 from ``distill_plugin.testing.tiny`` trained for 200 AdamW steps
 (~5 s on CPU) to answer four fixed arithmetic prompts with ``<think>\\nR\\n</think>\\n\\n\\boxed{A}``.
 It is *memorised*, not intelligent: on those prompts it produces well-formed R1-style output so
 the verification/filter/export path runs on real generations; on any other prompt it produces
@@ -34,7 +34,7 @@ def subprocess_env() -> dict:
 def train_teacher(out_dir: Path, steps: int = 200) -> Path:
     """Memorise the TRAINED trajectories (prompt → `<think>…</think>\\boxed{}`) with the demo's trainer."""
     from distill_plugin.demo.core import encode, train_causal_lm
-    from distill_plugin.tiny import build_model, build_tokenizer
+    from distill_plugin.testing.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer()
     model = build_model(None, tok, hidden_size=64, seed=0)

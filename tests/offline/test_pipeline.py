@@ -58,7 +58,7 @@ def test_resume_and_shards_store_every_row_once(tmp_path, teacher, tokenizer, ex
 
 
 def test_metadata_roundtrip_and_mismatch(tmp_path, teacher, tokenizer, examples):
-    from distill_plugin import tiny
+    from distill_plugin.testing import tiny
 
     run_capture(tmp_path, teacher, tokenizer, examples[:2])
     meta = read_meta(tmp_path)
