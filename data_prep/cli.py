@@ -12,10 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .backends import PromptStyle, Sampling
+from distill_plugin.generation import SamplingParams
+
 from .io import InputError
 from .schema import FieldMap
 from .logits import import_axolotl_kd, logits
+from .trajectory import PromptStyle
 
 app = typer.Typer(name="distill-data", no_args_is_help=True, add_completion=False,
                   help="R1-style trajectory generation, verification, filtering and chat-template export.")
@@ -88,7 +90,7 @@ def generate_cmd(
             "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
     cfg = GenerateConfig(
         backend=backend, model=model, prompt=style, chunk_size=chunk_size, limit=limit, strict=strict,
-        sampling=Sampling(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+        sampling=SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests,
                         choices=field_choices),
         backend_options=opts)

@@ -22,8 +22,11 @@ def tiny_pair(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def arithmetic_data(tmp_path_factory):
-    from distill_plugin.demo.task import make_split, write_jsonl
+    from distill_plugin.demo.task import make_split
+    from distill_plugin.jsonl import write_jsonl_atomic
 
-    return write_jsonl(make_split(48, seed=0), tmp_path_factory.mktemp("data") / "train.jsonl")
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    write_jsonl_atomic(path, make_split(48, seed=0))
+    return path
 
 

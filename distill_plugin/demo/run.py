@@ -71,13 +71,14 @@ QUICK = Settings(
 
 
 def write_data(out: Path, s: Settings) -> tuple[list[dict], list[dict]]:
-    from .task import make_split, write_jsonl
+    from ..jsonl import write_jsonl_atomic
+    from .task import make_split
 
     heldout = make_split(s.n_heldout, seed=10_000 + s.seed)
     train = make_split(s.n_train, seed=s.seed, exclude={r["id"] for r in heldout})
     assert not {r["id"] for r in train} & {r["id"] for r in heldout}, "held-out split overlaps train"
-    write_jsonl(train, out / "data" / "train.jsonl")
-    write_jsonl(heldout, out / "data" / "heldout.jsonl")
+    write_jsonl_atomic(out / "data" / "train.jsonl", train)
+    write_jsonl_atomic(out / "data" / "heldout.jsonl", heldout)
     return train, heldout
 
 
