@@ -75,6 +75,8 @@ def generate_cmd(
     chunk_size: Annotated[int, typer.Option(help="Prompts handed to the backend per call.")] = 64,
     shard: Annotated[Optional[str], typer.Option(help="'i/n': only this worker's share (0-based i).")] = None,
     limit: Optional[int] = None,
+    max_errors: Annotated[Optional[float], typer.Option(help="Failed prompts allowed before the run stops: N, or a fraction (0-1) of the prompts to do. Default: no limit.")] = None,
+    retry_errors: Annotated[bool, typer.Option(help="Retry prompts an earlier run recorded as failed (_errors*.jsonl).")] = False,
     strict: Strict = False,
 ):
     """Sample n teacher trajectories per prompt (resumable; --shard i/n splits the work)."""
@@ -90,6 +92,7 @@ def generate_cmd(
             "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
     cfg = GenerateConfig(
         backend=backend, model=model, prompt=style, chunk_size=chunk_size, limit=limit, strict=strict,
+        max_errors=max_errors, retry_errors=retry_errors,
         sampling=SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests,
                         choices=field_choices),

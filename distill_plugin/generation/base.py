@@ -4,7 +4,7 @@ One interface for every engine (``hf`` transformers, ``vllm``, ``openai`` HTTP),
 data_prep's trajectory generation, by the offline top-k capture and, later, by on-policy
 distillation (sample from the student, score with the teacher):
 
-* ``Backend.generate(prompts, sampling, on_done)`` samples ``sampling.n`` completions per prompt.
+* ``Backend.generate(prompts, sampling, on_done, on_error=None)`` samples ``sampling.n`` completions per prompt.
   A prompt is either chat messages (the engine's chat template renders them; a final
   ``assistant`` message is a *prefill* the completion continues) or a list of token ids (used as is).
   ``on_done(i, completions)`` is called once per prompt, when all its ``n`` completions are done,
@@ -21,7 +21,7 @@ default; ``None`` where the engine does not return them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -66,7 +66,18 @@ TopK = tuple[np.ndarray, np.ndarray]  # ([positions, k] int64 ids, [positions, k
 
 
 class GenerationError(RuntimeError):
-    """A prompt failed for good (a non-retryable status, retries exhausted, a malformed response)."""
+    """A prompt failed for good (a non-retryable status, retries exhausted, a malformed response).
+
+    ``status``: the HTTP status, or a word for what failed (``"timeout"``-like exception names,
+    ``"unparsable"``); the message names the URL and carries the server's own message.
+    """
+
+    def __init__(self, message: str, status: int | str | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+OnError = Callable[[int, GenerationError], None]
 
 
 def is_token_ids(prompt: Prompt) -> bool:
@@ -99,7 +110,10 @@ class Backend:
 
     name = "base"
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, on_done: OnDone) -> None:
+    def generate(self, prompts: Iterable[Prompt], sampling: SamplingParams, on_done: OnDone,
+                 on_error: OnError | None = None) -> None:
+        """Sample every prompt; ``on_error(i, error)``, where given and where the engine can isolate
+        one prompt's failure (HTTP), reports it and goes on; otherwise the error is raised."""
         raise NotImplementedError
 
     def prompt_topk(self, sequences: Sequence[list[int]], masks: Sequence[np.ndarray], k: int,

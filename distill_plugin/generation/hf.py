@@ -6,11 +6,12 @@ completions, the offline capture of a teacher that fits on one device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .base import Backend, Completion, OnDone, Prompt, SamplingParams, TopK, is_token_ids, render_chat
+from .base import Backend, Completion, OnDone, OnError, Prompt, SamplingParams, TopK, is_token_ids, render_chat
 
 
 def topk_of_head(hidden, head, k: int, temperature: float, chunk: int):
@@ -84,11 +85,13 @@ class HFBackend(Backend):
         text = render_chat(self.tokenizer, prompt)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"], text
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, on_done: OnDone) -> None:
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = list(prompts[start:start + self.batch_size])
+    def generate(self, prompts: Iterable[Prompt], sampling: SamplingParams, on_done: OnDone,
+                 on_error: OnError | None = None) -> None:
+        prompts, start = iter(prompts), 0
+        while chunk := list(itertools.islice(prompts, self.batch_size)):
             for j, completions in enumerate(self._generate(chunk, sampling)):
                 on_done(start + j, completions)
+            start += len(chunk)
 
     def _generate(self, chunk: list[Prompt], s: SamplingParams) -> list[list[Completion]]:
         import torch

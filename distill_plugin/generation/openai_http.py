@@ -26,15 +26,15 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import httpx
 
-from .base import Backend, Completion, GenerationError, OnDone, Prompt, SamplingParams, is_token_ids, split_prefill
+from .base import (Backend, Completion, GenerationError, OnDone, OnError, Prompt, SamplingParams, is_token_ids,
+                   split_prefill)
 
 log = logging.getLogger("distill_plugin.generation")
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-OnError = Callable[[int, GenerationError], None]
 
 
 class OpenAIHTTPBackend(Backend):
@@ -119,18 +119,18 @@ class OpenAIHTTPBackend(Backend):
                     self.stats["requests"] += 1
                     resp = await client.post(url, json=body)
             except (httpx.TimeoutException, httpx.TransportError) as e:
-                why = type(e).__name__
+                why = status = type(e).__name__
             else:
                 if resp.status_code == 200:
                     return self.parse(url, resp, n)
                 if resp.status_code not in RETRY_STATUS:
-                    raise GenerationError(f"{url}: HTTP {resp.status_code}: {server_message(resp)}")
-                why = f"HTTP {resp.status_code}"
+                    raise GenerationError(f"{url}: HTTP {resp.status_code}: {server_message(resp)}", resp.status_code)
+                why, status = f"HTTP {resp.status_code}: {server_message(resp)}", resp.status_code
                 retry_after = resp.headers.get("retry-after")
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     delay = min(self.backoff_max_s, float(retry_after))
             if attempt == self.max_retries:
-                raise GenerationError(f"{url}: giving up after {attempt + 1} attempts ({why})")
+                raise GenerationError(f"{url}: giving up after {attempt + 1} attempts ({why})", status)
             self.stats["retries"] += 1
             log.warning("%s: %s, retry %d/%d in %.1fs", url, why, attempt + 1, self.max_retries, delay)
             await asyncio.sleep(delay)
@@ -146,7 +146,8 @@ class OpenAIHTTPBackend(Backend):
                 raise ValueError(f"asked for n={n}, got {len(choices)} choices")
             return [self.completion(ch, usage, n) for ch in choices]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise GenerationError(f"{url}: unparsable response ({type(e).__name__}: {e}): {resp.text[:200]}") from None
+            raise GenerationError(f"{url}: unparsable response ({type(e).__name__}: {e}): {resp.text[:200]}",
+                                  "unparsable") from None
 
     @staticmethod
     def completion(choice: dict, usage: dict, n: int) -> Completion:

@@ -6,11 +6,11 @@ to vLLM at once; it schedules them (continuous batching).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .base import Backend, Completion, OnDone, Prompt, SamplingParams, TopK, is_token_ids, render_chat
+from .base import Backend, Completion, OnDone, OnError, Prompt, SamplingParams, TopK, is_token_ids, render_chat
 
 
 class VLLMBackend(Backend):
@@ -29,14 +29,15 @@ class VLLMBackend(Backend):
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        dtype=dtype, **llm_kwargs)
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, on_done: OnDone) -> None:
+    def generate(self, prompts: Iterable[Prompt], sampling: SamplingParams, on_done: OnDone,
+                 on_error: OnError | None = None) -> None:
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
         params = VLLMSampling(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                               max_tokens=sampling.max_tokens, seed=sampling.seed,
                               logprobs=0 if sampling.logprobs else None)
-        tok = self.llm.get_tokenizer()
+        prompts, tok = list(prompts), self.llm.get_tokenizer()
         texts = [None if is_token_ids(p) else render_chat(tok, p) for p in prompts]
         # the rendered text already holds the template's special tokens: no second BOS
         ids = [list(p) if t is None else tok(t, add_special_tokens=False)["input_ids"] for p, t in zip(prompts, texts)]

@@ -9,6 +9,7 @@ a memorised answer or garbage (which the filter must drop).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -57,3 +58,42 @@ def write_jsonl(path: Path, rows) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def openai_server(model_dir, *args: str, env: dict | None = None):
+    """Run tests/data_prep/openai_server.py on a free loopback port; yield its base URL (no /v1)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("openai_server.py")), str(model_dir),
+                             "--port", str(port), *args], env=env or subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # bounded: up to ~2 min for imports and model load on a busy machine
+            if proc.poll() is not None:
+                raise RuntimeError(f"server died: {proc.stdout.read()[-3000:]}")
+            try:
+                httpx.get(url + "/stats", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

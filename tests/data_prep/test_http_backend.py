@@ -6,16 +6,11 @@ request timeout work. It requires an API key, given to the client only through t
 """
 
 import logging
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from dp_helpers import read_jsonl, subprocess_env
+from dp_helpers import free_port, openai_server, read_jsonl, subprocess_env
 from distill_plugin.generation import GenerationError, SamplingParams
 from distill_plugin.generation.openai_http import OpenAIHTTPBackend
 from data_prep.generate import GenerateConfig, generate
@@ -23,32 +18,12 @@ from data_prep.generate import GenerateConfig, generate
 SECRET = "sk-test-" + "9f3c1e7a5b"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_teacher):
-    port = _free_port()
     env = subprocess_env() | {"TEST_SERVER_KEY": SECRET}
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("openai_server.py")), str(tiny_teacher),
-                             "--port", str(port), "--fail-first", "1", "--slow-request", "2",
-                             "--slow-seconds", "4", "--split-reasoning", "--api-key-env", "TEST_SERVER_KEY"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):  # bounded: up to ~60 s for imports and model load
-        if proc.poll() is not None:
-            pytest.fail(f"server died: {proc.stdout.read()[-3000:]}")
-        try:
-            httpx.get(url + "/stats", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with openai_server(tiny_teacher, "--fail-first", "1", "--slow-request", "2", "--slow-seconds", "4",
+                       "--split-reasoning", "--api-key-env", "TEST_SERVER_KEY", env=env) as url:
+        yield url
 
 
 def test_generate_over_http_with_retries_timeouts_and_reasoning_split(tmp_path, server, prompts_file,
@@ -89,6 +64,6 @@ def test_wrong_key_fails_fast_without_leaking(server, monkeypatch):
 
 
 def test_unreachable_server_gives_up_after_bounded_retries():
-    be = OpenAIHTTPBackend("m", base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=2, backoff_s=0.01)
+    be = OpenAIHTTPBackend("m", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=2, backoff_s=0.01)
     with pytest.raises(GenerationError, match="giving up after 3 attempts"):
         be.generate([[{"role": "user", "content": "hi"}]], SamplingParams(n=1, max_tokens=4), lambda i, g: None)
