@@ -2,8 +2,8 @@
 # The one command for a fresh machine: set up .venv (scripts/setup.sh, skipped when already done),
 # then run the embedded demo, passing the arguments through:
 #
-#   scripts/demo.sh                 # the full demo (a few minutes on 2 CPU cores), output in ./demo_out
-#   scripts/demo.sh --quick         # a much smaller run
+#   scripts/demo.sh                 # the full demo, four seeds (~7 min on 2 free CPU cores), output in ./demo_out
+#   scripts/demo.sh --quick         # two much smaller seeds
 #   scripts/demo.sh --out /tmp/d    # python -m distill_plugin.demo --help for all options
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
