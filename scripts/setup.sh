@@ -50,6 +50,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
 else
     # Sourced: install in a child bash (its set -e must neither be ignored nor kill the caller's
     # shell), then activate the environment in the caller's shell.
-    bash "${BASH_SOURCE[0]}" && source "$(source "$(dirname "${BASH_SOURCE[0]}")/stacks.sh" &&
-        stack_venv "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" "${STACK:-$(default_stack)}")/bin/activate"
+    bash "${BASH_SOURCE[0]}" && source "$(
+        repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+        source "$repo/scripts/stacks.sh" && stack_venv "$repo" "${STACK:-$(default_stack)}")/bin/activate"
 fi
