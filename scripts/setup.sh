@@ -25,7 +25,8 @@ _distill_setup() {
     want="$stack $(cat "$lock" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 
     # A venv of another Python (e.g. .venv from before the default stack moved to 3.12) is rebuilt.
-    if [[ -x "$venv/bin/python" ]] && ! "$venv/bin/python" -c "import sys; sys.exit(sys.version_info[:2] != $("$python" -c 'import sys; print(tuple(sys.version_info[:2]))'))"; then
+    minor() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+    if [[ -x "$venv/bin/python" && "$(minor "$venv/bin/python")" != "$(minor "$python")" ]]; then
         echo "setup.sh: $venv has another Python than $python; recreating it"
         rm -rf "$venv"
     fi
