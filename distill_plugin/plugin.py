@@ -1,6 +1,7 @@
 """The Axolotl plugin: ``plugins: [distill_plugin.DistillPlugin]`` plus a ``distill:`` block.
 
-Hooks used: ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
+Hooks used: ``register`` and ``pre_model_load`` (multi-process runs without CUDA, see
+``no_cuda``), ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
 validates it), ``get_trainer_cls`` (our trainer class), ``get_collator_cls_and_kwargs`` (the
 teacher-logit collator for offline KD; ``None`` otherwise, never ``(None, None)``, which would
 disable Axolotl's default collator) and ``post_trainer_create`` (loads the teacher once per process
@@ -14,6 +15,7 @@ import logging
 
 from axolotl.integrations.base import BasePlugin
 
+from . import no_cuda
 from .args import DistillConfig
 
 LOG = logging.getLogger(__name__)
@@ -33,17 +35,13 @@ class DistillPlugin(BasePlugin):
     def get_input_args(self) -> str:
         return "distill_plugin.args.DistillArgs"
 
-    def pre_model_load(self, cfg) -> None:
-        # Axolotl maps each rank to device {"": LOCAL_RANK} (an accelerator index) whenever
-        # world_size > 1; on a CPU-only multi-process run (gloo) that index does not exist. The
-        # loader already holds this dict object, so it is edited in place.
-        import torch
+    def register(self, cfg) -> None:
+        # Called by load_cfg before its CUDA peer-to-peer probe.
+        no_cuda.skip_cuda_p2p_probe()
 
-        device_map = cfg.device_map
-        if distill_config_of(cfg) is not None and isinstance(device_map, dict) and not torch.cuda.is_available():
-            for key, value in device_map.items():
-                if isinstance(value, int):
-                    device_map[key] = "cpu"
+    def pre_model_load(self, cfg) -> None:
+        if distill_config_of(cfg) is not None:
+            no_cuda.map_ranks_to_cpu(cfg.device_map)
 
     def get_trainer_cls(self, cfg):
         if distill_config_of(cfg) is None:
