@@ -1,14 +1,15 @@
-"""Capture the supervised rows of chosen hidden states with forward pre-hooks on decoder layers.
+"""Capture the supervised rows of chosen hidden states at the inputs of the mapped decoder layers.
 
-Hidden state h < L (see ``layer_map``) is the input of decoder layer h, so a pre-hook on that layer
-sees it; h = L is the lm_head's input, which ``modeling.final_hidden_states`` already records. Only
-the mapped layers get a hook, and each hook keeps only the supervised rows ``hidden[:, :-1][mask]``
-(the shift and mask of the logit loss), never the whole [B, T, H] of every layer as
-``output_hidden_states=True`` would.
+Hidden state h < L (see ``layer_map``) is the input of decoder layer h; h = L is the lm_head's
+input, which ``modeling.final_hidden_states`` already records. For the forward, only the mapped
+layers are wrapped in a recorder that keeps the supervised rows ``hidden[:, :-1][mask]`` (the shift
+and mask of the logit loss) and calls the layer — never the whole [B, T, H] of every layer as
+``output_hidden_states=True`` would keep.
 
-A pre-hook (not a post-hook on layer h-1) because under gradient checkpointing a layer's own
-forward runs inside the checkpoint function, where a reentrant checkpoint disables autograd: its
-*input* is the tensor of the outer graph, its output inside the function is not.
+Why a wrapper in the layer list rather than a forward (pre-)hook: module hooks run inside the
+layer's ``__call__``, which gradient checkpointing (``GradientCheckpointingLayer``) runs inside the
+checkpoint function — autograd is off there (reentrant) or the recorded ops break the recompute
+(non-reentrant). The wrapper sees the layer input exactly as the model's loop passes it.
 """
 
 from __future__ import annotations
@@ -43,26 +44,45 @@ def depth_and_width(model: nn.Module) -> tuple[int, int]:
     return config.num_hidden_layers, config.hidden_size
 
 
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer during one forward: records its input's rows, then calls it."""
+
+    def __init__(self, layer: nn.Module, record):
+        super().__init__()
+        object.__setattr__(self, "layer", layer)  # not a submodule: parameter names stay as they are
+        object.__setattr__(self, "record", record)
+
+    def forward(self, *args, **kwargs):
+        self.record(args[0] if args else kwargs["hidden_states"])
+        return self.layer(*args, **kwargs)
+
+    def __getattr__(self, name):  # the model's loop may read layer attributes (attention_type, ...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.layer, name)
+
+
 @contextmanager
 def captured_rows(model: nn.Module, indices, mask: torch.Tensor):
     """Within the block, forwards of ``model`` store ``{h: hidden_h[:, :-1][mask]}`` for h in ``indices``
     (each < L) into the yielded dict."""
-    layers, store, handles = decoder_layers(model), {}, []
+    layers, store, originals = decoder_layers(model), {}, {}
 
-    def hook_for(index):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
+    def recorder(index):
+        def record(hidden):
             store[index] = hidden[:, :-1][mask]
 
-        return hook
+        return record
 
     try:
         for index in indices:
-            handles.append(layers[index].register_forward_pre_hook(hook_for(index), with_kwargs=True))
+            originals[index] = layers[index]
+            layers[index] = _Recorder(layers[index], recorder(index))
         yield store
     finally:
-        for handle in handles:
-            handle.remove()
+        for index, layer in originals.items():
+            layers[index] = layer
 
 
 def hidden_rows(model: nn.Module, inputs: dict, mask: torch.Tensor, indices, forward=None):
