@@ -21,6 +21,7 @@ from functools import partial
 from typing import Sequence
 
 import torch
+from transformers import TrainerCallback
 
 from .args import DistillConfig
 from .losses.chunked import supervised_mask
@@ -29,6 +30,15 @@ from .hidden.projector import PROJECTOR_FILE, load_projectors, save_projectors
 from .losses.terms import LossTerm, check_signals, component_names, run_terms
 from .modeling import inside_forward, model_inputs, output_head, unwrap_causal_lm, unwrap_distributed
 from .signals import LABELS, StudentRows
+
+
+class _ZeroGradsAfterStep(TrainerCallback):
+    def __init__(self, params):
+        self.params = params
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        for param in self.params:
+            param.grad = None
 
 
 def student_objective(forward, model, labels, mask, terms, signals, **inputs):
@@ -64,6 +74,8 @@ class DistillTrainerMixin:
         self.distill_config, self.teacher_source, self.loss_terms = config, teacher_source, terms
         trainable = [term.trainable for term in terms if getattr(term, "trainable", None) is not None]
         self.distill_modules = torch.nn.ModuleList(trainable).to(self.args.device)
+        if self._distill_parameters():  # the Trainer zeroes the model's gradients only
+            self.add_callback(_ZeroGradsAfterStep(self._distill_parameters()))
         self.distill_metrics = tuple(f"{name}_loss" for name in component_names(terms))
         # We normalise by num_items_in_batch ourselves; make the Trainer compute and pass it, summed
         # over processes too (Axolotl turns that off), so N is the global supervised-token count.
@@ -112,6 +124,13 @@ class DistillTrainerMixin:
                     torch.distributed.all_reduce(param.grad)
                     param.grad /= self.accelerator.num_processes
         return loss
+
+    def _clip_grad_norm(self, model):
+        """One norm over the student's and the projectors' gradients (``grad_norm`` covers both)."""
+        params = self._distill_parameters()
+        if not params or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._clip_grad_norm(model)
+        return self.accelerator.clip_grad_norm_([*model.parameters(), *params], self.args.max_grad_norm)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
