@@ -89,3 +89,22 @@ def test_two_processes_match_one(tmp_path, deep_pair, arithmetic_data):
     gradients are averaged across processes like the model's."""
     make = lambda name, **kw: recipe_for(tmp_path, deep_pair, arithmetic_data, name, **kw)
     assert_two_processes_match_one(make, tmp_path, keys=("loss", "grad_norm", "kd_loss", "ce_loss", "hidden_loss"))
+
+
+def test_offline_topk_logits_with_online_hidden_states(tmp_path, deep_pair, arithmetic_data):
+    """Logits from the offline store, hidden states from the online teacher, in one run."""
+    from distill_plugin.offline.capture import capture_teacher
+
+    teacher, student = deep_pair
+    recipe = write_recipe(
+        REPO / "recipes" / "tiny" / "offline_topk_kd.yml", tmp_path / "offline.yml", base_model=str(student),
+        distill={"teacher_logits": str(tmp_path / "logits"), "teacher": str(teacher), "hidden_weight": 1.0,
+                 "hidden_layers": "last:2", "hidden_loss": "normalized_mse"},
+        datasets=[{"path": str(arithmetic_data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
+        output_dir=str(tmp_path / "offline"), dataset_prepared_path=str(tmp_path / "offline_prepared"),
+        max_steps=12, learning_rate=0.01, save_steps=1000,
+    )
+    capture_teacher(teacher, tmp_path / "logits", config=recipe, k=8, progress=False)
+    _, logs = run_axolotl_train(recipe, cwd=tmp_path)
+    assert_hidden_loss_falls(logs)
+    assert (tmp_path / "offline" / PROJECTOR_FILE).exists()
