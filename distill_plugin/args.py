@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .hidden.layer_map import check_spec
 from .losses.divergences import DIVERGENCES
+from .losses.hidden import HiddenLoss
 from .losses.kd import KDSettings
 from .losses.topk import TailMode
 
@@ -68,9 +70,20 @@ class DistillConfig(BaseModel):
     topk: int | None = Field(None, gt=0, description="Offline KD: use the first k of the stored top-K (default: all).")
     check_tokenizer: bool = Field(True, description="Refuse an online teacher whose tokenizer differs from the student's.")
 
+    # Hidden-state KD (README "Hidden-state KD"); needs the online `teacher`.
+    hidden_weight: float = Field(0.0, ge=0.0, description="Weight of the hidden-state component `hidden`; 0 = off.")
+    hidden_loss: HiddenLoss = Field("cosine", description="Per-row hidden-state loss: `cosine`, `mse` or `normalized_mse`.")
+    hidden_layers: str | list[tuple[int, int]] = Field(
+        "uniform:4", description="Layer map: `uniform:N`, `last:N` or `[[student, teacher], ...]` hidden-state indices (0 = embeddings, L = final)."
+    )
+    hidden_projector: Literal["linear", "none"] = Field(
+        "linear", description="`linear`: a learned map per pair, student → teacher width (saved beside the checkpoint); `none`: equal widths."
+    )
+    hidden_projector_lr: float | None = Field(None, gt=0.0, description="Projectors' learning rate (default: the student's).")
+
     @model_validator(mode="after")
     def _check(self):
-        if (self.teacher is None) == (self.teacher_logits is None):
+        if (self.teacher is None) == (self.teacher_logits is None) and not (self.teacher and self.hidden_weight):
             raise ValueError("distill: set exactly one of `teacher` (online KD) or `teacher_logits` (offline top-k KD)")
         if self.teacher_load_in_4bit and self.teacher_load_in_8bit:
             raise ValueError("distill: `teacher_load_in_4bit` and `teacher_load_in_8bit` are mutually exclusive")
@@ -78,11 +91,42 @@ class DistillConfig(BaseModel):
             raise ValueError("distill: `kd_weight` and `ce_weight` are both 0; nothing would be trained")
         return self
 
-    def loss_terms(self) -> list:
-        """The loss terms of this config (``losses.terms``): today one logit term, ``kd`` + ``ce``."""
+    @model_validator(mode="after")
+    def _check_hidden(self):
+        try:
+            self.hidden_layers = check_spec(self.hidden_layers)
+        except ValueError as error:
+            raise ValueError(str(error)) from None
+        if self.hidden_weight and self.teacher is None:
+            raise ValueError(
+                "distill: `hidden_weight` > 0 needs the online `teacher` for its hidden states; with offline "
+                "`teacher_logits` set both (the logits then come from the store, the hidden states from `teacher`)"
+            )
+        return self
+
+    def loss_terms(self, student=None, teacher=None) -> list:
+        """The loss terms of this config (``losses.terms``): the logit term (``kd`` + ``ce``) and, when
+        ``hidden_weight`` > 0, the hidden-state term, whose layer map and projectors need the
+        ``student`` and ``teacher`` models (their depths and widths)."""
         from .losses.terms import LogitTerms
 
-        return [LogitTerms(self.kd_settings(), self.topk_tail, self.chunk_size)]
+        terms = [LogitTerms(self.kd_settings(), self.topk_tail, self.chunk_size)]
+        if self.hidden_weight:
+            if student is None or teacher is None:
+                raise ValueError("distill: hidden-state KD needs the student and teacher models to build its layer map")
+            terms.append(self.hidden_term(student, teacher))
+        return terms
+
+    def hidden_term(self, student, teacher):
+        from .hidden.capture import depth_and_width
+        from .hidden.layer_map import resolve
+        from .hidden.projector import Projectors
+        from .losses.hidden import HiddenTerm
+
+        (student_depth, student_width), (teacher_depth, teacher_width) = depth_and_width(student), depth_and_width(teacher)
+        pairs = resolve(self.hidden_layers, student_depth, teacher_depth)
+        projector = Projectors(len(pairs), student_width, teacher_width, self.hidden_projector)
+        return HiddenTerm(pairs, projector, self.hidden_loss, self.hidden_weight)
 
     def kd_settings(self) -> KDSettings:
         return KDSettings(

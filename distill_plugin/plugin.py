@@ -30,7 +30,7 @@ def distill_config_of(cfg) -> DistillConfig | None:
 
 
 class DistillPlugin(BasePlugin):
-    """Knowledge distillation for Axolotl (online logit KD and offline top-k KD)."""
+    """Knowledge distillation for Axolotl (online logit KD, offline top-k KD, hidden-state KD)."""
 
     def get_input_args(self) -> str:
         return "distill_plugin.args.DistillArgs"
@@ -63,18 +63,23 @@ class DistillPlugin(BasePlugin):
         if config is None or not hasattr(trainer, "setup_distillation"):
             return
         tokenizer = trainer.processing_class
+        sources = []
         if config.teacher_logits is not None:
             from .offline.store import check_compatible, read_meta
             from .teachers import StoredTopKSource
 
             meta = read_meta(config.teacher_logits)  # refuse logits captured for another tokenizer/template/k
             check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
-            source = StoredTopKSource(meta.capture_temperature)
-        else:
+            sources.append(StoredTopKSource(meta.capture_temperature))
+        if config.teacher is not None:  # online KD, or the hidden states next to offline logits
             from .teachers import TeacherModelSource, check_same_tokenizer, load_teacher
 
             if config.check_tokenizer:
                 check_same_tokenizer(tokenizer, config.teacher, config.teacher_revision)
-            source = TeacherModelSource(load_teacher(config, trainer.args.device), len(tokenizer))
+            teacher = load_teacher(config, trainer.args.device)
+            sources.append(TeacherModelSource(teacher, len(tokenizer), logits=config.teacher_logits is None))
+        from .teachers import CombinedSources
+
+        source = sources[0] if len(sources) == 1 else CombinedSources(*sources)
         trainer.setup_distillation(config, source)
         LOG.info("distill_plugin: %s, divergence=%s, T=%s", type(source).__name__, config.divergence, config.temperature)

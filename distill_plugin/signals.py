@@ -8,14 +8,14 @@ whose distribution predicts token t+1 (``labels[b, t+1] != -100``).
     DenseLogits    final hidden states [N, H_t] + output head: the full teacher logits, built chunk
                    by chunk inside the fused loss, never materialised whole
     TopKLogprobs   the teacher's top-k ids and log-probs [N, k] stored at a capture temperature
+    HiddenStates   the teacher's hidden states [N, H_t] at the mapped layers (hidden-state KD)
 
-Intermediate hidden states (hidden-state KD) and cross-tokenizer alignments (ULD) are further
-signal kinds, added here when their terms land.
+Cross-tokenizer alignments (ULD) are a further signal kind, added here when their term lands.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,11 +40,14 @@ class OutputHead:
 
 @dataclass
 class StudentRows:
-    """The student's side of a micro-batch: supervised rows [N, H_s], next-token targets [N], head."""
+    """The student's side of a micro-batch: supervised rows [N, H_s], next-token targets [N], head,
+    and the rows of the hidden states a term asked for (``layers[h]`` [N, H_s], h as in
+    ``hidden.layer_map``)."""
 
     rows: torch.Tensor
     targets: torch.Tensor
     head: OutputHead
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,3 +74,10 @@ class TopKLogprobs:
     ids: torch.Tensor
     logprobs: torch.Tensor
     capture_temperature: float = 1.0
+
+
+@dataclass
+class HiddenStates:
+    """Teacher hidden states of the supervised rows: ``layers[h]`` [N, H_t] for each mapped index h."""
+
+    layers: dict[int, torch.Tensor]

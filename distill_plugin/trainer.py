@@ -8,6 +8,11 @@ weighted objective and per-component sums. The trainer divides by the supervised
 the whole optimizer step (``num_items_in_batch``, summed over gradient-accumulation micro-batches
 and, with ``average_tokens_across_devices``, over processes) and logs every component as
 ``<name>_loss`` (``eval_<name>_loss`` in evaluation), whatever the list of terms is.
+
+Terms may own trainable modules (``term.trainable``: the hidden-state projectors). They live outside
+the student model, so the trainer adds them to the optimizer as their own param group, averages
+their gradients across processes itself (DDP only covers the model), and saves them apart from the
+student in every checkpoint (``hidden.projector``), restoring them on resume.
 """
 
 from __future__ import annotations
@@ -16,22 +21,36 @@ from functools import partial
 from typing import Sequence
 
 import torch
+from transformers import TrainerCallback
 
 from .args import DistillConfig
 from .losses.chunked import supervised_mask
+from .hidden.capture import hidden_rows
+from .hidden.projector import PROJECTOR_FILE, load_projectors, save_projectors
 from .losses.terms import LossTerm, check_signals, component_names, run_terms
-from .modeling import final_hidden_states, inside_forward, model_inputs, output_head, unwrap_distributed
+from .modeling import inside_forward, model_inputs, output_head, unwrap_causal_lm, unwrap_distributed
 from .signals import LABELS, StudentRows
+
+
+class _ZeroGradsAfterStep(TrainerCallback):
+    def __init__(self, params):
+        self.params = params
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        for param in self.params:
+            param.grad = None
 
 
 def student_objective(forward, model, labels, mask, terms, signals, **inputs):
     """Runs inside the student's forward call: hidden states → supervised rows → the loss terms.
 
     ``forward`` is the student's own forward (``inside_forward``), ``inputs`` the model inputs.
+    Intermediate hidden states are captured only at the layers a term asks for (``student_layers``).
     Returns ``TermOutput(objective, sums)``, both unnormalised.
     """
-    hidden = final_hidden_states(model, inputs, forward=forward)
-    student = StudentRows(hidden[:, :-1][mask], labels[:, 1:][mask], output_head(model))
+    wanted = {h for term in terms for h in getattr(term, "student_layers", ())}
+    rows, layers = hidden_rows(model, inputs, mask, wanted, forward=forward)
+    student = StudentRows(rows, labels[:, 1:][mask], output_head(model), layers)
     return run_terms(terms, student, signals)
 
 
@@ -41,12 +60,22 @@ class DistillTrainerMixin:
     distill_config: DistillConfig | None = None
     teacher_source = None
     loss_terms: tuple[LossTerm, ...] = ()
+    distill_modules: torch.nn.ModuleList | None = None  # the terms' trainable modules (projectors)
 
     def setup_distillation(self, config: DistillConfig, teacher_source, terms: Sequence[LossTerm] | None = None) -> None:
         """Attach the teacher source and the loss terms (default: ``config.loss_terms()``)."""
-        terms = tuple(config.loss_terms() if terms is None else terms)
+        if terms is None:
+            terms = config.loss_terms(student=unwrap_causal_lm(self.model), teacher=getattr(teacher_source, "model", None))
+        terms = tuple(terms)
+        teacher_layers = {h for term in terms for h in getattr(term, "teacher_layers", ())}
+        if teacher_layers:
+            teacher_source.request_hidden(teacher_layers)
         check_signals(terms, teacher_source.produces)
         self.distill_config, self.teacher_source, self.loss_terms = config, teacher_source, terms
+        trainable = [term.trainable for term in terms if getattr(term, "trainable", None) is not None]
+        self.distill_modules = torch.nn.ModuleList(trainable).to(self.args.device)
+        if self._distill_parameters():  # the Trainer zeroes the model's gradients only
+            self.add_callback(_ZeroGradsAfterStep(self._distill_parameters()))
         self.distill_metrics = tuple(f"{name}_loss" for name in component_names(terms))
         # We normalise by num_items_in_batch ourselves; make the Trainer compute and pass it, summed
         # over processes too (Axolotl turns that off), so N is the global supervised-token count.
@@ -75,6 +104,54 @@ class DistillTrainerMixin:
         loss = objective / normalizer * scale
         self._record("train" if model.training else "eval", sums / normalizer * scale)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        params = [p for p in self._distill_parameters() if p.requires_grad]
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if params and id(params[0]) not in present:  # create_optimizer may be called again
+            lr = self.distill_config.hidden_projector_lr or self.args.learning_rate
+            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": self.args.weight_decay})
+        return optimizer
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        # DDP all-reduces only the model's gradients. Averaging the accumulated projector gradients
+        # after every backward is exact under accumulation too: avg(avg(a) + b) = avg(a) + avg(b).
+        if self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
+            for param in self._distill_parameters():
+                if param.grad is not None:
+                    torch.distributed.all_reduce(param.grad)
+                    param.grad /= self.accelerator.num_processes
+        return loss
+
+    def _clip_grad_norm(self, model):
+        """One norm over the student's and the projectors' gradients (``grad_norm`` covers both)."""
+        params = self._distill_parameters()
+        if not params or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._clip_grad_norm(model)
+        return self.accelerator.clip_grad_norm_([*model.parameters(), *params], self.args.max_grad_norm)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        self._save_distill_modules(output_dir)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        self._save_distill_modules(None)  # Axolotl saves its final model with save_pretrained
+        return result
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self._distill_parameters() and not load_projectors(self.distill_modules, resume_from_checkpoint):
+            raise FileNotFoundError(f"distill_plugin: {resume_from_checkpoint} has no {PROJECTOR_FILE} to resume the projectors from")
+
+    def _distill_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.distill_modules.parameters()) if self.distill_modules is not None else []
+
+    def _save_distill_modules(self, output_dir: str | None) -> None:
+        if self._distill_parameters() and self.args.should_save:
+            save_projectors(self.distill_modules, output_dir or self.args.output_dir)
 
     def _loss_scale(self, num_items_in_batch) -> float:
         """Mirror transformers.Trainer: a loss normalised by a count summed over processes is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,32 @@ def run_axolotl_train(recipe: Path, cwd: Path, launcher: list[str] | None = None
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"axolotl.cli.train failed ({proc.returncode}):\n{output[-6000:]}"
     return output, parse_logs(output)
+
+
+def run_axolotl_train_two_processes(recipe: Path, cwd: Path, timeout: int = 600):
+    """``run_axolotl_train`` under ``torch.distributed.run`` with 2 CPU processes (gloo)."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    # ACCELERATE_USE_CPU makes each rank join a gloo process group on CPU.
+    return run_axolotl_train(recipe, cwd, launcher=launcher, timeout=timeout, env={"ACCELERATE_USE_CPU": "1"})
+
+
+def assert_two_processes_match_one(make_recipe, cwd: Path, keys=("loss", "grad_norm", "kd_loss", "ce_loss")):
+    """Same global batch (4 = 1×4 = 2×2), sequential sampling: same logged values per step.
+
+    ``make_recipe(name, **overrides)`` writes a recipe whose outputs go under ``name``.
+    """
+    import pytest
+
+    common = dict(max_steps=4, curriculum_sampling=True, save_steps=1000)
+    _, logs_one = run_axolotl_train(make_recipe("one", micro_batch_size=4, **common), cwd)
+    _, logs_two = run_axolotl_train_two_processes(make_recipe("two", micro_batch_size=2, **common), cwd)
+    assert len(logs_one) == len(logs_two) == 4
+    for a, b in zip(logs_one, logs_two):
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=2e-3), (key, a, b)
 
 
 def parse_logs(output: str) -> list[dict]:

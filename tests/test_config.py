@@ -70,6 +70,9 @@ def test_distill_block_survives_axolotl_loader():
         ({"temperature": 0.0}, "temperature"),
         ({"kd_weight": 0.0, "ce_weight": 0.0}, "kd_weight"),
         ({"teacher_logits": "logits/"}, "exactly one"),
+        ({"hidden_weight": 1.0, "hidden_layers": "uniform:0"}, "hidden_layers"),
+        ({"hidden_loss": "l1"}, "hidden_loss"),
+        ({"teacher": None, "teacher_logits": "logits/", "hidden_weight": 1.0}, "needs the online `teacher`"),
     ],
 )
 def test_bad_configs_name_the_key(distill, needle):

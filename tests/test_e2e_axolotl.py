@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from axolotl_runs import REPO, run_axolotl_train, write_recipe
+from axolotl_runs import REPO, assert_two_processes_match_one, run_axolotl_train, write_recipe
 
 pytestmark = pytest.mark.slow
 TINY_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
@@ -98,20 +96,8 @@ def test_qlora_student(tmp_path, arithmetic_data):
 
 def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):
     """Same global batch (4 = 1×4 = 2×2), sequential sampling: same losses and grad norms."""
-    common = dict(max_steps=4, curriculum_sampling=True, save_steps=1000)
-    one = recipe_for(tmp_path, tiny_pair, arithmetic_data, "one", micro_batch_size=4, **common)
-    two = recipe_for(tmp_path, tiny_pair, arithmetic_data, "two", micro_batch_size=2, **common)
-    _, logs_one = run_axolotl_train(one, cwd=tmp_path)
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    # ACCELERATE_USE_CPU makes each rank join a gloo process group on CPU.
-    _, logs_two = run_axolotl_train(two, cwd=tmp_path, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
-    assert len(logs_one) == len(logs_two) == 4
-    for a, b in zip(logs_one, logs_two):
-        for key in ("loss", "grad_norm", "kd_loss", "ce_loss"):
-            assert b[key] == pytest.approx(a[key], rel=2e-3), (key, a, b)
+    make = lambda name, **kw: recipe_for(tmp_path, tiny_pair, arithmetic_data, name, **kw)
+    assert_two_processes_match_one(make, tmp_path)
 
 
 def test_sample_packing(tmp_path, tiny_pair, arithmetic_data):

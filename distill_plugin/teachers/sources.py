@@ -2,9 +2,12 @@
 
     TeacherModelSource   a frozen teacher model run on the student's exact batch (same input_ids,
                          attention_mask and position_ids, so sample packing is identical)
-                         → DenseLogits (final hidden states of the supervised rows + lm_head)
+                         → DenseLogits (final hidden states of the supervised rows + lm_head),
+                         and HiddenStates at the layers a hidden-state term asked for
     StoredTopKSource     top-k log-probs captured offline, put in the batch by the offline
                          collator (``distill_plugin.offline.collator``) → TopKLogprobs
+    CombinedSources      several sources, e.g. stored top-k logits + an online teacher for
+                         hidden-state KD
 
 ``signals(inputs, mask)`` takes the batch and the [B, T-1] supervised mask (``supervised_mask``)
 and returns ``{signal kind: signal}`` with rows in the same order as the student's rows. Sources
@@ -17,8 +20,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ..modeling import final_hidden_states, output_head
-from ..signals import TOPK_IDS, TOPK_LOGPROBS, DenseLogits, TopKLogprobs
+from ..hidden.capture import hidden_rows
+from ..signals import TOPK_IDS, TOPK_LOGPROBS, DenseLogits, HiddenStates, TopKLogprobs
+from ..modeling import output_head
 
 
 class TeacherSource(Protocol):
@@ -28,18 +32,32 @@ class TeacherSource(Protocol):
 
 
 class TeacherModelSource:
-    """A frozen teacher model (``teachers.load_teacher``) run on the student's batch."""
+    """A frozen teacher model (``teachers.load_teacher``) run on the student's batch.
 
-    produces = (DenseLogits,)
+    ``logits=False``: hidden states only (its logits come from elsewhere, e.g. offline top-k).
+    """
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None):
+    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None, logits: bool = True):
         self.model = model
         self.vocab_size = vocab_size  # the tokenizer's length: lm_head padding rows are never compared
+        self.logits = logits
+        self.hidden_layers: tuple[int, ...] = ()
+
+    @property
+    def produces(self) -> tuple[type, ...]:
+        return ((DenseLogits,) if self.logits else ()) + ((HiddenStates,) if self.hidden_layers else ())
+
+    def request_hidden(self, layers) -> None:
+        """Also deliver ``HiddenStates`` at these hidden-state indices (``hidden.layer_map``)."""
+        self.hidden_layers = tuple(sorted(set(layers)))
 
     def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
         with torch.no_grad():
-            rows = final_hidden_states(self.model, inputs)[:, :-1][mask]
-        return {DenseLogits: DenseLogits(rows, output_head(self.model), self.vocab_size)}
+            rows, layers = hidden_rows(self.model, inputs, mask, self.hidden_layers)
+        out = {DenseLogits: DenseLogits(rows, output_head(self.model), self.vocab_size)} if self.logits else {}
+        if self.hidden_layers:
+            out[HiddenStates] = HiddenStates(layers)
+        return out
 
 
 class StoredTopKSource:
@@ -63,3 +81,24 @@ class StoredTopKSource:
                 "(is `distill.teacher_logits` set and the plugin listed in `plugins:`?)"
             ) from None
         return {TopKLogprobs: TopKLogprobs(ids[:, :-1][mask], logprobs[:, :-1][mask], self.capture_temperature)}
+
+
+class CombinedSources:
+    """Several sources on one batch; their signal kinds must not overlap."""
+
+    def __init__(self, *sources):
+        self.sources = sources
+
+    @property
+    def produces(self) -> tuple[type, ...]:
+        return tuple(kind for source in self.sources for kind in source.produces)
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        return next((s.model for s in self.sources if getattr(s, "model", None) is not None), None)
+
+    def request_hidden(self, layers) -> None:
+        next(s for s in self.sources if hasattr(s, "request_hidden")).request_hidden(layers)
+
+    def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
+        return {kind: signal for source in self.sources for kind, signal in source.signals(inputs, mask).items()}
