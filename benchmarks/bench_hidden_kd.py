@@ -2,7 +2,7 @@
 
 One step = teacher forward (no grad) → student forward with the loss terms inside → backward →
 SGD step over the student and the projectors: the path of ``DistillTrainerMixin.compute_loss``
-without the HF Trainer around it. Models are random Qwen2-style ones (``distill_plugin.tiny``) with
+without the HF Trainer around it. Models are random Qwen2-style ones (``distill_plugin.testing.tiny``) with
 the vocabulary padded to ``--vocab``; half of each row is prompt (unsupervised).
 
 Each case runs in a fresh subprocess. Time: median over ``--repeats`` steps after ``--warmup``
@@ -50,7 +50,7 @@ def run_case(name: str, a) -> dict:
     from distill_plugin.losses import supervised_mask
     from distill_plugin.modeling import model_inputs
     from distill_plugin.teachers import TeacherModelSource
-    from distill_plugin.tiny import build_model, build_tokenizer
+    from distill_plugin.testing.tiny import build_model, build_tokenizer
     from distill_plugin.trainer import student_objective
 
     torch.set_num_threads(a.threads)

@@ -24,7 +24,7 @@ LORA = dict(
 
 @pytest.fixture(scope="module")
 def deep_pair(tmp_path_factory):
-    from distill_plugin.tiny import build_model, build_tokenizer
+    from distill_plugin.testing.tiny import build_model, build_tokenizer
 
     root, tok = tmp_path_factory.mktemp("deep_pair"), build_tokenizer()
     build_model(root / "teacher", tok, hidden_size=48, num_layers=4, seed=1)

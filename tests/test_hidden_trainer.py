@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, TrainingA
 from distill_plugin.args import DistillConfig
 from distill_plugin.hidden.projector import PROJECTOR_FILE
 from distill_plugin.teachers import TeacherModelSource
-from distill_plugin.tiny import build_model, build_tokenizer
+from distill_plugin.testing.tiny import build_model, build_tokenizer
 
 from test_trainer import KDTrainer, uneven_rows
 

@@ -11,7 +11,7 @@ from distill_plugin.hidden.capture import decoder_layers, hidden_rows
 from distill_plugin.losses import supervised_mask
 from distill_plugin.signals import HiddenStates
 from distill_plugin.teachers import TeacherModelSource
-from distill_plugin.tiny import build_model, build_tokenizer
+from distill_plugin.testing.tiny import build_model, build_tokenizer
 
 
 @pytest.fixture(scope="module")
