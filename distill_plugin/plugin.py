@@ -1,6 +1,10 @@
 """The Axolotl plugin: ``plugins: [distill_plugin.DistillPlugin]`` plus a ``distill:`` block.
 
-Hooks used: ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
+Hooks used: ``register`` (the raw YAML, before Axolotl validates it: a missing or misspelt
+``distill:`` block, the block's own validation, refused engines; ``preflight.check_raw_config``),
+``load_datasets`` (the validated cfg, before the data is tokenised and the student loads: teacher,
+tokenizer and offline store; ``preflight.check_resources``; ``pre_model_load`` repeats it if a
+launcher skipped that hook), ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
 validates it), ``get_trainer_cls`` (our trainer class), ``get_collator_cls_and_kwargs`` (the
 teacher-logit collator for offline KD; ``None`` otherwise, never ``(None, None)``, which would
 disable Axolotl's default collator) and ``post_trainer_create`` (loads the teacher once per process
@@ -10,13 +14,31 @@ registered before ``axolotl.core.training_args`` is imported.
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 
 from axolotl.integrations.base import BasePlugin
 
 from .args import DistillConfig
+from .preflight import SetupError, check_raw_config, check_resources
 
-LOG = logging.getLogger(__name__)
+# A child of Axolotl's logger, so our start-up lines reach Axolotl's console and debug.log.
+LOG = logging.getLogger("axolotl.distill_plugin")
+
+
+def exits_on_setup_error(hook):
+    """A ``SetupError`` in a hook ends the run: one line on stderr, exit code 2, no traceback."""
+
+    @functools.wraps(hook)
+    def wrapped(*args, **kwargs):
+        try:
+            return hook(*args, **kwargs)
+        except SetupError as err:
+            print(f"distill_plugin: error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapped
 
 
 def distill_config_of(cfg) -> DistillConfig | None:
@@ -30,10 +52,30 @@ def distill_config_of(cfg) -> DistillConfig | None:
 class DistillPlugin(BasePlugin):
     """Knowledge distillation for Axolotl (online logit KD and offline top-k KD)."""
 
+    def __init__(self):
+        super().__init__()
+        self.resources: dict | None = None  # facts found by check_resources, for the start-up log
+
     def get_input_args(self) -> str:
         return "distill_plugin.args.DistillArgs"
 
+    @exits_on_setup_error
+    def register(self, cfg: dict) -> None:
+        check_raw_config(cfg)
+
+    @exits_on_setup_error
+    def load_datasets(self, cfg, preprocess: bool = False):
+        self._check_resources(cfg)
+        return None  # Axolotl loads the data itself
+
+    def _check_resources(self, cfg) -> None:
+        config = distill_config_of(cfg)
+        if config is not None and self.resources is None:
+            self.resources = check_resources(cfg, config)
+
+    @exits_on_setup_error
     def pre_model_load(self, cfg) -> None:
+        self._check_resources(cfg)
         # Axolotl maps each rank to device {"": LOCAL_RANK} (an accelerator index) whenever
         # world_size > 1; on a CPU-only multi-process run (gloo) that index does not exist. The
         # loader already holds this dict object, so it is edited in place.
@@ -69,14 +111,27 @@ class DistillPlugin(BasePlugin):
             from .offline.store import check_compatible, read_meta
             from .teachers import StoredTopKSource
 
-            meta = read_meta(config.teacher_logits)  # refuse logits captured for another tokenizer/template/k
+            meta = read_meta(config.teacher_logits)  # again, now with the tokenizer Axolotl built
             check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
             source = StoredTopKSource(meta.capture_temperature)
+            LOG.info("distill_plugin: teacher = offline top-%d logits %s (teacher %s, captured at T=%g), "
+                     "vocab %d shared tokens", config.topk or meta.k, config.teacher_logits, meta.teacher,
+                     meta.capture_temperature, len(tokenizer))
         else:
+            from .modeling import output_head, unwrap_causal_lm
             from .teachers import TeacherModelSource, check_same_tokenizer, load_teacher
 
             if config.check_tokenizer:
                 check_same_tokenizer(tokenizer, config.teacher, config.teacher_revision)
-            source = TeacherModelSource(load_teacher(config, trainer.args.device), len(tokenizer))
+            student = unwrap_causal_lm(trainer.model)
+            attn = getattr(student.config, "_attn_implementation", None)
+            teacher = load_teacher(config, trainer.args.device, attn)
+            source = TeacherModelSource(teacher, len(tokenizer), device=trainer.args.device)
+            rows = (output_head(teacher).weight.shape[0], output_head(student).weight.shape[0])
+            cut = "" if rows[0] == rows[1] == len(tokenizer) else f", lm_head rows teacher {rows[0]} / student {rows[1]} cut to it"
+            LOG.info("distill_plugin: teacher = online %s, dtype %s, device %s, attention %s; vocab %d shared tokens%s",
+                     config.teacher, next(teacher.parameters()).dtype, source.teacher_device,
+                     teacher.config._attn_implementation, len(tokenizer), cut)
         trainer.setup_distillation(config, source)
-        LOG.info("distill_plugin: %s, divergence=%s, T=%s", type(source).__name__, config.divergence, config.temperature)
+        LOG.info("distill_plugin: divergence %s, T=%g, kd_weight %g, ce_weight %g; logged ppl = exp(ce_loss)",
+                 config.divergence, config.temperature, config.kd_weight, config.ce_weight)

@@ -14,16 +14,22 @@ _TEACHERS: dict[tuple, torch.nn.Module] = {}  # one teacher per process, however
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
 
 
-def load_teacher(config: DistillConfig, device: torch.device | str) -> torch.nn.Module:
-    """Load the teacher once per process: frozen, eval mode, no grad, optionally 4/8-bit."""
+def load_teacher(config: DistillConfig, device: torch.device | str, attn_implementation: str | None = None) -> torch.nn.Module:
+    """Load the teacher once per process: frozen, eval mode, no grad, optionally 4/8-bit.
+
+    ``device``: ``config.teacher_device`` when set. Attention: ``config.teacher_attn_implementation``,
+    else ``attn_implementation`` (the student's, so both treat packed documents alike), else the default.
+    """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    key = (config.teacher, config.teacher_dtype, config.teacher_load_in_4bit, config.teacher_load_in_8bit, str(device))
+    device = config.teacher_device or device
+    attn = config.teacher_attn_implementation or attn_implementation
+    key = (config.teacher, config.teacher_dtype, config.teacher_load_in_4bit, config.teacher_load_in_8bit, str(device), attn)
     if key in _TEACHERS:
         return _TEACHERS[key]
     kwargs = {"dtype": DTYPES[config.teacher_dtype], "revision": config.teacher_revision}
-    if config.teacher_attn_implementation:
-        kwargs["attn_implementation"] = config.teacher_attn_implementation
+    if attn:
+        kwargs["attn_implementation"] = attn
     quantized = config.teacher_load_in_4bit or config.teacher_load_in_8bit
     if quantized:
         compute = DTYPES[config.teacher_dtype] if config.teacher_dtype != "auto" else torch.bfloat16

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from ..modeling import final_hidden_states, output_head
-from ..signals import TOPK_IDS, TOPK_LOGPROBS, DenseLogits, TopKLogprobs
+from ..signals import TOPK_IDS, TOPK_LOGPROBS, DenseLogits, OutputHead, TopKLogprobs
 
 
 class TeacherSource(Protocol):
@@ -32,14 +32,26 @@ class TeacherModelSource:
 
     produces = (DenseLogits,)
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None):
+    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None, device: torch.device | str | None = None):
         self.model = model
         self.vocab_size = vocab_size  # the tokenizer's length: lm_head padding rows are never compared
+        self.teacher_device = output_head(model).weight.device
+        # Where the loss runs (the student's device). A teacher elsewhere (`distill.teacher_device`)
+        # sends its rows there, and its lm_head is copied there once: the fused loss builds teacher
+        # logits chunk by chunk beside the student's.
+        self.device = torch.device(device) if device is not None else self.teacher_device
+        self._head = output_head(model)
+        if self.device != self.teacher_device:
+            head = self._head
+            self._head = OutputHead(head.weight.detach().to(self.device),
+                                    None if head.bias is None else head.bias.detach().to(self.device), head.softcap)
 
     def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
+        if self.device != self.teacher_device:
+            inputs = {k: v.to(self.teacher_device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         with torch.no_grad():
-            rows = final_hidden_states(self.model, inputs)[:, :-1][mask]
-        return {DenseLogits: DenseLogits(rows, output_head(self.model), self.vocab_size)}
+            rows = final_hidden_states(self.model, inputs)[:, :-1][mask.to(self.teacher_device)]
+        return {DenseLogits: DenseLogits(rows.to(self.device), self._head, self.vocab_size)}
 
 
 class StoredTopKSource:
