@@ -21,7 +21,7 @@ import sys
 from axolotl.integrations.base import BasePlugin
 
 from .args import DistillConfig
-from .preflight import SetupError, check_raw_config, check_resources
+from .preflight import SetupError, check_raw_config, check_resources, packing_warning
 
 # A child of Axolotl's logger, so our start-up lines reach Axolotl's console and debug.log.
 LOG = logging.getLogger("axolotl.distill_plugin")
@@ -72,6 +72,9 @@ class DistillPlugin(BasePlugin):
         config = distill_config_of(cfg)
         if config is not None and self.resources is None:
             self.resources = check_resources(cfg, config)
+            warning = packing_warning(cfg, config)
+            if warning:
+                LOG.warning("distill_plugin: %s", warning)
 
     @exits_on_setup_error
     def pre_model_load(self, cfg) -> None:

@@ -124,6 +124,30 @@ def student_vocab_rows(cfg) -> int | None:
     return getattr(text, "vocab_size", None)
 
 
+# Attention implementations that keep packed documents apart in Axolotl 0.19: varlen kernels read
+# position_ids; with sdpa/eager Axolotl drops the attention mask and transformers builds a
+# block-diagonal one from position_ids (``attn_decontaminates_packing`` in Axolotl's config).
+PACKING_SAFE = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def packing_warning(cfg, config: DistillConfig) -> str | None:
+    """Why packed documents would attend to each other (student or teacher), or None."""
+    if not cfg.get("sample_packing"):
+        return None
+    safe = cfg.get("attn_decontaminates_packing")
+    if safe is None:  # a cfg that did not go through Axolotl's validation
+        safe = cfg.get("attn_implementation") in PACKING_SAFE
+    if not safe:
+        return (f"sample_packing with attn_implementation={cfg.get('attn_implementation')!r}: packed documents attend "
+                f"to each other in the student and in the teacher, whose logits then describe other documents too; "
+                f"set `attn_implementation: sdpa` (CPU) or `flash_attention_2`")
+    teacher_attn = config.teacher_attn_implementation
+    if config.teacher is not None and teacher_attn and teacher_attn not in PACKING_SAFE:
+        return (f"sample_packing with distill.teacher_attn_implementation={teacher_attn!r}: packed documents attend to "
+                f"each other in the teacher; leave it unset to follow the student's {cfg.get('attn_implementation')!r}")
+    return None
+
+
 def check_resources(cfg, config: DistillConfig) -> dict:
     """Checks that read files (never a model's weights). Returns facts for the start-up log line."""
     tokenizer = student_tokenizer(cfg)

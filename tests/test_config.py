@@ -145,3 +145,24 @@ def test_every_recipe_validates(recipe):
     validated = axolotl_validate(cfg)
     if "distill" in cfg:
         DistillConfig.model_validate(dict(validated["distill"]))
+
+
+PACKING_RECIPES = [p for p in RECIPES if yaml.safe_load(p.read_text()).get("sample_packing")]
+
+
+@pytest.mark.parametrize("recipe", PACKING_RECIPES, ids=[str(p.relative_to(REPO)) for p in PACKING_RECIPES])
+def test_packing_recipes_keep_documents_apart(recipe):
+    """Every recipe that packs uses an attention that respects document boundaries (tests/test_packing.py)."""
+    assert axolotl_validate(yaml.safe_load(recipe.read_text()))["attn_decontaminates_packing"]
+
+
+def test_packing_without_a_safe_attention_is_warned():
+    from distill_plugin.preflight import packing_warning
+
+    config = DistillConfig(teacher="t")
+    leaky = axolotl_validate({**base_cfg(), "sample_packing": True})
+    assert "attend to each other" in packing_warning(leaky, config)
+    safe = axolotl_validate({**base_cfg(), "sample_packing": True, "attn_implementation": "sdpa"})
+    assert packing_warning(safe, config) is None
+    teacher_leaky = DistillConfig(teacher="t", teacher_attn_implementation="xformers")
+    assert "teacher_attn_implementation" in packing_warning(safe, teacher_leaky)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 import sys
@@ -39,6 +40,13 @@ def saved_tensor_shapes(out_dir: Path) -> dict[str, tuple]:
     return shapes
 
 
+def two_process_launcher() -> list[str]:
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+
+
 def assert_learns_and_logs(logs, factor=0.85):
     assert len(logs) >= 10
     assert all("kd_loss" in entry and "ce_loss" in entry for entry in logs)
@@ -50,6 +58,10 @@ def test_full_finetune(tmp_path, tiny_pair, arithmetic_data):
     recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "full", val_set_size=0.25, eval_steps=10)
     output, logs = run_axolotl_train(recipe, cwd=tmp_path)
     assert_learns_and_logs(logs)
+    # The start-up lines reach Axolotl's log; the logged perplexity is the CE's, not exp(KD+CE).
+    assert re.search(r"distill_plugin: teacher = online \S+teacher, dtype torch.float32, device cpu, "
+                     r"attention \w+; vocab 261 shared tokens", output), output[-4000:]
+    assert all(e["ppl"] == pytest.approx(math.exp(e["ce_loss"]), rel=1e-3) for e in logs)
     evals = [float(v) for v in re.findall(r"'eval_kd_loss': '?([-\d.e+]+)", output)]
     assert len(evals) >= 2 and all(0 <= v < 10 for v in evals)  # normalised, not summed
     shapes = saved_tensor_shapes(tmp_path / "full")
@@ -101,21 +113,29 @@ def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):
     one = recipe_for(tmp_path, tiny_pair, arithmetic_data, "one", micro_batch_size=4, **common)
     two = recipe_for(tmp_path, tiny_pair, arithmetic_data, "two", micro_batch_size=2, **common)
     _, logs_one = run_axolotl_train(one, cwd=tmp_path)
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     # ACCELERATE_USE_CPU makes each rank join a gloo process group on CPU.
-    _, logs_two = run_axolotl_train(two, cwd=tmp_path, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
+    _, logs_two = run_axolotl_train(two, cwd=tmp_path, launcher=two_process_launcher(), env={"ACCELERATE_USE_CPU": "1"})
     assert len(logs_one) == len(logs_two) == 4
     for a, b in zip(logs_one, logs_two):
         for key in ("loss", "grad_norm", "kd_loss", "ce_loss"):
             assert b[key] == pytest.approx(a[key], rel=2e-3), (key, a, b)
 
 
+def test_ddp_find_unused_parameters(tmp_path, tiny_pair, arithmetic_data):
+    """Regression: with the loss outside the forward, DDP's find_unused_parameters saw lm_head.weight
+    used after its hooks had fired ("Expected to mark a variable ready only once") at step 1."""
+    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "unused", micro_batch_size=2, max_steps=3,
+                        save_steps=1000, ddp_find_unused_parameters=True)
+    output, logs = run_axolotl_train(recipe, cwd=tmp_path, launcher=two_process_launcher(),
+                                     env={"ACCELERATE_USE_CPU": "1"})
+    assert len(logs) == 3 and all(e["grad_norm"] > 0 and e["kd_loss"] > 0 for e in logs), logs
+    assert "mark a variable ready only once" not in output
+
+
 def test_sample_packing(tmp_path, tiny_pair, arithmetic_data):
-    """Axolotl's multipack collator path: teacher and student get the same packed batch."""
-    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "packed", sample_packing=True,
+    """Axolotl's multipack collator path: teacher and student get the same packed batch, with an
+    attention that keeps the documents apart (``tests/test_packing.py`` checks the logits)."""
+    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "packed", sample_packing=True, attn_implementation="sdpa",
                         pad_to_sequence_len=True, micro_batch_size=1, max_steps=12)
     _, logs = run_axolotl_train(recipe, cwd=tmp_path)
     assert_learns_and_logs(logs, factor=0.95)
