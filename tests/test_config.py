@@ -166,3 +166,17 @@ def test_packing_without_a_safe_attention_is_warned():
     assert packing_warning(safe, config) is None
     teacher_leaky = DistillConfig(teacher="t", teacher_attn_implementation="xformers")
     assert "teacher_attn_implementation" in packing_warning(safe, teacher_leaky)
+
+
+def test_r1_recipes_fused_ce_overlong_traces_and_kd_sibling():
+    sft_path, kd_path = REPO / "recipes" / "r1_distill_qwen7b.yml", REPO / "recipes" / "r1_distill_qwen7b_topk.yml"
+    sft = axolotl_validate(yaml.safe_load(sft_path.read_text()))
+    assert sft["cut_cross_entropy"] and "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin" in sft["plugins"]
+    assert sft["excess_length_strategy"] == "drop" and sft["sequence_len"] == 32768
+    header = sft_path.read_text().split("base_model:")[0]
+    for needle in ("24 GB", "80 GB", "16k", "32k", "Qwen2.5-Math-7B", "DROPPED"):
+        assert needle in header, needle
+    kd_raw = yaml.safe_load(kd_path.read_text())
+    kd = axolotl_validate(kd_raw)
+    assert kd["distill"]["teacher_logits"] and kd["datasets"] == sft["datasets"] and kd["sequence_len"] == sft["sequence_len"]
+    assert f"distill-data logits --config {kd_path.relative_to(REPO)}" in kd_path.read_text()
