@@ -4,7 +4,7 @@ KL is KL(exact || decoded) in nats/token between the exact top-k log-probs and t
 both renormalised over the k candidates (the distribution the ``renormalize`` tail mode trains on).
 Sources: ``tiny`` = the tiny teacher trained briefly on text (real LM outputs, V = 362);
 ``zipf-typical`` / ``zipf-flat`` = LM-shaped distributions at V = 151,936 (see
-``distill_plugin.offline.synthetic``; a model of an LM, not one). Raw = fp16 log-prob + int32 id.
+``distill_plugin.testing.synthetic``; a model of an LM, not one). Raw = fp16 log-prob + int32 id.
 
     python benchmarks/bench_topk_codec.py [--positions 512]
 """
@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 
 from distill_plugin.offline.codec import CodecConfig, decode, encode, fit_tables, topk_kl
-from distill_plugin.offline.synthetic import TEXT, train_tiny_teacher, zipf_lm_topk
+from distill_plugin.testing.synthetic import TEXT, train_tiny_teacher, zipf_lm_topk
 
 CONFIGS = [("sqrt", 6), ("sqrt", 7), ("sqrt", 8), ("log", 8), ("log", 9)]
 

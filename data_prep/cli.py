@@ -15,11 +15,13 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from .backends import PromptStyle, Sampling
+from distill_plugin.generation import SamplingParams
+
 from .guards import prepare_generate, preflight
 from .io import InputError
 from .schema import FieldMap
 from .logits import import_axolotl_kd, logits
+from .trajectory import PromptStyle
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -71,10 +73,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     import httpx
     import yaml
 
-    from .backends.openai_http import HTTPBackendError
+    from distill_plugin.generation import GenerationError
     from .export import ReasoningStrippedError
 
-    return (InputError, OSError, ValueError, yaml.YAMLError, ReasoningStrippedError, HTTPBackendError,
+    return (InputError, OSError, ValueError, yaml.YAMLError, ReasoningStrippedError, GenerationError,
             httpx.HTTPError)
 
 
@@ -135,6 +137,8 @@ def generate_cmd(
     chunk_size: Annotated[int, typer.Option(help="Prompts handed to the backend per call.")] = 64,
     shard: Annotated[Optional[str], typer.Option(help="'i/n': only this worker's share (0-based i).")] = None,
     limit: Optional[int] = None,
+    max_errors: Annotated[Optional[float], typer.Option(help="Failed prompts allowed before the run stops: N, or a fraction (0-1) of the prompts to do. Default: no limit.")] = None,
+    retry_errors: Annotated[bool, typer.Option(help="Retry prompts an earlier run recorded as failed (_errors*.jsonl).")] = False,
     strict: Strict = False,
 ):
     """Sample n teacher trajectories per prompt (resumable; --shard i/n splits the work)."""
@@ -150,7 +154,8 @@ def generate_cmd(
             "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
     cfg = _run(lambda: GenerateConfig(  # a bad value (-n 0) is a one-line error too
         backend=backend, model=model, prompt=style, chunk_size=chunk_size, limit=limit, strict=strict,
-        sampling=Sampling(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+        max_errors=max_errors, retry_errors=retry_errors,
+        sampling=SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests,
                         choices=field_choices),
         backend_options=opts))

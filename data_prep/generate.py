@@ -8,6 +8,7 @@ moment and restarted ends with every prompt exactly once. :func:`merge` joins sh
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from pathlib import Path
@@ -15,11 +16,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from .backends import Backend, PromptStyle, Sampling, make_backend
-from .io import (JsonlAppender, SkipLog, done_ids, input_files, parse_shard, read_rows, shard_of,
-                 write_jsonl_atomic)
+from distill_plugin.generation import Backend, SamplingParams, make_backend
+
+from .io import (JsonlAppender, SkipLog, done_ids, input_files, parse_shard, read_rows, repair_torn_tail,
+                 shard_of, write_jsonl_atomic)
+from .generation_errors import ErrorLog, TooManyErrors, error_path, errored_ids
 from .report import StageReport
 from .schema import FieldMap, canonical_row
+from .trajectory import Generation, PromptStyle
 
 log = logging.getLogger("data_prep")
 
@@ -27,12 +31,16 @@ log = logging.getLogger("data_prep")
 class GenerateConfig(BaseModel):
     backend: str = "hf"  # hf | openai | vllm
     model: str
-    sampling: Sampling = Field(default_factory=Sampling)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
     prompt: PromptStyle = Field(default_factory=PromptStyle)
     fields: FieldMap = Field(default_factory=FieldMap)
     backend_options: dict = Field(default_factory=dict)  # e.g. base_url, concurrency, batch_size
-    chunk_size: int = Field(64, ge=1)  # prompts handed to the backend per call
+    # prompts handed to a local backend (hf, vllm) per call; the HTTP backend takes them all at once
+    # and keeps `concurrency` requests in flight
+    chunk_size: int = Field(64, ge=1)
     limit: int | None = None  # only the first N valid prompts (smoke tests)
+    max_errors: float | None = Field(None, gt=0)  # failed prompts allowed: N >= 1, or a fraction of those to do
+    retry_errors: bool = False  # on resume, retry prompts recorded as failed
     strict: bool = False
     source: str = ""  # default "source" when rows have none (else the input file stem)
 
@@ -72,43 +80,67 @@ def generate(inputs, out_dir: str | Path, cfg: GenerateConfig, shard: str | None
     report = StageReport("generate")
     rows = load_prompts(inputs, cfg, skips, report)
     mine = [r for r in rows if shard_of(r["id"], shard_t[1]) == shard_t[0]]
+    repair_torn_tail(out_path)  # on every run, work left or not (only this shard's file: others may be writing)
     done = done_ids(out_dir.glob("generations*.jsonl")) if out_dir.exists() else set()
-    todo = [r for r in mine if r["id"] not in done]
+    failed = set() if cfg.retry_errors else errored_ids(out_dir) - done
+    skip = done | failed
+    todo = [r for r in mine if r["id"] not in skip]
     report.extra.update(shard=f"{shard_t[0]}/{shard_t[1]}", prompts_in_shard=len(mine),
-                        already_done=len(mine) - len(todo))
-    log.info("generate: %d prompts in shard, %d already done, %d to do", len(mine), len(mine) - len(todo), len(todo))
-    finish = Counter()
+                        already_done=sum(r["id"] in done for r in mine),
+                        skipped_failed_before=sum(r["id"] in failed for r in mine))
+    log.info("generate: %d prompts in shard, %d already done, %d failed before (--retry-errors to retry), %d to do",
+             len(mine), report.extra["already_done"], report.extra["skipped_failed_before"], len(todo))
+    finish, stopped = Counter(), None
+    errors = ErrorLog(error_path(out_dir, shard_t), cfg.max_errors, len(todo))
     if todo:
-        backend = backend or make_backend(cfg.backend, cfg.model, cfg.sampling, cfg.prompt, **cfg.backend_options)
-        meta = backend.describe()
-        bar = tqdm(total=len(todo), desc="generate", unit="prompt")
+        backend = backend or make_backend(cfg.backend, cfg.model, **cfg.backend_options)
         try:
-            with JsonlAppender(out_path) as sink:
-                for start in range(0, len(todo), cfg.chunk_size):
-                    chunk = todo[start:start + cfg.chunk_size]
-                    msgs = [cfg.prompt.messages(r["prompt"]) for r in chunk]
-
-                    def on_done(i: int, gens, chunk=chunk, msgs=msgs):
-                        gens = [g.as_dict() for g in gens]
-                        if len(gens) != cfg.sampling.n:
-                            raise RuntimeError(f"{chunk[i]['id']}: backend returned {len(gens)} of {cfg.sampling.n} samples")
-                        for g in gens:
-                            finish[g["finish_reason"]] += 1
-                            if g["completion_tokens"] is not None:
-                                report.token_lengths.append(g["completion_tokens"])
-                        sink.write({**chunk[i], "messages": msgs[i], "generations": gens, "gen_meta": meta})
-                        report.rows_out += 1
-                        bar.update(1)
-
-                    backend.run(msgs, on_done)
+            run_backend(backend, todo, cfg, out_path, report, finish, errors)
+        except TooManyErrors as e:
+            stopped = e
         finally:
-            bar.close()
-            if backend is not None:
-                backend.close()
+            backend.close()
+            errors.close()
     report.input_skips = skips.as_dict()
-    report.extra["finish_reasons"] = dict(finish)
+    report.extra.update(finish_reasons=dict(finish), errors=errors.as_dict(), stopped=str(stopped) if stopped else None)
     report.write(out_dir, "" if shard_t[1] == 1 else f".shard{shard_t[0]}")
+    if stopped:
+        raise stopped
     return report
+
+
+def run_backend(backend: Backend, todo: list[dict], cfg: GenerateConfig, out_path: Path, report: StageReport,
+                finish: Counter, errors: ErrorLog) -> None:
+    """Generate ``todo`` and append each prompt's row as soon as its ``n`` samples are done; a prompt
+    that fails for good goes to ``errors`` (which stops the run past ``max_errors``)."""
+    meta = {**backend.describe(), **cfg.sampling.model_dump()}
+    requests = (cfg.prompt.request(cfg.prompt.messages(r["prompt"])) for r in todo)  # lazy, in todo order
+    bar = tqdm(total=len(todo), desc="generate", unit="prompt")
+    with JsonlAppender(out_path) as sink, bar:
+        def on_done(i: int, completions, offset: int = 0) -> None:
+            row = todo[offset + i]
+            gens = [Generation.from_completion(c, cfg.prompt).as_dict() for c in completions]
+            if len(gens) != cfg.sampling.n:
+                raise RuntimeError(f"{row['id']}: backend returned {len(gens)} of {cfg.sampling.n} samples")
+            for g in gens:
+                finish[g["finish_reason"]] += 1
+                if g["completion_tokens"] is not None:
+                    report.token_lengths.append(g["completion_tokens"])
+            sink.write({**row, "messages": cfg.prompt.messages(row["prompt"]), "generations": gens, "gen_meta": meta})
+            report.rows_out += 1
+            bar.update(1)
+
+        def on_error(i: int, error, offset: int = 0) -> None:
+            errors.record(todo[offset + i]["id"], error)
+            bar.update(1)
+
+        if backend.name == "openai":  # one call: `concurrency` requests stay in flight until the end
+            backend.generate(requests, cfg.sampling, on_done, on_error)
+            return
+        for start in range(0, len(todo), cfg.chunk_size):
+            chunk = list(itertools.islice(requests, cfg.chunk_size))
+            backend.generate(chunk, cfg.sampling, lambda i, c, start=start: on_done(i, c, start),
+                             lambda i, e, start=start: on_error(i, e, start))
 
 
 def merge(in_dir: str | Path, out_path: str | Path) -> StageReport:

@@ -7,16 +7,6 @@ from pathlib import Path
 import typer
 
 
-def _parse_shard(shard: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise typer.BadParameter("--shard is i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise typer.BadParameter(f"--shard {shard}: need 0 <= i < n")
-    return i, n
-
-
 def logits(
     data: Path = typer.Argument(None, help="train.jsonl (messages or text rows); omit with --config"),
     teacher: str = typer.Option(..., "--teacher", help="teacher checkpoint (path or hub id)"),
@@ -25,7 +15,7 @@ def logits(
     tokenizer: str = typer.Option(None, "--tokenizer", help="tokenizer (= the student's); default: teacher"),
     top_k: int = typer.Option(64, "--top-k"),
     backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
-    shard: str = typer.Option("0/1", "--shard", help="i/n: capture rows with row_key mod n == i"),
+    shard: str = typer.Option("0/1", "--shard", help="i/n: capture the rows with distill_plugin.shards.shard_of(row_key, n) == i"),
     temperature: float = typer.Option(1.0, "--temperature", help="capture temperature T: log_softmax(z/T)"),
     batch_size: int = typer.Option(8, "--batch-size"),
     max_rows: int = typer.Option(None, "--max-rows", help="capture at most this many new rows"),
@@ -35,11 +25,15 @@ def logits(
     bits: int = typer.Option(8, "--bits", help="log-prob quantisation bits (KL <= step^2/8)"),
 ):
     """Capture top-k teacher log-probs for offline distillation (resumable, shardable)."""
-    from distill_plugin.offline.capture import capture_teacher
+    from distill_plugin.offline import capture_teacher
+    from distill_plugin.shards import parse_shard
 
     if (data is None) == (config is None):
         raise typer.BadParameter("give either a JSONL file or --config")
-    i, n = _parse_shard(shard)
+    try:
+        i, n = parse_shard(shard)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     stats = capture_teacher(teacher, out, config=config, data=data, tokenizer=tokenizer, k=top_k,
                             temperature=temperature, backend=backend, sequence_len=sequence_len, device=device,
                             dtype=dtype, batch_size=batch_size, shard=i, num_shards=n, max_rows=max_rows, bits=bits)
@@ -60,15 +54,15 @@ def import_axolotl_kd(
     """Import an existing Axolotl-KD-format logprob dataset into an offline logits store."""
     from transformers import AutoTokenizer
 
-    from distill_plugin.offline.capture import read_jsonl
-    from distill_plugin.offline.interop import import_axolotl_kd as run_import
+    from distill_plugin.jsonl import SkipLog, read_jsonl
+    from distill_plugin.offline import import_axolotl_kd as run_import
 
     if data.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         rows = (row for batch in pq.ParquetFile(data).iter_batches() for row in batch.to_pylist())
     else:
-        rows = read_jsonl(data)
+        rows = (row for _, row in read_jsonl(data, SkipLog(strict=True)))
     stats = run_import(rows, out, AutoTokenizer.from_pretrained(tokenizer), k=top_k, temperature=temperature,
                        sequence_len=sequence_len, logprobs_field=logprobs_field, messages_field=messages_field)
     typer.echo(f"imported {stats.rows} rows ({stats.skipped} already stored), {stats.positions} positions into {out}")

@@ -88,9 +88,9 @@ def unknown_backend_option(backend: str, options: dict) -> str | None:
 
     try:
         module, name = _BACKEND_CLASSES[backend]
-        cls = getattr(importlib.import_module(f"data_prep.backends.{module}"), name)
+        cls = getattr(importlib.import_module(f"distill_plugin.generation.{module}"), name)
         params = inspect.signature(cls.__init__).parameters
-    except (KeyError, ImportError, AttributeError, ValueError):  # unknown backend: reported later
+    except (KeyError, ImportError, AttributeError, ValueError):  # unknown backend, or vllm not installed
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None

@@ -15,15 +15,18 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     """A tiny teacher (hidden 48) and student (hidden 32) sharing the tiny tokenizer."""
-    from distill_plugin.tiny import build_pair
+    from distill_plugin.testing.tiny import build_pair
 
     return build_pair(tmp_path_factory.mktemp("pair"), teacher_hidden=48, student_hidden=32)
 
 
 @pytest.fixture(scope="session")
 def arithmetic_data(tmp_path_factory):
-    from distill_plugin.demo.task import make_split, write_jsonl
+    from distill_plugin.demo.task import make_split
+    from distill_plugin.jsonl import write_jsonl_atomic
 
-    return write_jsonl(make_split(48, seed=0), tmp_path_factory.mktemp("data") / "train.jsonl")
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    write_jsonl_atomic(path, make_split(48, seed=0))
+    return path
 
 

@@ -1,28 +1,56 @@
-"""The embedded demo, ``--quick``: teacher, SFT and KD students through axolotl.cli.train, the table."""
+"""The embedded demo, ``--quick`` with two seeds, run from an *installed* wheel (not the checkout):
+teacher, SFT and KD students through axolotl.cli.train, the per-seed tables and the seeds' summary."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 ENV = {
     **os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "COLUMNS": "120",
+    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "COLUMNS": "200",
 }
 
 
-def test_quick_demo(tmp_path):
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The project built as a wheel (from a copy of its sources) and installed into a bare folder."""
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    src.mkdir()
+    for path in REPO.iterdir():  # pyproject.toml, README.md, any licence file it names
+        if path.is_file():
+            shutil.copy(path, src / path.name)
+    for pkg in ("distill_plugin", "data_prep"):
+        shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(src)],
+                   check=True, cwd=root, timeout=600)
+    (wheel,) = (root / "dist").glob("distill_plugin-*.whl")
+    site = root / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=600)
+    return site
+
+
+def test_quick_demo_from_an_installed_wheel(tmp_path, installed):
+    env = {**ENV, "PYTHONPATH": str(installed)}  # the wheel's copy, never the checkout
+    where = subprocess.run([sys.executable, "-c", "import distill_plugin; print(distill_plugin.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(installed), where
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "distill_plugin.demo", "--out", str(out), "--quick"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "distill_plugin.demo", "--out", str(out), "--quick", "--seed", "0", "--seed", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
@@ -30,7 +58,30 @@ def test_quick_demo(tmp_path):
     for label in ("teacher", "student SFT", "student KD"):
         assert label in output
 
+    for seed in (0, 1):
+        check_seed_output(out / f"seed_{seed}", seed)
+
+    # The seeds' summary: printed, and equal to the per-seed numbers it summarises.
+    summary_file = json.loads((out / "results.json").read_text())
+    assert summary_file["seeds"] == [0, 1]
+    runs = [json.loads((out / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert summary_file["runs"] == runs
+    summary = summary_file["summary"]
+    assert "2 seeds (0, 1): mean ± sd [min–max]" in output
+    for i, (model, stats) in enumerate(summary["models"].items()):
+        values = [r["rows"][i]["exact_match"] for r in runs]
+        em = stats["exact_match"]
+        assert em["mean"] == pytest.approx(sum(values) / 2)
+        assert em["sd"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+        assert (em["min"], em["max"]) == (min(values), max(values))
+        assert f"{100 * em['mean']:.1f}% ± {100 * em['sd']:.1f}" in output, model
+    gaps = [r["rows"][2]["exact_match"] - r["rows"][1]["exact_match"] for r in runs]
+    assert summary["kd_minus_sft"] == pytest.approx(gaps)
+
+
+def check_seed_output(out: Path, seed: int) -> None:
     results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["seed"] == seed
     rows = {r["model"]: r for r in results["rows"]}
     assert list(rows) == ["teacher", "student SFT", "student KD"]
     for row in rows.values():
@@ -51,7 +102,7 @@ def test_quick_demo(tmp_path):
     sft = yaml.safe_load((out / "recipes" / "sft.yml").read_text())
     kd = yaml.safe_load((out / "recipes" / "kd.yml").read_text())
     assert "distill" not in sft and "plugins" not in sft
-    assert kd["distill"]["teacher"] == str(out / "teacher")
+    assert kd["distill"]["teacher"] == str(out / "teacher") and kd["seed"] == seed
     strip = lambda cfg: {k: v for k, v in cfg.items() if k not in ("distill", "plugins", "output_dir", "dataset_prepared_path")}
     assert strip(sft) == strip(kd)
     # Held-out problems are disjoint from the training problems.

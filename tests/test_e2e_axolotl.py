@@ -92,7 +92,7 @@ def test_lora_student(tmp_path, tiny_pair, arithmetic_data):
 
 def test_qlora_student(tmp_path, arithmetic_data):
     """4-bit base (bitsandbytes on CPU) + LoRA adapters; widths are multiples of 64 for its kernel."""
-    from distill_plugin.tiny import build_pair
+    from distill_plugin.testing.tiny import build_pair
 
     pair = build_pair(tmp_path / "pair64", teacher_hidden=64, student_hidden=64)
     recipe = recipe_for(

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from axolotl_runs import REPO, run_axolotl_train, write_recipe
 from distill_plugin.demo.core import encode, heldout_losses
 from distill_plugin.demo.task import make_split
-from distill_plugin.tiny import build_model, build_tokenizer
+from distill_plugin.testing.tiny import build_model, build_tokenizer
 
 pytestmark = pytest.mark.slow
 COMMON = dict(max_steps=30, learning_rate=0.01, micro_batch_size=8, save_steps=1000)
@@ -73,7 +73,7 @@ def test_offline_topk_kd_tracks_online_kd(tmp_path, sharp_pair, arithmetic_data)
 def test_mismatched_store_is_refused(tmp_path, sharp_pair, arithmetic_data):
     """Offline logits silently depend on the capture's tokenizer and template: we check them."""
     from distill_plugin.offline.capture import capture_teacher
-    from distill_plugin.tiny import STRIPPING_CHAT_TEMPLATE
+    from distill_plugin.testing.tiny import STRIPPING_CHAT_TEMPLATE
 
     teacher, student = sharp_pair
     other_tok = build_tokenizer(chat_template=STRIPPING_CHAT_TEMPLATE)

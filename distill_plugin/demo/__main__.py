@@ -19,13 +19,15 @@ def demo(
     temperature: Annotated[Optional[float], typer.Option(help="Override the KD temperature.")] = None,
     kd_weight: Annotated[Optional[float], typer.Option(help="Override the KD loss weight.")] = None,
     ce_weight: Annotated[Optional[float], typer.Option(help="Override the CE loss weight of the KD run.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the data split, the trainers and Axolotl.")] = 0,
+    seed: Annotated[Optional[list[int]], typer.Option(
+        help="Seed of the data split, the trainers and Axolotl; repeat for several (default 0-3, --quick 0-1).")] = None,
 ) -> None:
-    """Train a tiny teacher, then a student by plain SFT and by logit KD; compare them on held-out problems."""
+    """Train a tiny teacher, then a student by plain SFT and by logit KD; compare them on held-out problems,
+    once per seed, and print the mean ± spread over the seeds."""
     from .run import main_cli
 
     main_cli(out=out, quick=quick, threads=threads, student_steps=student_steps, temperature=temperature,
-             kd_weight=kd_weight, ce_weight=ce_weight, seed=seed)
+             kd_weight=kd_weight, ce_weight=ce_weight, seeds=seed)
 
 
 if __name__ == "__main__":

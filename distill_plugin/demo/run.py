@@ -1,14 +1,19 @@
 """The embedded demo's glue: data, teacher, two ``axolotl.cli.train`` runs (SFT and KD), the table.
 
-    python -m distill_plugin.demo [--out demo_out] [--quick]
+    python -m distill_plugin.demo [--out demo_out] [--quick] [--seed N ...]
+
+For each seed (a different train/held-out split and data order; default seeds 0-3), in ``OUT/seed_N``:
 
 1. writes the synthetic addition data (train / held-out, disjoint by problem id) and a tiny tokenizer;
 2. trains a tiny teacher with a plain torch loop (``core.train_causal_lm``) and saves it;
-3. derives two recipes from ``recipes/tiny/logit_kd.yml``: SFT (no plugin) and logit KD (plugin,
-   the trained teacher), with the same student init, data, steps, lr and seed, and runs both with
+3. writes two recipes (``recipe.py``, built in code): SFT (no plugin) and logit KD (plugin, the
+   trained teacher), with the same student init, data, steps, lr and seed, and runs both with
    ``python -m axolotl.cli.train`` in subprocesses (concurrently, one thread each);
 4. evaluates teacher, SFT student and KD student on the held-out problems (greedy exact match,
    assistant-token CE, KL to the teacher), prints a table and writes ``results.json``.
+
+Then the seeds' summary (mean ± sample standard deviation, min–max; ``seeds.py``) is printed and
+written to ``OUT/results.json``: the numbers README and docs/demo.md quote.
 """
 
 from __future__ import annotations
@@ -23,10 +28,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-BASE_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
 SUBPROCESS_ENV = {
     "HF_HUB_OFFLINE": "1",
     "WANDB_MODE": "disabled",
@@ -59,6 +60,7 @@ class Settings:
     seed: int = 0
 
 
+DEFAULT_SEEDS, QUICK_SEEDS = (0, 1, 2, 3), (0, 1)
 QUICK = Settings(
     n_train=256, n_heldout=32, teacher_hidden=48, teacher_layers=2, teacher_steps=30, teacher_batch=16,
     student_hidden=32, student_layers=1, student_steps=10, student_batch=8,
@@ -69,58 +71,15 @@ QUICK = Settings(
 
 
 def write_data(out: Path, s: Settings) -> tuple[list[dict], list[dict]]:
-    from .task import make_split, write_jsonl
+    from ..jsonl import write_jsonl_atomic
+    from .task import make_split
 
     heldout = make_split(s.n_heldout, seed=10_000 + s.seed)
     train = make_split(s.n_train, seed=s.seed, exclude={r["id"] for r in heldout})
     assert not {r["id"] for r in train} & {r["id"] for r in heldout}, "held-out split overlaps train"
-    write_jsonl(train, out / "data" / "train.jsonl")
-    write_jsonl(heldout, out / "data" / "heldout.jsonl")
+    write_jsonl_atomic(out / "data" / "train.jsonl", train)
+    write_jsonl_atomic(out / "data" / "heldout.jsonl", heldout)
     return train, heldout
-
-
-# ------------------------------------------------------------------------------------------- recipes
-
-
-def student_recipes(out: Path, s: Settings) -> dict[str, Path]:
-    """SFT and KD recipes from the tiny base recipe: same everything but the plugin + distill block."""
-    if not BASE_RECIPE.exists():
-        raise FileNotFoundError(f"{BASE_RECIPE} not found: run the demo from a source checkout (pip install -e .)")
-    base = yaml.safe_load(BASE_RECIPE.read_text())
-    common = {
-        "base_model": str(out / "student_init"),
-        "datasets": [{
-            "path": str(out / "data" / "train.jsonl"), "type": "chat_template",
-            "field_messages": "messages", "roles_to_train": ["assistant"],
-        }],
-        "max_steps": s.student_steps,
-        "micro_batch_size": s.student_batch,
-        "gradient_accumulation_steps": 1,
-        "learning_rate": s.student_lr,
-        "lr_scheduler": "cosine",
-        "warmup_steps": max(1, s.student_steps // 20),
-        "save_steps": s.student_steps,
-        "logging_steps": 1,
-        "seed": s.seed,
-        "val_set_size": 0.0,
-    }
-    recipes = {}
-    for name in ("sft", "kd"):
-        cfg = {**base, **common, "output_dir": str(out / name), "dataset_prepared_path": str(out / "prepared" / name)}
-        if name == "sft":
-            cfg.pop("plugins", None)
-            cfg.pop("distill", None)
-        else:
-            cfg["distill"] = {
-                **base.get("distill", {}), "teacher": str(out / "teacher"), "teacher_dtype": "float32",
-                "divergence": s.divergence, "temperature": s.temperature,
-                "kd_weight": s.kd_weight, "ce_weight": s.ce_weight,
-            }
-        path = out / "recipes" / f"{name}.yml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        recipes[name] = path
-    return recipes
 
 
 LOSS_LINE = re.compile(r"\{'loss': ")
@@ -171,28 +130,35 @@ def fresh(path: Path) -> Path:
     return path
 
 
+def claim_output(out: Path) -> Path:
+    """``out`` resolved and marked as the demo's; refuse a non-empty folder that is not a demo output."""
+    out = out.resolve()
+    marker = out / ".distill_demo"
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise SystemExit(f"{out} is not empty and is not a previous demo output; pass --out with a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("output of python -m distill_plugin.demo; its seed_N sub-folders are recreated on each run\n")
+    return out
+
+
 def run_demo(out: Path, s: Settings, threads: int = 1, console=None) -> dict:
+    """One seed of the demo in a fresh folder ``out``; returns (and writes) its ``results.json``."""
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from ..tiny import build_model, build_tokenizer
+    from ..testing.tiny import build_model, build_tokenizer
     from . import core
+    from .recipe import student_recipes
 
     console = console or Console()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     torch.set_num_threads(threads)
-    out = out.resolve()
-    marker = out / ".distill_demo"
-    if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise SystemExit(f"{out} is not empty and is not a previous demo output; pass --out with a new or empty directory")
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("output of python -m distill_plugin.demo; its sub-folders are recreated on each run\n")
-    for sub in ("data", "tokenizer", "teacher", "student_init", "sft", "kd", "prepared", "recipes", "logs"):
-        fresh(out / sub)
+    out = fresh(out.resolve())
+    out.mkdir(parents=True)
     t0 = time.perf_counter()
 
     console.rule("[bold]1. data, tokenizer, models")
@@ -283,9 +249,27 @@ def main_cli(
     temperature: float | None = None,
     kd_weight: float | None = None,
     ce_weight: float | None = None,
-    seed: int = 0,
-) -> None:
+    seeds: list[int] | None = None,
+) -> dict:
+    """Run the demo once per seed under ``out/seed_N``, then print and write the seeds' summary."""
+    from rich.console import Console
+
+    from .seeds import summarise, summary_table
+
     s = QUICK if quick else Settings()
     overrides = {k: v for k, v in dict(student_steps=student_steps, temperature=temperature, kd_weight=kd_weight,
                                       ce_weight=ce_weight).items() if v is not None}
-    run_demo(out, replace(s, seed=seed, **overrides), threads=threads)
+    seeds = list(seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS))
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seed values repeat: {seeds}")
+    console = Console()
+    out = claim_output(out)
+    runs = []
+    for seed in seeds:
+        console.rule(f"[bold]seed {seed} ({len(runs) + 1} of {len(seeds)})", characters="=")
+        runs.append(run_demo(out / f"seed_{seed}", replace(s, seed=seed, **overrides), threads=threads, console=console))
+    summary = summarise(runs)
+    (out / "results.json").write_text(json.dumps({"seeds": seeds, "summary": summary, "runs": runs}, indent=2))
+    console.print(summary_table(summary, runs))
+    console.print(f"per-seed results -> {out}/seed_N/results.json; summary -> {out / 'results.json'}")
+    return summary

@@ -12,10 +12,8 @@ structured like R1 data (reasoning, then the answer), and scored by exact match.
 
 from __future__ import annotations
 
-import json
 import random
 import re
-from pathlib import Path
 
 
 def working(a: int, b: int) -> str:
@@ -49,15 +47,6 @@ def make_split(n: int, seed: int, exclude: set[str] | None = None) -> list[dict]
             seen.add(row["id"])
             rows.append(row)
     return rows
-
-
-def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
 
 
 def final_answer(text: str) -> str | None:

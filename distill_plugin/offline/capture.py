@@ -6,24 +6,27 @@ are ``topk(log_softmax(logits_t / T_capture))`` in fp32 (natural log), before an
 
 Examples come from ``examples_from_axolotl_config`` (Axolotl's own dataset preparation, so ids and
 labels are byte-identical to training) or ``examples_from_jsonl`` (chat template of a tokenizer,
-for users without Axolotl). Backends: ``hf`` (batched forward, the LM head applied only to the
-captured positions, chunk by chunk, so ``[B, T, V]`` fp32 logits are never held) and ``vllm``
-(``prompt_logprobs``; lazy import).
+for users without Axolotl). Scoring is the generation layer's ``Backend.prompt_topk`` (``hf``: a
+batched forward, the LM head applied only to the captured positions, chunk by chunk, so
+``[B, T, V]`` fp32 logits are never held; ``vllm``: ``prompt_logprobs``). Sharding is
+``distill_plugin.shards.shard_of`` on the row's content key.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from distill_plugin.generation import Backend, make_backend
+from distill_plugin.jsonl import SkipLog, read_jsonl
 from distill_plugin.offline.store import (
     StoreMeta, StoreWriter, chat_template_hash, positions_mask, row_key, stored_keys, tokenizer_hash,
 )
+from distill_plugin.shards import shard_of
 
 
 @dataclass
@@ -75,124 +78,11 @@ def tokenize_row(row: dict, tokenizer, sequence_len: int | None = None, messages
     return Example(ids, labels, None if row.get(id_field) is None else str(row[id_field]))
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def examples_from_jsonl(path: str | Path, tokenizer, sequence_len: int | None = None,
                         messages_field: str = "messages", id_field: str = "id") -> list[Example]:
     """``tokenize_row`` over a JSONL file (for users without Axolotl)."""
-    return [tokenize_row(r, tokenizer, sequence_len, messages_field, id_field) for r in read_jsonl(path)]
-
-
-def _lm_head_topk(hidden, head, k: int, temperature: float, chunk: int):
-    """``topk(log_softmax(lm_head(hidden) / T))`` in fp32 over rows of ``hidden [n, H]``, chunk by chunk."""
-    import torch
-    import torch.nn.functional as F
-
-    from distill_plugin.losses.kd import softcap
-
-    ids, vals = [], []
-    for start in range(0, hidden.shape[0], chunk):
-        logits = softcap(F.linear(hidden[start:start + chunk], head.weight, head.bias).float(), head.softcap)
-        lp = torch.log_softmax(logits / temperature, dim=-1)
-        v, i = lp.topk(k, dim=-1)
-        ids.append(i.cpu())
-        vals.append(v.cpu())
-    if not ids:
-        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
-    return torch.cat(ids), torch.cat(vals)
-
-
-class HFBackend:
-    """Batched transformers forward; only captured positions go through the LM head."""
-
-    def __init__(self, model, k: int, temperature: float = 1.0, chunk_positions: int = 1024):
-        from distill_plugin.modeling import output_head
-
-        self.model, self.k, self.temperature, self.chunk = model.eval(), k, temperature, chunk_positions
-        self.head = output_head(model)  # the same lm_head (weight, bias, soft-cap) the training loss uses
-
-    @classmethod
-    def from_pretrained(cls, path: str, k: int, temperature: float = 1.0, device: str | None = None,
-                        dtype: str = "auto", **kw) -> "HFBackend":
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
-        return cls(model, k, temperature, **kw)
-
-    def __call__(self, batch: list[Example]) -> list[tuple[np.ndarray, np.ndarray]]:
-        import torch
-
-        from distill_plugin.modeling import final_hidden_states
-
-        device = self.head.weight.device
-        width = max(len(e.input_ids) for e in batch)
-        input_ids = torch.zeros(len(batch), width, dtype=torch.long)
-        attention = torch.zeros(len(batch), width, dtype=torch.long)
-        for b, e in enumerate(batch):  # right padding: real positions keep their position ids
-            input_ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            attention[b, : len(e.input_ids)] = 1
-        masks = [torch.from_numpy(e.mask) for e in batch]
-        select = torch.zeros(len(batch), width, dtype=torch.bool)
-        for b, m in enumerate(masks):
-            select[b, : len(m)] = m
-        with torch.inference_mode():
-            inputs = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
-            hidden = final_hidden_states(self.model, inputs)
-            ids, vals = _lm_head_topk(hidden[select.to(device)], self.head, self.k, self.temperature, self.chunk)
-        out, start = [], 0
-        for m in masks:
-            n = int(m.sum())
-            out.append((ids[start:start + n].numpy(), vals[start:start + n].numpy()))
-            start += n
-        return out
-
-
-class VLLMBackend:
-    """vLLM ``prompt_logprobs`` on token-id prompts (``max_tokens=1``).
-
-    vLLM reports, for prompt token j >= 1, the top-k of the distribution predicting token j (from
-    position j-1) plus the actual token. In our convention that is position t = j - 1.
-    Temperature: vLLM's prompt logprobs are of the raw logits, so only ``temperature == 1`` is
-    accepted. Candidates are taken by rank (``Logprob.rank <= k``), dropping the actual token
-    when it lies outside the top-k.
-    """
-
-    def __init__(self, model: str, k: int, temperature: float = 1.0, **llm_kwargs):
-        if temperature != 1.0:
-            raise ValueError("the vllm backend captures at temperature 1.0; use --backend hf for others")
-        from vllm import LLM, SamplingParams  # noqa: PLC0415 (optional dependency)
-
-        llm_kwargs.setdefault("max_logprobs", k)
-        self.llm = LLM(model=model, **llm_kwargs)
-        self.params = SamplingParams(max_tokens=1, prompt_logprobs=k, temperature=1.0)
-        self.k = k
-
-    def __call__(self, batch: list[Example]) -> list[tuple[np.ndarray, np.ndarray]]:
-        from vllm.inputs import TokensPrompt
-
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=e.input_ids) for e in batch], self.params,
-                                    use_tqdm=False)
-        result = []
-        for e, out in zip(batch, outputs):
-            positions = np.flatnonzero(e.mask)
-            ids = np.zeros((len(positions), self.k), dtype=np.int64)
-            vals = np.full((len(positions), self.k), -np.inf, dtype=np.float32)
-            for row, t in enumerate(positions):
-                cands = sorted(((lp.rank, tok, lp.logprob) for tok, lp in out.prompt_logprobs[t + 1].items()
-                                if lp.rank is not None and lp.rank <= self.k))
-                for j, (_, tok, value) in enumerate(cands[: self.k]):
-                    ids[row, j], vals[row, j] = tok, value
-            result.append((ids, vals))
-        return result
+    rows = read_jsonl(path, SkipLog(strict=True))  # a bad line stops with its file:line
+    return [tokenize_row(r, tokenizer, sequence_len, messages_field, id_field) for _, r in rows]
 
 
 @dataclass
@@ -209,18 +99,14 @@ class CaptureStats:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def shard_of(key: str, num_shards: int) -> int:
-    """Shard owning a row: ``int(row_key) mod n``, independent of dataset order."""
-    return int(key, 16) % num_shards
-
-
-def capture(examples: Iterable[Example], backend, out_dir: str | Path, meta: StoreMeta, shard: int = 0,
+def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, meta: StoreMeta, shard: int = 0,
             num_shards: int = 1, batch_size: int = 8, max_rows: int | None = None, rows_per_part: int = 256,
             progress: bool = True) -> CaptureStats:
     """Capture the rows of this shard not yet stored under ``out_dir`` (resumable by row key).
 
-    Batches are formed from examples sorted by length (less padding). ``max_rows`` bounds the
-    number of new rows captured in this call.
+    ``backend.prompt_topk`` scores each batch at the store's ``k`` and capture temperature. Batches
+    are formed from examples sorted by length (less padding). ``max_rows`` bounds the number of new
+    rows captured in this call.
     """
     from tqdm.auto import tqdm
 
@@ -241,7 +127,9 @@ def capture(examples: Iterable[Example], backend, out_dir: str | Path, meta: Sto
     start = time.perf_counter()
     for i in range(0, len(todo), batch_size):
         batch = todo[i:i + batch_size]
-        for e, (ids, vals) in zip(batch, backend(batch)):
+        scored = backend.prompt_topk([e.input_ids for e in batch], [e.mask for e in batch], meta.k,
+                                     meta.capture_temperature)
+        for e, (ids, vals) in zip(batch, scored):
             writer.add(e.input_ids, e.labels, ids, vals, e.row_id)
             stats.rows += 1
             stats.positions += len(ids)
@@ -284,9 +172,9 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
     vocab = AutoConfig.from_pretrained(str(teacher)).vocab_size
     meta = make_meta(str(teacher), tokenizer, k, temperature, sequence_len, vocab, bits=bits)
     if backend == "hf":
-        runner = HFBackend.from_pretrained(str(teacher), k, temperature, device=device, dtype=dtype)
+        runner = make_backend("hf", str(teacher), device=device, dtype=dtype)
     elif backend == "vllm":
-        runner = VLLMBackend(str(teacher), k, temperature)
+        runner = make_backend("vllm", str(teacher), max_logprobs=k)
     else:
-        raise ValueError(f"unknown backend {backend!r} (hf | vllm)")
+        raise ValueError(f"unknown capture backend {backend!r} (hf | vllm)")
     return capture(examples, runner, out_dir, meta, shard, num_shards, batch_size, max_rows, progress=progress)

@@ -24,7 +24,7 @@ def tiny_teacher(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory) -> Path:
-    from distill_plugin.tiny import build_model, build_tokenizer
+    from distill_plugin.testing.tiny import build_model, build_tokenizer
 
     d = tmp_path_factory.mktemp("student")
     build_model(d, build_tokenizer(), hidden_size=32, seed=2)

@@ -1,6 +1,6 @@
 """Shared helpers for the data_prep tests (fixtures are in conftest.py).
 
-The teacher is the char-level tiny Qwen2 from ``distill_plugin.tiny`` trained for 200 AdamW steps
+The teacher is the char-level tiny Qwen2 from ``distill_plugin.testing.tiny`` trained for 200 AdamW steps
 (~5 s on CPU) to answer four fixed arithmetic prompts with ``<think>\\nR\\n</think>\\n\\n\\boxed{A}``.
 It is *memorised*, not intelligent: on those prompts it produces well-formed R1-style output so
 the verification/filter/export path runs on real generations; on any other prompt it produces
@@ -9,6 +9,7 @@ a memorised answer or garbage (which the filter must drop).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -34,7 +35,7 @@ def subprocess_env() -> dict:
 def train_teacher(out_dir: Path, steps: int = 200) -> Path:
     """Memorise the TRAINED trajectories (prompt → `<think>…</think>\\boxed{}`) with the demo's trainer."""
     from distill_plugin.demo.core import encode, train_causal_lm
-    from distill_plugin.tiny import build_model, build_tokenizer
+    from distill_plugin.testing.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer()
     model = build_model(None, tok, hidden_size=64, seed=0)
@@ -57,3 +58,42 @@ def write_jsonl(path: Path, rows) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def openai_server(model_dir, *args: str, env: dict | None = None):
+    """Run tests/data_prep/openai_server.py on a free loopback port; yield its base URL (no /v1)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("openai_server.py")), str(model_dir),
+                             "--port", str(port), *args], env=env or subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # bounded: up to ~2 min for imports and model load on a busy machine
+            if proc.poll() is not None:
+                raise RuntimeError(f"server died: {proc.stdout.read()[-3000:]}")
+            try:
+                httpx.get(url + "/stats", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

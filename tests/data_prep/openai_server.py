@@ -4,25 +4,34 @@
 project does not install; this server runs the tiny model with transformers and answers in the
 OpenAI schema (``choices[].message.content`` / ``reasoning_content``, ``finish_reason``, ``usage``).
 Fault injection proves the client's retries and timeouts: ``--fail-first K`` answers the first K
-requests with 503, ``--slow-request I --slow-seconds S`` stalls request number I for S seconds.
+requests with 503, ``--slow-request I --slow-seconds S`` stalls request number I for S seconds; a
+user message containing ``<<reject>>`` gets a 400 with an OpenAI error message (a prompt over the
+context length), one containing ``<<garbage>>`` a 200 whose body is not JSON.
+``--synthetic-latency MEAN`` skips the model: each request sleeps a log-normal latency (mean MEAN
+seconds, sigma ``--latency-sigma``, seeded by the request number: a long tail) and answers a fixed
+text — the generation benchmark's server, measuring the client's scheduling, not a model.
 
 Run: python openai_server.py MODEL_DIR --port P [--api-key-env VAR] [--split-reasoning] ...
 """
 
 import argparse
 import asyncio
+import math
 import os
+import random
 import threading
 
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def build_app(model_dir, fail_first=0, slow_request=-1, slow_seconds=0.0, split_reasoning=False,
-              api_key=None):
+              api_key=None, synthetic_latency=0.0, latency_sigma=1.0):
+    if synthetic_latency:
+        return synthetic_app(synthetic_latency, latency_sigma)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     app = FastAPI()
@@ -48,6 +57,12 @@ def build_app(model_dir, fail_first=0, slow_request=-1, slow_seconds=0.0, split_
         body = await request.json()
         state["bodies"].append({key: v for key, v in body.items() if key != "messages"})
         msgs = body["messages"]
+        said = " ".join(str(m.get("content")) for m in msgs)
+        if "<<reject>>" in said:
+            message = "This model's maximum context length is 64 tokens; the prompt is longer"
+            return JSONResponse({"error": {"message": message, "type": "BadRequestError"}}, status_code=400)
+        if "<<garbage>>" in said:
+            return PlainTextResponse("upstream proxy error")
         if body.get("continue_final_message"):
             text = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
             prefill = msgs[-1]["content"]
@@ -85,6 +100,33 @@ def build_app(model_dir, fail_first=0, slow_request=-1, slow_seconds=0.0, split_
     return app
 
 
+def synthetic_app(mean: float, sigma: float):
+    """Answers after a seeded log-normal latency with mean ``mean`` seconds; no model."""
+    app = FastAPI()
+    state = {"requests": 0, "latencies": []}
+    mu = math.log(mean) - sigma ** 2 / 2  # E[lognormal(mu, sigma)] = exp(mu + sigma^2 / 2) = mean
+
+    @app.get("/stats")
+    def stats():
+        return state
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        state["requests"] += 1
+        latency = random.Random(state["requests"]).lognormvariate(mu, sigma)
+        state["latencies"].append(latency)
+        await asyncio.sleep(latency)
+        text = "<think>\nok\n</think>\n\\boxed{1}"
+        n = int(body.get("n", 1))
+        return {"id": "cmpl", "object": "chat.completion", "model": body.get("model"),
+                "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                            for i in range(n)],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 8 * n, "total_tokens": 10 + 8 * n}}
+
+    return app
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir")
@@ -94,8 +136,11 @@ if __name__ == "__main__":
     ap.add_argument("--slow-seconds", type=float, default=0.0)
     ap.add_argument("--split-reasoning", action="store_true")
     ap.add_argument("--api-key-env", default=None)
+    ap.add_argument("--synthetic-latency", type=float, default=0.0)
+    ap.add_argument("--latency-sigma", type=float, default=1.0)
     a = ap.parse_args()
     key = os.environ.get(a.api_key_env) if a.api_key_env else None
     torch.set_num_threads(1)
-    app = build_app(a.model_dir, a.fail_first, a.slow_request, a.slow_seconds, a.split_reasoning, key)
+    app = build_app(a.model_dir, a.fail_first, a.slow_request, a.slow_seconds, a.split_reasoning, key,
+                    a.synthetic_latency, a.latency_sigma)
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")

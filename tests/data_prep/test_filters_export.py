@@ -94,7 +94,7 @@ def test_export_formats_and_selection(tmp_path):
 
 
 def test_template_check_catches_stripping_template(tmp_path):
-    from distill_plugin.tiny import STRIPPING_CHAT_TEMPLATE, build_tokenizer
+    from distill_plugin.testing.tiny import STRIPPING_CHAT_TEMPLATE, build_tokenizer
 
     keep_dir, strip_dir = tmp_path / "keep", tmp_path / "strip"
     build_tokenizer(keep_dir)

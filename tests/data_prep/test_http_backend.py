@@ -6,56 +6,31 @@ request timeout work. It requires an API key, given to the client only through t
 """
 
 import logging
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from dp_helpers import read_jsonl, subprocess_env
-from data_prep.backends import PromptStyle, Sampling
-from data_prep.backends.openai_http import HTTPBackendError, OpenAIHTTPBackend
+from dp_helpers import free_port, openai_server, read_jsonl, subprocess_env
+from distill_plugin.generation import GenerationError, SamplingParams
+from distill_plugin.generation.openai_http import OpenAIHTTPBackend
 from data_prep.generate import GenerateConfig, generate
 
 SECRET = "sk-test-" + "9f3c1e7a5b"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_teacher):
-    port = _free_port()
     env = subprocess_env() | {"TEST_SERVER_KEY": SECRET}
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("openai_server.py")), str(tiny_teacher),
-                             "--port", str(port), "--fail-first", "1", "--slow-request", "2",
-                             "--slow-seconds", "4", "--split-reasoning", "--api-key-env", "TEST_SERVER_KEY"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):  # bounded: up to ~60 s for imports and model load
-        if proc.poll() is not None:
-            pytest.fail(f"server died: {proc.stdout.read()[-3000:]}")
-        try:
-            httpx.get(url + "/stats", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with openai_server(tiny_teacher, "--fail-first", "1", "--slow-request", "2", "--slow-seconds", "4",
+                       "--split-reasoning", "--api-key-env", "TEST_SERVER_KEY", env=env) as url:
+        yield url
 
 
 def test_generate_over_http_with_retries_timeouts_and_reasoning_split(tmp_path, server, prompts_file,
                                                                       monkeypatch, caplog):
     monkeypatch.setenv("MY_TEACHER_KEY", SECRET)
     cfg = GenerateConfig(backend="openai", model="tiny", limit=3,
-                         sampling=Sampling(n=2, max_tokens=40, seed=0),
+                         sampling=SamplingParams(n=2, max_tokens=40, seed=0),
                          backend_options={"base_url": server + "/v1", "api_key_env": "MY_TEACHER_KEY",
                                           "concurrency": 2, "timeout_s": 1.5, "max_retries": 4,
                                           "backoff_s": 0.05})
@@ -76,20 +51,19 @@ def test_generate_over_http_with_retries_timeouts_and_reasoning_split(tmp_path, 
     assert g["finish_reason"] == "stop" and g["completion_tokens"] > 10
     # the key never appears in logs or outputs
     assert SECRET not in caplog.text and SECRET not in (tmp_path / "gen" / "generations.jsonl").read_text()
-    assert SECRET not in repr(OpenAIHTTPBackend("m", Sampling(), PromptStyle(), api_key_env="MY_TEACHER_KEY"))
+    assert SECRET not in repr(OpenAIHTTPBackend("m", api_key_env="MY_TEACHER_KEY"))
 
 
 def test_wrong_key_fails_fast_without_leaking(server, monkeypatch):
     monkeypatch.setenv("BAD_KEY", "sk-wrong")
-    be = OpenAIHTTPBackend("tiny", Sampling(n=1, max_tokens=4), PromptStyle(), base_url=server + "/v1",
+    be = OpenAIHTTPBackend("tiny", base_url=server + "/v1",
                            api_key_env="BAD_KEY", max_retries=3, backoff_s=0.01)
-    with pytest.raises(HTTPBackendError, match="HTTP 401") as e:
-        be.run([[{"role": "user", "content": "hi"}]], lambda i, g: None)
+    with pytest.raises(GenerationError, match="HTTP 401") as e:
+        be.generate([[{"role": "user", "content": "hi"}]], SamplingParams(n=1, max_tokens=4), lambda i, g: None)
     assert "sk-wrong" not in str(e.value)
 
 
 def test_unreachable_server_gives_up_after_bounded_retries():
-    be = OpenAIHTTPBackend("m", Sampling(n=1, max_tokens=4), PromptStyle(),
-                           base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=2, backoff_s=0.01)
-    with pytest.raises(HTTPBackendError, match="giving up after 3 attempts"):
-        be.run([[{"role": "user", "content": "hi"}]], lambda i, g: None)
+    be = OpenAIHTTPBackend("m", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=2, backoff_s=0.01)
+    with pytest.raises(GenerationError, match="giving up after 3 attempts"):
+        be.generate([[{"role": "user", "content": "hi"}]], SamplingParams(n=1, max_tokens=4), lambda i, g: None)

@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from dp_helpers import read_jsonl
-from data_prep.backends import PromptStyle, Sampling
+from data_prep.trajectory import PromptStyle
+from distill_plugin.generation import SamplingParams
 from data_prep.cli import app
 from data_prep.generate import GenerateConfig, generate
 
@@ -25,7 +26,7 @@ def _ok(result):
 
 
 def test_hf_backend_rows(tmp_path, tiny_teacher, prompts_file):
-    cfg = GenerateConfig(backend="hf", model=str(tiny_teacher), sampling=Sampling(n=2, max_tokens=40, seed=0))
+    cfg = GenerateConfig(backend="hf", model=str(tiny_teacher), sampling=SamplingParams(n=2, max_tokens=40, seed=0))
     rep = generate(prompts_file, tmp_path / "gen", cfg)
     rows = read_jsonl(tmp_path / "gen" / "generations.jsonl")
     assert rep.rows_out == len(rows) == 5 and all(len(r["generations"]) == 2 for r in rows)
@@ -41,7 +42,7 @@ def test_hf_backend_rows(tmp_path, tiny_teacher, prompts_file):
 
 
 def test_prefill_think(tmp_path, tiny_teacher, prompts_file):
-    cfg = GenerateConfig(model=str(tiny_teacher), sampling=Sampling(n=1, max_tokens=40, seed=0),
+    cfg = GenerateConfig(model=str(tiny_teacher), sampling=SamplingParams(n=1, max_tokens=40, seed=0),
                          prompt=PromptStyle(prefill_think=True), limit=1)
     generate(prompts_file, tmp_path / "gen", cfg)
     (g,) = read_jsonl(tmp_path / "gen" / "generations.jsonl")[0]["generations"]

@@ -13,9 +13,8 @@ import time
 from collections import Counter
 
 from dp_helpers import read_jsonl, subprocess_env, write_jsonl
-from data_prep.backends import Sampling
-from data_prep.backends.hf import HFBackend
-from data_prep.backends.base import PromptStyle
+from distill_plugin.generation import SamplingParams
+from distill_plugin.generation.hf import HFBackend
 from data_prep.generate import GenerateConfig, generate, merge
 
 
@@ -62,8 +61,8 @@ def test_kill_and_resume_no_loss_no_duplicate(tmp_path, tiny_teacher):
 
 def test_shards_then_merge(tmp_path, tiny_teacher):
     prompts, out = _prompts(tmp_path, 10), tmp_path / "gen"
-    cfg = GenerateConfig(model=str(tiny_teacher), sampling=Sampling(n=1, max_tokens=4, seed=0))
-    backend = HFBackend(str(tiny_teacher), cfg.sampling, PromptStyle())
+    cfg = GenerateConfig(model=str(tiny_teacher), sampling=SamplingParams(n=1, max_tokens=4, seed=0))
+    backend = HFBackend(str(tiny_teacher))
     sizes = [generate(prompts, out, cfg, shard=f"{i}/3", backend=backend).rows_out for i in range(3)]
     assert sum(sizes) == 10 and all(sizes)
     assert len(list(out.glob("generations-*-of-00003.jsonl"))) == 3

@@ -1,8 +1,9 @@
-"""The vLLM offline backend needs vllm (and a GPU); skipped where it is not installed."""
+"""The vLLM engine needs vllm (and a GPU); skipped where it is not installed."""
 
 import pytest
 
-from data_prep.backends import PromptStyle, Sampling, make_backend
+from data_prep.trajectory import PromptStyle
+from distill_plugin.generation import SamplingParams, make_backend
 
 
 def test_vllm_backend_generates(tiny_teacher):
@@ -11,12 +12,13 @@ def test_vllm_backend_generates(tiny_teacher):
 
     if not torch.cuda.is_available():
         pytest.skip("vllm needs a GPU")
-    be = make_backend("vllm", str(tiny_teacher), Sampling(n=2, max_tokens=40, seed=0), PromptStyle(),
-                      gpu_memory_utilization=0.2, max_model_len=512)
+    be = make_backend("vllm", str(tiny_teacher), gpu_memory_utilization=0.2, max_model_len=512)
     got = {}
-    be.run([[{"role": "user", "content": "What is 2+3?\n\n" + PromptStyle().suffix}]], lambda i, g: got.update({i: g}))
-    assert len(got[0]) == 2 and all(g.finish_reason in ("stop", "length") for g in got[0])
-    assert all(g.completion_tokens and g.prompt_tokens for g in got[0])
+    prompt = [{"role": "user", "content": "What is 2+3?\n\n" + PromptStyle().suffix}]
+    be.generate([prompt], SamplingParams(n=2, max_tokens=40, seed=0, logprobs=True), lambda i, c: got.update({i: c}))
+    assert len(got[0]) == 2 and all(c.finish_reason in ("stop", "length") for c in got[0])
+    assert all(c.completion_tokens and c.prompt_tokens for c in got[0])
+    assert all(len(c.logprobs) == len(c.token_ids) for c in got[0])
 
 
 def test_vllm_backend_reports_missing_package():
@@ -24,6 +26,6 @@ def test_vllm_backend_reports_missing_package():
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="pip install vllm"):
-            make_backend("vllm", "x", Sampling(), PromptStyle())
+            make_backend("vllm", "x")
     else:
         pytest.skip("vllm installed")

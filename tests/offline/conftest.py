@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory):
     """The tiny teacher trained for a few seconds on text (a real LM's peaked outputs, V = 362)."""
-    from distill_plugin.offline.synthetic import train_tiny_teacher
+    from distill_plugin.testing.synthetic import train_tiny_teacher
 
     return train_tiny_teacher(tmp_path_factory.mktemp("teacher"), steps=40)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from distill_plugin.offline.codec import CodecConfig, decode, encode, fit_tables, topk_kl
-from distill_plugin.offline.synthetic import zipf_lm_topk
+from distill_plugin.testing.synthetic import zipf_lm_topk
 
 from offline_helpers import by_id, exact_topk
 
@@ -57,7 +57,7 @@ def test_large_vocab_lm_like_meets_target(scale):
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_tiny_teacher_outputs(teacher, tokenizer, temperature):
-    from distill_plugin.offline.synthetic import TEXT
+    from distill_plugin.testing.synthetic import TEXT
 
     ids, lps = exact_topk(teacher, tokenizer(TEXT)["input_ids"], 64, temperature)
     cfg = CodecConfig(bits=7, scale="log")

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from distill_plugin.generation.hf import HFBackend
 from distill_plugin.offline import capture as cap
 from distill_plugin.offline.collator import OfflineTopKCollator, offline_collator_cls_and_kwargs
 from distill_plugin.offline.store import (
     StoreMismatchError, TopKStore, check_compatible, read_meta, row_key, stored_keys,
 )
+from distill_plugin.shards import shard_of
 from distill_plugin.signals import TOPK_IDS, TOPK_LOGPROBS
 from offline_helpers import by_id, exact_topk
 
@@ -24,7 +26,7 @@ def examples(chat_jsonl, tokenizer):
 
 def run_capture(out, teacher, tokenizer, examples, temperature=1.0, **kw):
     meta = cap.make_meta("tiny-teacher", tokenizer, K, temperature, 96, teacher.config.vocab_size)
-    return cap.capture(examples, cap.HFBackend(teacher, K, temperature, chunk_positions=16), out, meta,
+    return cap.capture(examples, HFBackend(teacher, chunk_positions=16), out, meta,
                        progress=False, **kw)
 
 
@@ -56,10 +58,14 @@ def test_resume_and_shards_store_every_row_once(tmp_path, teacher, tokenizer, ex
     sharded = [run_capture(tmp_path / "sh", teacher, tokenizer, examples, shard=i, num_shards=2) for i in (0, 1)]
     assert sum(s.rows for s in sharded) == len(examples)
     assert stored_keys(tmp_path / "sh") == set(keys)
+    for i in (0, 1):  # the one shard rule of distill_plugin.shards, on the row's content key
+        part_keys = {k for p in (tmp_path / "sh").glob(f"part-s{i:03d}of002-*.parquet")
+                     for k in pq.read_table(p).column("row_key").to_pylist()}
+        assert part_keys and part_keys == {k for k in keys if shard_of(k, 2) == i}
 
 
 def test_metadata_roundtrip_and_mismatch(tmp_path, teacher, tokenizer, examples):
-    from distill_plugin import tiny
+    from distill_plugin.testing import tiny
 
     run_capture(tmp_path, teacher, tokenizer, examples[:2])
     meta = read_meta(tmp_path)
@@ -157,8 +163,11 @@ def test_import_axolotl_kd_format(tmp_path, teacher, tokenizer, examples, chat_r
 
 def test_vllm_backend(tmp_path, teacher_dir, tokenizer, examples):
     pytest.importorskip("vllm")
-    runner = cap.VLLMBackend(str(teacher_dir), K)
-    for e, (ids, lps) in zip(examples[:2], runner(examples[:2])):
+    from distill_plugin.generation.vllm import VLLMBackend
+
+    runner = VLLMBackend(str(teacher_dir), max_logprobs=K)
+    scored = runner.prompt_topk([e.input_ids for e in examples[:2]], [e.mask for e in examples[:2]], K)
+    for e, (ids, lps) in zip(examples[:2], scored):
         import transformers
 
         ref_ids, ref_lps = exact_topk(transformers.AutoModelForCausalLM.from_pretrained(str(teacher_dir)), e.input_ids, K)
@@ -175,7 +184,7 @@ def test_capture_uses_the_lm_head_bias(tmp_path, teacher, examples):
     with torch.no_grad():
         biased.lm_head.weight.copy_(old.weight)
         biased.lm_head.bias.copy_(torch.linspace(-3.0, 3.0, old.out_features))  # reorders the top-k
-    (captured,) = cap.HFBackend(biased, K, chunk_positions=16)([examples[0]])
+    (captured,) = HFBackend(biased, chunk_positions=16).prompt_topk([examples[0].input_ids], [examples[0].mask], K)
     ids, lps = exact_topk(biased, examples[0].input_ids, K)
     np.testing.assert_array_equal(by_id(*captured)[0], by_id(ids[examples[0].mask], lps[examples[0].mask])[0])
     np.testing.assert_allclose(captured[1], lps[examples[0].mask], atol=1e-4)

@@ -9,7 +9,7 @@ from distill_plugin.args import DistillConfig
 from distill_plugin.losses import KDSettings, online_kd_loss
 from distill_plugin.modeling import final_hidden_states, output_head
 from distill_plugin.teachers import check_same_tokenizer, load_teacher
-from distill_plugin.tiny import build_model, build_tokenizer
+from distill_plugin.testing.tiny import build_model, build_tokenizer
 
 INPUTS = {"input_ids": torch.tensor([[5, 40, 41, 42, 43, 44, 45, 46, 47, 10]])}
 

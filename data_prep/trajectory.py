@@ -1,26 +1,23 @@
-"""What every generation backend shares: sampling settings, prompt building, the result record."""
+"""R1-style trajectories on top of the generation layer: prompt style and the stored sample record.
+
+``PromptStyle`` turns a dataset prompt into the chat sent to the teacher (the R1 suffix, a system
+prompt, an optional ``<think>\\n`` prefill, which the generation layer sends as a final assistant
+message to continue). ``Generation`` is one sample as stored in ``generations.jsonl``: the
+completion's text split into reasoning and answer, with finish reason and token usage.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from ..schema import join_reasoning, split_reasoning
+from distill_plugin.generation import Completion
+
+from .schema import join_reasoning, split_reasoning
 
 R1_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 THINK_PREFILL = "<think>\n"
-
-
-class Sampling(BaseModel):
-    """Sampling settings (DeepSeek-R1 recommends temperature 0.6, top_p 0.95)."""
-
-    n: int = Field(4, ge=1)
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = Field(16384, ge=1)
-    seed: int | None = None
 
 
 class PromptStyle(BaseModel):
@@ -31,6 +28,7 @@ class PromptStyle(BaseModel):
     prefill_think: bool = False  # start the assistant turn with "<think>\n"
 
     def messages(self, prompt) -> list[dict]:
+        """The conversation stored with the row (without the prefill)."""
         if isinstance(prompt, list):  # a chat given by the dataset
             msgs = [dict(m) for m in prompt]
         else:
@@ -43,6 +41,10 @@ class PromptStyle(BaseModel):
         if self.system_prompt and not any(m.get("role") == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": self.system_prompt})
         return msgs
+
+    def request(self, messages: list[dict]) -> list[dict]:
+        """What the backend is sent: the conversation, plus the ``<think>\\n`` prefill if asked."""
+        return messages + [{"role": "assistant", "content": THINK_PREFILL}] if self.prefill_think else messages
 
 
 @dataclass
@@ -71,24 +73,13 @@ class Generation:
         return cls(text, s.reasoning, s.content, s.closed, finish_reason, prompt_tokens,
                    completion_tokens)
 
+    @classmethod
+    def from_completion(cls, c: Completion, style: PromptStyle) -> "Generation":
+        """A completion of ``style.request(...)``: the output starts inside ``<think>`` when the prompt
+        was prefilled, by us or by the teacher's own template (R1-Distill templates open it)."""
+        prefilled = style.prefill_think or (c.prompt_text or "").endswith(THINK_PREFILL)
+        return cls.from_text(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens,
+                             prefilled=prefilled, reasoning_content=c.reasoning)
+
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-# on_done(index_into_batch, [n generations]) is called once per prompt, when all n are done.
-OnDone = Callable[[int, list[Generation]], None]
-
-
-class Backend:
-    """Interface: ``run(list_of_messages, on_done)``; may call ``on_done`` in any order."""
-
-    name = "base"
-
-    def run(self, batch: Sequence[list[dict]], on_done: OnDone) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"backend": self.name}
-
-    def close(self) -> None:
-        pass

@@ -1,6 +1,6 @@
 """Sources of realistic top-k distributions for the codec benchmark and tests (no hub teacher here).
 
-* ``train_tiny_teacher``: the tiny Qwen2 teacher of ``distill_plugin.tiny`` trained for a few
+* ``train_tiny_teacher``: the tiny Qwen2 teacher of ``distill_plugin.testing.tiny`` trained for a few
   seconds on English text, so its outputs are a real LM's (peaked, structured), at a small V.
 * ``zipf_lm_topk``: large-V (151,936) distributions *shaped like* an LM's: logits
   ``= log f(v) + sigma * z_v + boosts`` where ``f`` is a Zipf(1) unigram frequency in id order
@@ -53,7 +53,7 @@ def train_tiny_teacher(out_dir: str | Path, steps: int = 150, hidden_size: int =
     import torch
     from transformers import AutoTokenizer
 
-    from distill_plugin import tiny
+    from distill_plugin.testing import tiny
 
     out_dir = Path(out_dir)
     tiny.build_tokenizer(out_dir)

@@ -1,0 +1,93 @@
+"""Generation over HTTP against a server with long-tail latency: does ``distill-data generate`` keep
+``concurrency`` requests in flight?
+
+    python benchmarks/bench_generation_http.py [--prompts 400] [--concurrency 16] [--mean 0.2] [--sigma 1.0]
+
+The server is the project's OpenAI-compatible test server (``tests/data_prep/openai_server.py``) in
+``--synthetic-latency`` mode: no model, each request sleeps a log-normal latency (mean ``--mean``
+seconds, sigma ``--sigma``: a long tail; seeded by the request number, so every run sees the same
+latencies) and answers a fixed text. The ideal throughput is ``concurrency / mean latency``.
+
+Two schedules of the same client (``OpenAIHTTPBackend``, one request per prompt, n = 1):
+* ``continuous``: what ``data_prep.generate`` does now: one ``generate`` call over all prompts,
+  ``concurrency`` workers each taking the next prompt when free; rows written as they finish.
+* ``per-chunk``: the former schedule, one ``generate`` call (one event loop) per chunk of
+  ``--chunk-size`` prompts, each waiting for its slowest request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "data_prep")]
+
+import httpx  # noqa: E402
+
+from data_prep.generate import GenerateConfig, generate  # noqa: E402
+from distill_plugin.generation import SamplingParams  # noqa: E402
+from distill_plugin.generation.openai_http import OpenAIHTTPBackend  # noqa: E402
+from distill_plugin.jsonl import write_jsonl_atomic  # noqa: E402
+from dp_helpers import openai_server  # noqa: E402
+
+SAMPLING = SamplingParams(n=1, max_tokens=8)
+
+
+def continuous(url: str, prompts: Path, out: Path, concurrency: int, chunk_size: int) -> int:
+    cfg = GenerateConfig(backend="openai", model="m", sampling=SAMPLING, chunk_size=chunk_size,
+                         backend_options={"base_url": url + "/v1", "concurrency": concurrency})
+    return generate([prompts], out, cfg).rows_out
+
+
+def per_chunk(url: str, n: int, concurrency: int, chunk_size: int) -> int:
+    backend = OpenAIHTTPBackend("m", base_url=url + "/v1", concurrency=concurrency)
+    messages = ([{"role": "user", "content": f"q{i}"}] for i in range(n))
+    done = 0
+    while chunk := list(itertools.islice(messages, chunk_size)):
+        got = []
+        backend.generate(chunk, SAMPLING, lambda i, c: got.append(i))
+        done += len(got)
+    return done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=400)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--mean", type=float, default=0.2, help="mean request latency, seconds")
+    ap.add_argument("--sigma", type=float, default=1.0, help="log-normal sigma (1.0: p99 ~ 5x the mean)")
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_gen_"))
+    prompts = tmp / "prompts.jsonl"
+    write_jsonl_atomic(prompts, ({"id": f"q{i}", "problem": f"q{i}"} for i in range(a.prompts)))
+    ideal = a.concurrency / a.mean
+    print(f"{a.prompts} prompts, concurrency {a.concurrency}, latency log-normal mean {a.mean}s sigma {a.sigma}; "
+          f"ideal {ideal:.1f} prompts/s")
+    print("| schedule | prompts | seconds | prompts/s | / ideal | measured mean latency s | p99 latency s |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ("continuous", "per-chunk"):
+        server_args = ["--synthetic-latency", str(a.mean), "--latency-sigma", str(a.sigma)]
+        with openai_server("-", *server_args) as url:  # a fresh server: the same latency sequence
+            t0 = time.perf_counter()
+            if name == "continuous":
+                done = continuous(url, prompts, tmp / "gen", a.concurrency, a.chunk_size)
+            else:
+                done = per_chunk(url, a.prompts, a.concurrency, a.chunk_size)
+            seconds = time.perf_counter() - t0
+            lat = sorted(httpx.get(url + "/stats").json()["latencies"])
+        mean = statistics.fmean(lat)
+        rate = done / seconds
+        print(f"| {name} | {done} | {seconds:.1f} | {rate:.1f} | {rate / (a.concurrency / mean):.2f} | "
+              f"{mean:.3f} | {lat[int(0.99 * (len(lat) - 1))]:.2f} |")
+    print("/ ideal uses the measured mean latency: concurrency / mean.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""One generation layer for every engine: ``hf`` (transformers), ``vllm``, ``openai`` (HTTP).
+
+Used by data_prep's trajectory generation (``distill-data generate``), the offline top-k capture
+(``distill-data logits``) and, later, on-policy distillation. See ``base`` for the interface.
+"""
+
+from __future__ import annotations
+
+from .base import (Backend, Completion, GenerationError, OnDone, OnError, Prompt, SamplingParams, TopK, render_chat,
+                   split_prefill)
+
+BACKENDS = ("hf", "openai", "vllm")
+
+__all__ = ["BACKENDS", "Backend", "Completion", "GenerationError", "OnDone", "OnError", "Prompt", "SamplingParams", "TopK",
+           "make_backend", "render_chat", "split_prefill"]
+
+
+def make_backend(kind: str, model, **options) -> Backend:
+    """A backend by name; ``options`` are the engine's own (``HFBackend``, ``VLLMBackend``,
+    ``OpenAIHTTPBackend`` keyword arguments)."""
+    if kind == "hf":
+        from .hf import HFBackend
+
+        return HFBackend(model, **options)
+    if kind in ("openai", "http"):
+        from .openai_http import OpenAIHTTPBackend
+
+        return OpenAIHTTPBackend(model, **options)
+    if kind == "vllm":
+        from .vllm import VLLMBackend
+
+        return VLLMBackend(model, **options)
+    raise ValueError(f"unknown backend {kind!r} ({' | '.join(BACKENDS)})")

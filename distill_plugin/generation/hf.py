@@ -1,0 +1,169 @@
+"""transformers engine: ``model.generate`` for sampling, a batched forward for prompt top-k.
+
+For small local models (CPU or one GPU): the tests' teachers, a student sampling its own
+completions, the offline capture of a teacher that fits on one device.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .base import Backend, Completion, OnDone, OnError, Prompt, SamplingParams, TopK, is_token_ids, render_chat
+
+
+def topk_of_head(hidden, head, k: int, temperature: float, chunk: int):
+    """``topk(log_softmax(lm_head(hidden) / T))`` in fp32 over rows of ``hidden [n, H]``, chunk by chunk,
+    so at most ``[chunk, V]`` logits exist at once."""
+    import torch
+    import torch.nn.functional as F
+
+    from distill_plugin.losses.kd import softcap
+
+    ids, vals = [], []
+    for start in range(0, hidden.shape[0], chunk):
+        logits = softcap(F.linear(hidden[start:start + chunk], head.weight, head.bias).float(), head.softcap)
+        v, i = torch.log_softmax(logits / temperature, dim=-1).topk(k, dim=-1)
+        ids.append(i.cpu())
+        vals.append(v.cpu())
+    if not ids:
+        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k)
+    return torch.cat(ids), torch.cat(vals)
+
+
+class HFBackend(Backend):
+    """A transformers causal LM, from a path/hub id or an already loaded model.
+
+    ``batch_size`` prompts (× ``n`` samples) go through one ``generate`` call; ``chunk_positions``
+    rows of hidden states go through the LM head at once in ``prompt_topk``.
+    """
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer=None, *, batch_size: int = 8, chunk_positions: int = 1024,
+                 device: str | None = None, dtype: str = "auto", chat_template: str | None = None):
+        import torch
+
+        if isinstance(model, str):
+            from transformers import AutoModelForCausalLM
+
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            if dtype == "auto":
+                dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device)
+        self.model = model.eval()
+        self.model_name = str(getattr(model, "name_or_path", "") or "")
+        self._tokenizer, self.chat_template = tokenizer, chat_template
+        self.batch_size, self.chunk_positions = batch_size, chunk_positions
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self):
+        """The given tokenizer, else the model directory's (loaded on first use: top-k capture needs none)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+        if self.chat_template:
+            self._tokenizer.chat_template = self.chat_template
+        return self._tokenizer
+
+    def stop_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        return sorted(set(eos) | {self.tokenizer.eos_token_id} - {None})
+
+    def encode(self, prompt: Prompt) -> tuple[list[int], str | None]:
+        """Token ids of a prompt (ids pass through) and, for chat prompts, the rendered text."""
+        if is_token_ids(prompt):
+            return list(prompt), None
+        text = render_chat(self.tokenizer, prompt)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+    def generate(self, prompts: Iterable[Prompt], sampling: SamplingParams, on_done: OnDone,
+                 on_error: OnError | None = None) -> None:
+        prompts, start = iter(prompts), 0
+        while chunk := list(itertools.islice(prompts, self.batch_size)):
+            for j, completions in enumerate(self._generate(chunk, sampling)):
+                on_done(start + j, completions)
+            start += len(chunk)
+
+    def _generate(self, chunk: list[Prompt], s: SamplingParams) -> list[list[Completion]]:
+        import torch
+
+        encoded = [self.encode(p) for p in chunk]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for b, (ids, _) in enumerate(encoded):  # left padding: every prompt ends where generation starts
+            input_ids[b, width - len(ids):] = torch.tensor(ids)
+            attention[b, width - len(ids):] = 1
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        sample = s.temperature > 0
+        stops = self.stop_ids()
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                do_sample=sample, temperature=s.temperature if sample else None,
+                top_p=s.top_p if sample else None, top_k=0 if sample else None,
+                max_new_tokens=s.max_tokens, num_return_sequences=s.n, pad_token_id=pad, eos_token_id=stops,
+                return_dict_in_generate=True, output_logits=s.logprobs)
+        new = out.sequences[:, width:]
+        step_logprobs = None
+        if s.logprobs:  # raw logits of each step -> log-prob of the token sampled there
+            logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+            step_logprobs = logp.gather(-1, new[:, :logp.shape[1], None]).squeeze(-1).tolist()
+        results = []
+        for i, (ids, text) in enumerate(encoded):
+            completions = []
+            for row in range(i * s.n, (i + 1) * s.n):
+                gen = new[row].tolist()
+                stop = next((p for p, t in enumerate(gen) if t in stops), None)
+                kept = gen if stop is None else gen[:stop + 1]
+                completions.append(Completion(
+                    text=self.tokenizer.decode(kept if stop is None else kept[:-1], skip_special_tokens=False),
+                    token_ids=kept, finish_reason="length" if stop is None else "stop",
+                    prompt_tokens=len(ids), completion_tokens=len(kept),
+                    logprobs=None if step_logprobs is None else step_logprobs[row][:len(kept)],
+                    prompt_text=text))
+            results.append(completions)
+        return results
+
+    def prompt_topk(self, sequences: Sequence[list[int]], masks: Sequence[np.ndarray], k: int,
+                    temperature: float = 1.0) -> list[TopK]:
+        """Batched forward to the final hidden states; only masked positions go through the LM head
+        (``modeling.output_head``: the weight, bias and soft-cap the training loss uses)."""
+        import torch
+
+        from distill_plugin.modeling import final_hidden_states, output_head
+
+        head = output_head(self.model)
+        device = head.weight.device
+        width = max(len(ids) for ids in sequences)
+        input_ids = torch.zeros(len(sequences), width, dtype=torch.long)
+        attention = torch.zeros(len(sequences), width, dtype=torch.long)
+        select = torch.zeros(len(sequences), width, dtype=torch.bool)
+        for b, (ids, mask) in enumerate(zip(sequences, masks)):  # right padding keeps position ids
+            input_ids[b, : len(ids)] = torch.tensor(ids)
+            attention[b, : len(ids)] = 1
+            select[b, : len(mask)] = torch.from_numpy(np.asarray(mask, dtype=bool))
+        with torch.inference_mode():
+            hidden = final_hidden_states(self.model, {"input_ids": input_ids.to(device),
+                                                      "attention_mask": attention.to(device)})
+            ids, vals = topk_of_head(hidden[select.to(device)], head, k, temperature, self.chunk_positions)
+        out, start = [], 0
+        for mask in masks:
+            n = int(np.count_nonzero(mask))
+            out.append((ids[start:start + n].numpy(), vals[start:start + n].numpy()))
+            start += n
+        return out
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model": self.model_name}
