@@ -172,7 +172,7 @@ def check_resources(cfg, config: DistillConfig) -> dict:
     except StoreMismatchError as err:
         raise SetupError(f"distill.teacher_logits: {first_line(err)}") from None
     rows = student_vocab_rows(cfg)
-    largest = meta.extra.get("max_token_id", meta.vocab_size - 1)
+    largest = meta.vocab_size - 1  # capture cuts the teacher's padding rows: no stored id is larger
     if rows is not None and largest >= rows:
         raise SetupError(
             f"distill.teacher_logits: the store holds token ids up to {largest}, but the student "

@@ -15,6 +15,8 @@ import pytest
 
 from axolotl_runs import REPO, SUBPROCESS_ENV, write_recipe
 
+OFFLINE = {"teacher": None, "teacher_dtype": "bfloat16"}  # the tiny recipe sets an online-only dtype
+
 TINY_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
 
 
@@ -85,9 +87,28 @@ def test_teacher_with_another_tokenizer(tmp_path, tiny_pair, arithmetic_data, ca
 
 
 def test_missing_offline_store(tmp_path, tiny_pair, arithmetic_data, capsys):
-    path = recipe(tmp_path, tiny_pair, arithmetic_data, distill={"teacher": None, "teacher_logits": str(tmp_path / "nostore"), "teacher_dtype": "bfloat16"})
+    path = recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(tmp_path / "nostore")})
     line = preflight(path, capsys)
     assert "distill.teacher_logits: no offline store" in line
+
+
+def test_store_with_ids_beyond_the_student_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys):
+    """A store captured over 300 rows (a padded teacher, before capture cut them) cannot index a
+    261-row student: refused at start-up, not with an index error mid-run."""
+    from transformers import AutoTokenizer
+
+    from distill_plugin.offline.capture import make_meta
+    from distill_plugin.offline.store import META_FILE
+
+    store = tmp_path / "store"
+    store.mkdir()
+    meta = make_meta("padded-teacher", AutoTokenizer.from_pretrained(tiny_pair[1]), 4, 1.0, 256, vocab_size=300)
+    (store / META_FILE).write_text(meta.to_json())
+    line = preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(store)}), capsys)
+    assert "token ids up to 299" in line and "261 vocabulary rows" in line
+    meta.vocab_size = 261  # what capture now records: the tokenizer's length
+    (store / META_FILE).write_text(meta.to_json())
+    assert preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(store)}), capsys) is None
 
 
 def test_cli_train_stops_before_data_and_model(tmp_path, tiny_pair, arithmetic_data):

@@ -51,17 +51,22 @@ def load_teacher(config: DistillConfig, device: torch.device | str, attn_impleme
     return model
 
 
+def tokenizer_difference(tokenizer, other) -> str | None:
+    """None when both map the same strings to the same ids; else ``"A vs B tokens; first differences: …"``."""
+    vocab, other_vocab = tokenizer.get_vocab(), other.get_vocab()
+    if vocab == other_vocab:
+        return None
+    differing = sorted(set(vocab.items()) ^ set(other_vocab.items()), key=lambda kv: kv[1])[:5]
+    return f"{len(other_vocab)} vs {len(vocab)} tokens; first differences: {differing}"
+
+
 def check_same_tokenizer(student_tokenizer, teacher_path: str, revision: str | None = None) -> None:
     """Refuse to distil across tokenizers: the logit KD loss compares distributions id by id."""
     from transformers import AutoTokenizer
 
-    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, revision=revision)
-    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    if s_vocab == t_vocab:
-        return
-    differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=lambda kv: kv[1])[:5]
-    raise ValueError(
-        f"distill.teacher: tokenizer of {teacher_path!r} differs from the student's "
-        f"({len(t_vocab)} vs {len(s_vocab)} tokens; first differences: {differing}). Logit KD needs one "
-        "shared tokenizer; set `distill.check_tokenizer: false` only if you know the ids line up."
-    )
+    difference = tokenizer_difference(student_tokenizer, AutoTokenizer.from_pretrained(teacher_path, revision=revision))
+    if difference:
+        raise ValueError(
+            f"distill.teacher: tokenizer of {teacher_path!r} differs from the student's ({difference}). Logit KD "
+            "needs one shared tokenizer; set `distill.check_tokenizer: false` only if you know the ids line up."
+        )
