@@ -3,7 +3,7 @@
 Hooks used: ``register`` (the raw YAML, before Axolotl validates it: a missing or misspelt
 ``distill:`` block, the block's own validation, refused engines; ``preflight.check_raw_config``),
 ``load_datasets`` (the validated cfg, before the data is tokenised and the student loads: teacher,
-tokenizer and offline store; ``preflight.check_resources``; ``pre_model_load`` repeats it if a
+tokenizer and offline store; ``preflight.check_resources``; ``pre_model_load`` runs it if a
 launcher skipped that hook), ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
 validates it), ``get_trainer_cls`` (our trainer class), ``get_collator_cls_and_kwargs`` (the
 teacher-logit collator for offline KD; ``None`` otherwise, never ``(None, None)``, which would
@@ -54,7 +54,7 @@ class DistillPlugin(BasePlugin):
 
     def __init__(self):
         super().__init__()
-        self.resources: dict | None = None  # facts found by check_resources, for the start-up log
+        self.checked = False  # check_resources ran (load_datasets, or pre_model_load when skipped)
 
     def get_input_args(self) -> str:
         return "distill_plugin.args.DistillArgs"
@@ -70,8 +70,9 @@ class DistillPlugin(BasePlugin):
 
     def _check_resources(self, cfg) -> None:
         config = distill_config_of(cfg)
-        if config is not None and self.resources is None:
-            self.resources = check_resources(cfg, config)
+        if config is not None and not self.checked:
+            check_resources(cfg, config)
+            self.checked = True
             warning = packing_warning(cfg, config)
             if warning:
                 LOG.warning("distill_plugin: %s", warning)

@@ -148,29 +148,37 @@ def packing_warning(cfg, config: DistillConfig) -> str | None:
     return None
 
 
-def check_resources(cfg, config: DistillConfig) -> dict:
-    """Checks that read files (never a model's weights). Returns facts for the start-up log line."""
-    tokenizer = student_tokenizer(cfg)
+def check_resources(cfg, config: DistillConfig) -> None:
+    """Checks that read files, never a model's weights.
+
+    A student tokenizer that cannot be loaded is Axolotl's to report (it names ``base_model``); the
+    tokenizer comparisons then happen once Axolotl has loaded it (``post_trainer_create``).
+    """
+    try:
+        tokenizer = student_tokenizer(cfg)
+    except Exception:
+        tokenizer = None
     if config.teacher is not None:
-        teacher_config = resolve_teacher(config)
-        if config.check_tokenizer:
+        resolve_teacher(config)
+        if config.check_tokenizer and tokenizer is not None:
             from .teachers import check_same_tokenizer
 
             try:
                 check_same_tokenizer(tokenizer, config.teacher, config.teacher_revision)
             except ValueError as err:
                 raise SetupError(first_line(err)) from None
-        return {"teacher_vocab_rows": getattr(teacher_config.get_text_config(), "vocab_size", None), "vocab": len(tokenizer)}
+        return
     from .offline.store import StoreMismatchError, check_compatible, read_meta
 
     store = Path(config.teacher_logits)
     if not (store.exists() and (store.is_file() or (store / "meta.json").exists())):
         raise SetupError(f"distill.teacher_logits: no offline store at {str(store)!r} (write one with `distill-data logits`)")
     meta = read_meta(store)
-    try:
-        check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
-    except StoreMismatchError as err:
-        raise SetupError(f"distill.teacher_logits: {first_line(err)}") from None
+    if tokenizer is not None:
+        try:
+            check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
+        except StoreMismatchError as err:
+            raise SetupError(f"distill.teacher_logits: {first_line(err)}") from None
     rows = student_vocab_rows(cfg)
     largest = meta.vocab_size - 1  # capture cuts the teacher's padding rows: no stored id is larger
     if rows is not None and largest >= rows:
@@ -178,4 +186,3 @@ def check_resources(cfg, config: DistillConfig) -> dict:
             f"distill.teacher_logits: the store holds token ids up to {largest}, but the student "
             f"{cfg.get('base_model')!r} has {rows} vocabulary rows; capture with a teacher of the student's vocabulary"
         )
-    return {"teacher_vocab_rows": meta.vocab_size, "vocab": len(tokenizer)}
