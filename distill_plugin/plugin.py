@@ -4,7 +4,8 @@ Hooks used: ``register`` (the raw YAML, before Axolotl validates it: a missing o
 ``distill:`` block, the block's own validation, refused engines; ``preflight.check_raw_config``),
 ``load_datasets`` (the validated cfg, before the data is tokenised and the student loads: teacher,
 tokenizer and offline store; ``preflight.check_resources``; ``pre_model_load`` runs it if a
-launcher skipped that hook), ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
+launcher skipped that hook; both also fix multi-process runs without CUDA, see ``no_cuda``),
+``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
 validates it), ``get_trainer_cls`` (our trainer class), ``get_collator_cls_and_kwargs`` (the
 teacher-logit collator for offline KD; ``None`` otherwise, never ``(None, None)``, which would
 disable Axolotl's default collator) and ``post_trainer_create`` (loads the teacher once per process
@@ -20,6 +21,7 @@ import sys
 
 from axolotl.integrations.base import BasePlugin
 
+from . import no_cuda
 from .args import DistillConfig
 from .preflight import SetupError, check_raw_config, check_resources, packing_warning
 
@@ -62,6 +64,8 @@ class DistillPlugin(BasePlugin):
     @exits_on_setup_error
     def register(self, cfg: dict) -> None:
         check_raw_config(cfg)
+        # Called by load_cfg before its CUDA peer-to-peer probe.
+        no_cuda.skip_cuda_p2p_probe()
 
     @exits_on_setup_error
     def load_datasets(self, cfg, preprocess: bool = False):
@@ -80,16 +84,8 @@ class DistillPlugin(BasePlugin):
     @exits_on_setup_error
     def pre_model_load(self, cfg) -> None:
         self._check_resources(cfg)
-        # Axolotl maps each rank to device {"": LOCAL_RANK} (an accelerator index) whenever
-        # world_size > 1; on a CPU-only multi-process run (gloo) that index does not exist. The
-        # loader already holds this dict object, so it is edited in place.
-        import torch
-
-        device_map = cfg.device_map
-        if distill_config_of(cfg) is not None and isinstance(device_map, dict) and not torch.cuda.is_available():
-            for key, value in device_map.items():
-                if isinstance(value, int):
-                    device_map[key] = "cpu"
+        if distill_config_of(cfg) is not None:
+            no_cuda.map_ranks_to_cpu(cfg.device_map)
 
     def get_trainer_cls(self, cfg):
         if distill_config_of(cfg) is None:

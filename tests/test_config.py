@@ -1,7 +1,9 @@
-"""Config validation through Axolotl's own loader, bad-config errors, and every recipe in recipes/."""
+"""Config validation through Axolotl's own loader, bad-config errors, every recipe in recipes/ and
+every YAML snippet in the README."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,18 @@ from distill_plugin.args import DistillConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yml"))
+
+
+def readme_blocks(lang: str) -> list[str]:
+    """The README's fenced code blocks in one language, in order."""
+    return re.findall(rf"^```{lang}\n(.*?)^```", (REPO / "README.md").read_text(), flags=re.S | re.M)
+
+
+# The README's YAML snippets are excerpts: validated on top of the keys Axolotl requires to train.
+TRAINING_KEYS = {"micro_batch_size": 1, "num_epochs": 1, "learning_rate": 1e-5, "output_dir": "out", "sequence_len": 512}
+CONFIGS = {str(p.relative_to(REPO)): yaml.safe_load(p.read_text()) for p in RECIPES}
+CONFIGS.update({f"README.md yaml #{i}": {**TRAINING_KEYS, **yaml.safe_load(block)}
+                for i, block in enumerate(readme_blocks("yaml"), 1)})
 
 
 def axolotl_validate(cfg: dict):
@@ -30,11 +44,7 @@ def base_cfg(**distill):
         "plugins": ["distill_plugin.DistillPlugin"],
         "distill": {"teacher": "Qwen/Qwen2-7B", **distill},
         "datasets": [{"path": "data.jsonl", "type": "chat_template"}],
-        "micro_batch_size": 1,
-        "num_epochs": 1,
-        "learning_rate": 1e-5,
-        "output_dir": "out",
-        "sequence_len": 512,
+        **TRAINING_KEYS,
     }
 
 
@@ -138,10 +148,10 @@ def test_no_distill_block_means_no_trainer_and_no_collator():
     assert plugin.get_trainer_cls(online).__name__ == "AxolotlDistillTrainer"
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(REPO)) for p in RECIPES])
-def test_every_recipe_validates(recipe):
-    """A recipe that no longer validates is a failing test (Axolotl's loader, plugin registered)."""
-    cfg = yaml.safe_load(recipe.read_text())
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_recipe_validates(name):
+    """A recipe or README config that no longer validates fails (Axolotl's loader, plugin registered)."""
+    cfg = CONFIGS[name]
     validated = axolotl_validate(cfg)
     if "distill" in cfg:
         DistillConfig.model_validate(dict(validated["distill"]))

@@ -54,6 +54,7 @@ def assert_learns_and_logs(logs, factor=0.85):
     assert last < factor * first, (first, last)
 
 
+@pytest.mark.e2e_smoke
 def test_full_finetune(tmp_path, tiny_pair, arithmetic_data):
     recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "full", val_set_size=0.25, eval_steps=10)
     output, logs = run_axolotl_train(recipe, cwd=tmp_path)

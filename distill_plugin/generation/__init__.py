@@ -6,12 +6,12 @@ Used by data_prep's trajectory generation (``distill-data generate``), the offli
 
 from __future__ import annotations
 
-from .base import (Backend, Completion, GenerationError, OnDone, OnError, Prompt, SamplingParams, TopK, render_chat,
-                   split_prefill)
+from .base import (Backend, Completion, GenerationError, OnDone, OnError, Prompt, SamplingParams, ServerUnreachable, TopK,
+                   render_chat, split_prefill)
 
 BACKENDS = ("hf", "openai", "vllm")
 
-__all__ = ["BACKENDS", "Backend", "Completion", "GenerationError", "OnDone", "OnError", "Prompt", "SamplingParams", "TopK",
+__all__ = ["BACKENDS", "Backend", "Completion", "GenerationError", "OnDone", "OnError", "Prompt", "SamplingParams", "ServerUnreachable", "TopK",
            "make_backend", "render_chat", "split_prefill"]
 
 

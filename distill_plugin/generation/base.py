@@ -77,6 +77,11 @@ class GenerationError(RuntimeError):
         self.status = status
 
 
+class ServerUnreachable(GenerationError):
+    """No connection to the server at all (refused, no route, unknown host) after the retries: not
+    one prompt's failure but the run's, so it stops the run instead of being recorded per prompt."""
+
+
 OnError = Callable[[int, GenerationError], None]
 
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 import httpx
 
-from .base import (Backend, Completion, GenerationError, OnDone, OnError, Prompt, SamplingParams, is_token_ids,
+from .base import (Backend, Completion, GenerationError, ServerUnreachable, OnDone, OnError, Prompt, SamplingParams, is_token_ids,
                    split_prefill)
 
 log = logging.getLogger("distill_plugin.generation")
@@ -96,7 +96,7 @@ class OpenAIHTTPBackend(Backend):
                     try:
                         parts = await asyncio.gather(*(self._post(client, sem, prompt, s, n) for n in sizes))
                     except GenerationError as e:
-                        if on_error is None:
+                        if on_error is None or isinstance(e, ServerUnreachable):
                             raise
                         on_error(i, e)
                         continue
@@ -130,7 +130,8 @@ class OpenAIHTTPBackend(Backend):
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     delay = min(self.backoff_max_s, float(retry_after))
             if attempt == self.max_retries:
-                raise GenerationError(f"{url}: giving up after {attempt + 1} attempts ({why})", status)
+                error = ServerUnreachable if status == "ConnectError" else GenerationError
+                raise error(f"{url}: giving up after {attempt + 1} attempts ({why})", status)
             self.stats["retries"] += 1
             log.warning("%s: %s, retry %d/%d in %.1fs", url, why, attempt + 1, self.max_retries, delay)
             await asyncio.sleep(delay)

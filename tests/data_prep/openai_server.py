@@ -42,6 +42,34 @@ def build_app(model_dir, fail_first=0, slow_request=-1, slow_seconds=0.0, split_
     def stats():
         return state
 
+    def sample(input_ids, body) -> list[tuple[list[int], int | None]]:
+        """``n`` samples of ``input_ids [1, L]``: (generated ids before the stop, stop index or None)."""
+        if body.get("seed") is not None:
+            torch.manual_seed(int(body["seed"]))
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
+                                 temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
+                                 top_k=0, max_new_tokens=int(body.get("max_tokens", 64)),
+                                 num_return_sequences=int(body.get("n", 1)), pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+        samples = []
+        for ids in out[:, input_ids.shape[1]:].tolist():
+            stop = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else None
+            samples.append((ids if stop is None else ids[:stop], stop))
+        return samples
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        """Token-id prompts (``prompt`` = a list of ids, as vLLM accepts)."""
+        body = await request.json()
+        ids = torch.tensor([body["prompt"]])
+        samples = sample(ids, body)
+        choices = [{"index": i, "text": tok.decode(b, skip_special_tokens=False),
+                    "finish_reason": "length" if stop is None else "stop"} for i, (b, stop) in enumerate(samples)]
+        total = sum(len(b) + (stop is not None) for b, stop in samples)
+        return {"id": "cmpl", "object": "text_completion", "choices": choices,
+                "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": total}}
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         with lock:
@@ -70,18 +98,9 @@ def build_app(model_dir, fail_first=0, slow_request=-1, slow_seconds=0.0, split_
         else:
             text, prefill = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), ""
         enc = tok(text, return_tensors="pt", add_special_tokens=False)
-        n, max_tokens = int(body.get("n", 1)), int(body.get("max_tokens", 64))
-        if body.get("seed") is not None:
-            torch.manual_seed(int(body["seed"]))
-        with torch.no_grad():
-            out = model.generate(**enc, do_sample=True, temperature=float(body.get("temperature", 1.0)),
-                                 top_p=float(body.get("top_p", 1.0)), top_k=0, max_new_tokens=max_tokens,
-                                 num_return_sequences=n, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
+        samples = sample(enc["input_ids"], body)
         choices, total = [], 0
-        for i, ids in enumerate(out[:, enc["input_ids"].shape[1]:].tolist()):
-            stop = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else None
-            body_ids = ids if stop is None else ids[:stop]
+        for i, (body_ids, stop) in enumerate(samples):
             total += len(body_ids) + (stop is not None)
             content = tok.decode(body_ids, skip_special_tokens=False)
             msg = {"role": "assistant", "content": content}

@@ -11,7 +11,7 @@ import pytest
 from data_prep.generate import GenerateConfig, generate
 from data_prep.generation_errors import TooManyErrors
 from distill_plugin.generation import SamplingParams
-from dp_helpers import TRAINED, openai_server, read_jsonl, write_jsonl
+from dp_helpers import R1_SUFFIX, TRAINED, openai_server, read_jsonl, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,23 @@ def test_cli_max_errors_exits_2_with_one_line(tmp_path, server):
                                       "--max-tokens", "8", "--max-retries", "1", "--max-errors", "1"])
     assert result.exit_code == 2, result.output
     assert "more than --max-errors 1" in result.output and "Traceback" not in result.output
+
+
+def test_token_id_prompts_go_to_completions(server, tiny_teacher):
+    """The HTTP engine takes token-id prompts too (``/completions``, what on-policy sampling will send):
+    the ids of a rendered chat sample exactly what the chat itself samples."""
+    from transformers import AutoTokenizer
+
+    from distill_plugin.generation import render_chat
+    from distill_plugin.generation.openai_http import OpenAIHTTPBackend
+
+    chat = [{"role": "user", "content": f"{TRAINED[0][0]}\n\n{R1_SUFFIX}"}]
+    ids = AutoTokenizer.from_pretrained(tiny_teacher)(render_chat(AutoTokenizer.from_pretrained(tiny_teacher), chat),
+                                                     add_special_tokens=False)["input_ids"]
+    backend = OpenAIHTTPBackend("tiny", base_url=server + "/v1", concurrency=2)
+    got = {}
+    backend.generate([chat, ids], SamplingParams(n=1, max_tokens=24, seed=5), lambda i, c: got.setdefault(i, c))
+    (from_chat,), (from_ids,) = got[0], got[1]
+    assert from_ids.text == from_chat.text and from_ids.text  # same sample, non-empty
+    assert from_ids.prompt_tokens == from_chat.prompt_tokens == len(ids)
+    assert from_ids.finish_reason == from_chat.finish_reason

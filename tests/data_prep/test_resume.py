@@ -71,3 +71,16 @@ def test_shards_then_merge(tmp_path, tiny_teacher):
     assert sorted(r["id"] for r in read_jsonl(tmp_path / "all.jsonl")) == sorted(f"q{i}" for i in range(10))
     # a re-run of any shard finds its ids done
     assert generate(prompts, out, cfg, shard="1/3", backend=backend).rows_out == 0
+
+
+def test_torn_last_line_is_repaired_on_a_resume_with_nothing_to_do(tmp_path, tiny_teacher):
+    prompts, out = _prompts(tmp_path, 3), tmp_path / "gen"
+    cfg = GenerateConfig(model=str(tiny_teacher), sampling=SamplingParams(n=1, max_tokens=4, seed=0))
+    assert generate(prompts, out, cfg).rows_out == 3
+    path = out / "generations.jsonl"
+    whole = path.read_bytes()
+    with open(path, "ab") as fh:  # a kill mid-write, after the last prompt's row was already complete
+        fh.write(b'{"id": "q2", "generations": [{"text": "half a ro')
+    report = generate(prompts, out, cfg)
+    assert report.rows_out == 0 and report.extra["already_done"] == 3
+    assert path.read_bytes() == whole  # cut, though no work was left
