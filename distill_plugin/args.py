@@ -17,6 +17,15 @@ from .losses.hidden import HiddenLoss
 from .losses.kd import KDSettings
 from .losses.topk import TailMode
 
+# Above this both distributions are near uniform for any realistic logit range: a typo, not a setting.
+MAX_TEMPERATURE = 20.0
+# Fields that only mean something for one teacher source or divergence: set away from their default
+# where they do nothing, they are refused (a user who sets them expects an effect).
+ONLINE_ONLY = ("teacher_dtype", "teacher_load_in_4bit", "teacher_load_in_8bit", "teacher_attn_implementation",
+               "teacher_device", "teacher_revision", "check_tokenizer")
+OFFLINE_ONLY = ("topk", "topk_tail")
+DIVERGENCE_ONLY = {"beta": ("jsd",), "skew": ("skew_forward_kl", "skew_reverse_kl")}
+
 # The choices come from the registries, so a new divergence or tail mode is one edit in losses/.
 Divergence = Literal[DIVERGENCES]
 
@@ -27,7 +36,8 @@ class DistillConfig(BaseModel):
     Every field's ``description`` is the README's ``distill:`` reference (``scripts/gen_config_table.py``).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `temperature: "2"` or `teacher_load_in_4bit: "yes"` is an error, not a coercion.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     teacher: str | None = Field(
         None, description="Online teacher: local path or hub id. Exactly one of `teacher` / `teacher_logits`."
@@ -45,7 +55,10 @@ class DistillConfig(BaseModel):
         False, description="Load the teacher 8-bit (bitsandbytes); exclusive with `teacher_load_in_4bit`."
     )
     teacher_attn_implementation: str | None = Field(
-        None, description="`attn_implementation` passed to the teacher's `from_pretrained` (e.g. `sdpa`)."
+        None, description="`attn_implementation` of the teacher (e.g. `sdpa`); default: the student's, so packing behaves the same."
+    )
+    teacher_device: str | None = Field(
+        None, description="Device of the online teacher (e.g. `cuda:1`, `cpu`); default: the student's. Its lm_head is copied to the student's device."
     )
     teacher_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher.")
 
@@ -55,7 +68,8 @@ class DistillConfig(BaseModel):
     beta: float = Field(0.5, ge=0.0, le=1.0, description="JSD mixture weight of the teacher; 0 = forward KL, 1 = reverse KL.")
     skew: float = Field(0.1, ge=0.0, le=1.0, description="Skew-KL λ (DistiLLM).")
     temperature: float = Field(
-        1.0, gt=0.0, description="T, dividing teacher and student logits inside the loss (CE stays at T = 1)."
+        1.0, gt=0.0, le=MAX_TEMPERATURE,
+        description=f"T, dividing teacher and student logits inside the loss (CE stays at T = 1); at most {MAX_TEMPERATURE:g}.",
     )
     temperature_squared: bool = Field(True, description="Multiply the KD term by T² (Hinton).")
     kd_weight: float = Field(1.0, ge=0.0, description="Weight of the KD component: loss = (kd_weight·T²·ΣKD + ce_weight·ΣCE) / N.")
@@ -89,7 +103,20 @@ class DistillConfig(BaseModel):
             raise ValueError("distill: `teacher_load_in_4bit` and `teacher_load_in_8bit` are mutually exclusive")
         if self.kd_weight == 0 and self.ce_weight == 0:
             raise ValueError("distill: `kd_weight` and `ce_weight` are both 0; nothing would be trained")
+        self._refuse_settings_without_effect()
         return self
+
+    def _refuse_settings_without_effect(self) -> None:
+        # With hidden-state KD both sources can be set (logits from the store, hidden states online).
+        unused = [(name, "an offline teacher (`teacher_logits`)") for name in ONLINE_ONLY if self.teacher is None]
+        unused += [(name, "an online teacher (`teacher`)") for name in OFFLINE_ONLY if self.teacher_logits is None]
+        unused += [(name, f"divergence {self.divergence!r}; it is used by {', '.join(users)}")
+                   for name, users in DIVERGENCE_ONLY.items() if self.divergence not in users]
+        for name, why in unused:
+            # Compared with the default, not `model_fields_set`: Axolotl's loader hands the block back
+            # with every field filled in.
+            if getattr(self, name) != type(self).model_fields[name].default:
+                raise ValueError(f"distill.{name} has no effect with {why}; remove it")
 
     @model_validator(mode="after")
     def _check_hidden(self):

@@ -1,7 +1,11 @@
 """The Axolotl plugin: ``plugins: [distill_plugin.DistillPlugin]`` plus a ``distill:`` block.
 
-Hooks used: ``register`` and ``pre_model_load`` (multi-process runs without CUDA, see
-``no_cuda``), ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
+Hooks used: ``register`` (the raw YAML, before Axolotl validates it: a missing or misspelt
+``distill:`` block, the block's own validation, refused engines; ``preflight.check_raw_config``),
+``load_datasets`` (the validated cfg, before the data is tokenised and the student loads: teacher,
+tokenizer and offline store; ``preflight.check_resources``; ``pre_model_load`` runs it if a
+launcher skipped that hook; both also fix multi-process runs without CUDA, see ``no_cuda``),
+``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
 validates it), ``get_trainer_cls`` (our trainer class), ``get_collator_cls_and_kwargs`` (the
 teacher-logit collator for offline KD; ``None`` otherwise, never ``(None, None)``, which would
 disable Axolotl's default collator) and ``post_trainer_create`` (loads the teacher once per process
@@ -11,14 +15,32 @@ registered before ``axolotl.core.training_args`` is imported.
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 
 from axolotl.integrations.base import BasePlugin
 
 from . import no_cuda
 from .args import DistillConfig
+from .preflight import SetupError, check_raw_config, check_resources, packing_warning
 
-LOG = logging.getLogger(__name__)
+# A child of Axolotl's logger, so our start-up lines reach Axolotl's console and debug.log.
+LOG = logging.getLogger("axolotl.distill_plugin")
+
+
+def exits_on_setup_error(hook):
+    """A ``SetupError`` in a hook ends the run: one line on stderr, exit code 2, no traceback."""
+
+    @functools.wraps(hook)
+    def wrapped(*args, **kwargs):
+        try:
+            return hook(*args, **kwargs)
+        except SetupError as err:
+            print(f"distill_plugin: error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapped
 
 
 def distill_config_of(cfg) -> DistillConfig | None:
@@ -32,14 +54,36 @@ def distill_config_of(cfg) -> DistillConfig | None:
 class DistillPlugin(BasePlugin):
     """Knowledge distillation for Axolotl (online logit KD, offline top-k KD, hidden-state KD)."""
 
+    def __init__(self):
+        super().__init__()
+        self.checked = False  # check_resources ran (load_datasets, or pre_model_load when skipped)
+
     def get_input_args(self) -> str:
         return "distill_plugin.args.DistillArgs"
 
-    def register(self, cfg) -> None:
+    @exits_on_setup_error
+    def register(self, cfg: dict) -> None:
+        check_raw_config(cfg)
         # Called by load_cfg before its CUDA peer-to-peer probe.
         no_cuda.skip_cuda_p2p_probe()
 
+    @exits_on_setup_error
+    def load_datasets(self, cfg, preprocess: bool = False):
+        self._check_resources(cfg)
+        return None  # Axolotl loads the data itself
+
+    def _check_resources(self, cfg) -> None:
+        config = distill_config_of(cfg)
+        if config is not None and not self.checked:
+            check_resources(cfg, config)
+            self.checked = True
+            warning = packing_warning(cfg, config)
+            if warning:
+                LOG.warning("distill_plugin: %s", warning)
+
+    @exits_on_setup_error
     def pre_model_load(self, cfg) -> None:
+        self._check_resources(cfg)
         if distill_config_of(cfg) is not None:
             no_cuda.map_ranks_to_cpu(cfg.device_map)
 
@@ -68,18 +112,33 @@ class DistillPlugin(BasePlugin):
             from .offline.store import check_compatible, read_meta
             from .teachers import StoredTopKSource
 
-            meta = read_meta(config.teacher_logits)  # refuse logits captured for another tokenizer/template/k
+            meta = read_meta(config.teacher_logits)  # again, now with the tokenizer Axolotl built
             check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
             sources.append(StoredTopKSource(meta.capture_temperature))
+            LOG.info("distill_plugin: teacher = offline top-%d logits %s (teacher %s, captured at T=%g), "
+                     "vocab %d shared tokens", config.topk or meta.k, config.teacher_logits, meta.teacher,
+                     meta.capture_temperature, len(tokenizer))
         if config.teacher is not None:  # online KD, or the hidden states next to offline logits
+            from .modeling import output_head, unwrap_causal_lm
             from .teachers import TeacherModelSource, check_same_tokenizer, load_teacher
 
             if config.check_tokenizer:
                 check_same_tokenizer(tokenizer, config.teacher, config.teacher_revision)
-            teacher = load_teacher(config, trainer.args.device)
-            sources.append(TeacherModelSource(teacher, len(tokenizer), logits=config.teacher_logits is None))
+            student = unwrap_causal_lm(trainer.model)
+            attn = getattr(student.config, "_attn_implementation", None)
+            teacher = load_teacher(config, trainer.args.device, attn)
+            online = TeacherModelSource(teacher, len(tokenizer), logits=config.teacher_logits is None,
+                                        device=trainer.args.device)
+            sources.append(online)
+            rows = (output_head(teacher).weight.shape[0], output_head(student).weight.shape[0])
+            cut = "" if rows[0] == rows[1] == len(tokenizer) else f", lm_head rows teacher {rows[0]} / student {rows[1]} cut to it"
+            LOG.info("distill_plugin: teacher = online %s (%s), dtype %s, device %s, attention %s; vocab %d shared tokens%s",
+                     config.teacher, "hidden states only" if config.teacher_logits else "logits",
+                     next(teacher.parameters()).dtype, online.teacher_device, teacher.config._attn_implementation,
+                     len(tokenizer), cut)
         from .teachers import CombinedSources
 
         source = sources[0] if len(sources) == 1 else CombinedSources(*sources)
         trainer.setup_distillation(config, source)
-        LOG.info("distill_plugin: %s, divergence=%s, T=%s", type(source).__name__, config.divergence, config.temperature)
+        LOG.info("distill_plugin: divergence %s, T=%g, kd_weight %g, ce_weight %g; logged ppl = exp(ce_loss)",
+                 config.divergence, config.temperature, config.kd_weight, config.ce_weight)

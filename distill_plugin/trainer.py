@@ -206,11 +206,12 @@ def make_trl_trainer_class():
                 fields["teacher"] = teacher_model
             config = DistillConfig.model_validate(fields)
             if isinstance(teacher_model, torch.nn.Module):
-                teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
+                teacher = teacher_model.to(config.teacher_device or self.args.device).eval().requires_grad_(False)
             else:
                 if config.check_tokenizer:
                     check_same_tokenizer(self.processing_class, config.teacher, config.teacher_revision)
-                teacher = load_teacher(config, self.args.device)
-            self.setup_distillation(config, TeacherModelSource(teacher, len(self.processing_class)))
+                attn = getattr(unwrap_distributed(self.model).config, "_attn_implementation", None)
+                teacher = load_teacher(config, self.args.device, attn)
+            self.setup_distillation(config, TeacherModelSource(teacher, len(self.processing_class), device=self.args.device))
 
     return DistillSFTTrainer

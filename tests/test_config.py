@@ -57,28 +57,83 @@ def test_distill_block_survives_axolotl_loader():
     assert DistillConfig.model_validate(dict(cfg["distill"])).kd_settings().kd_scale == pytest.approx(0.6 * 4)
 
 
+def setup_error(cfg: dict, capsys) -> str:
+    """The plugin's one-line error for ``cfg`` (exit code 2 at registration, before validation)."""
+    with pytest.raises(SystemExit) as info:
+        axolotl_validate(cfg)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distill_plugin: error: "), lines
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     "distill,needle",
     [
-        ({"divergence": "kl_forward"}, "divergence"),
-        ({"kd_weight": -1.0}, "kd_weight"),
-        ({"ce_weight": -0.5}, "ce_weight"),
+        ({"divergence": "kl_forward"}, "distill.divergence"),
+        ({"kd_weight": -1.0}, "distill.kd_weight"),
+        ({"ce_weight": -0.5}, "distill.ce_weight"),
         ({"teacher_load_in_4bit": True, "teacher_load_in_8bit": True}, "teacher_load_in_8bit"),
         ({"teacher": None}, "teacher"),
-        ({"temprature": 2.0}, "temprature"),
-        ({"beta": 1.5}, "beta"),
-        ({"temperature": 0.0}, "temperature"),
+        ({"temprature": 2.0}, "distill.temprature"),
+        ({"beta": 1.5}, "distill.beta"),
+        ({"temperature": 0.0}, "distill.temperature"),
         ({"kd_weight": 0.0, "ce_weight": 0.0}, "kd_weight"),
         ({"teacher_logits": "logits/"}, "exactly one"),
         ({"hidden_weight": 1.0, "hidden_layers": "uniform:0"}, "hidden_layers"),
         ({"hidden_loss": "l1"}, "hidden_loss"),
         ({"teacher": None, "teacher_logits": "logits/", "hidden_weight": 1.0}, "needs the online `teacher`"),
+        # strict fields: no lax coercion of strings
+        ({"temperature": "2"}, "distill.temperature"),
+        ({"teacher_load_in_4bit": "yes"}, "distill.teacher_load_in_4bit"),
+        ({"temperature": 1e6}, "distill.temperature"),
+        # settings that do nothing with this teacher source or divergence
+        ({"topk": 8}, "distill.topk has no effect with an online teacher"),
+        ({"topk_tail": "renormalize"}, "distill.topk_tail has no effect"),
+        ({"beta": 0.3}, "distill.beta has no effect with divergence 'forward_kl'"),
+        ({"divergence": "jsd", "skew": 0.2}, "distill.skew has no effect"),
+        ({"teacher": None, "teacher_logits": "logits/", "teacher_dtype": "float32"}, "distill.teacher_dtype has no effect with an offline"),
     ],
 )
-def test_bad_configs_name_the_key(distill, needle):
-    with pytest.raises((ValidationError, ValueError)) as info:
-        axolotl_validate(base_cfg(**distill))
-    assert needle in str(info.value)
+def test_bad_configs_name_the_key(distill, needle, capsys):
+    assert needle in setup_error(base_cfg(**distill), capsys)
+
+
+def test_settings_with_an_effect_are_kept():
+    cfg = axolotl_validate(base_cfg(divergence="jsd", beta=0.3, temperature=2))  # an int is a valid float
+    assert cfg["distill"]["beta"] == 0.3 and cfg["distill"]["temperature"] == 2.0
+    DistillConfig.model_validate(dict(cfg["distill"]))  # the loader's filled-in block validates again
+
+
+@pytest.mark.parametrize("key", ["distil", "distillation", "Distill", "distill_config"])
+def test_misspelt_block_is_refused(key, capsys):
+    cfg = base_cfg()
+    cfg[key] = cfg.pop("distill")
+    line = setup_error(cfg, capsys)
+    assert f"`{key}:`" in line and "no `distill:` block" in line
+
+
+def test_missing_block_and_stray_near_miss(capsys):
+    cfg = base_cfg()
+    del cfg["distill"]
+    assert "no `distill:` block" in setup_error(cfg, capsys)
+    assert "`distillation:`" in setup_error({**base_cfg(), "distillation": {"temperature": 2.0}}, capsys)
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        {"fsdp_config": {"fsdp_offload_params": False}, "fsdp_version": 2},
+        {"deepspeed": {"zero_optimization": {"stage": 3}}},
+        {"deepspeed": "ZERO3_FILE"},
+    ],
+)
+def test_sharded_engines_are_refused(engine, tmp_path, capsys):
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text('{"zero_optimization": {"stage": 3}}')
+    engine = {k: str(zero3) if v == "ZERO3_FILE" else v for k, v in engine.items()}
+    line = setup_error({**base_cfg(), **engine}, capsys)
+    assert ("ZeRO stage 3" in line or "FSDP" in line) and "#14" in line and "DDP" in line
 
 
 def test_no_distill_block_means_no_trainer_and_no_collator():
@@ -103,3 +158,38 @@ def test_every_recipe_validates(name):
     validated = axolotl_validate(cfg)
     if "distill" in cfg:
         DistillConfig.model_validate(dict(validated["distill"]))
+
+
+PACKING_RECIPES = [p for p in RECIPES if yaml.safe_load(p.read_text()).get("sample_packing")]
+
+
+@pytest.mark.parametrize("recipe", PACKING_RECIPES, ids=[str(p.relative_to(REPO)) for p in PACKING_RECIPES])
+def test_packing_recipes_keep_documents_apart(recipe):
+    """Every recipe that packs uses an attention that respects document boundaries (tests/test_packing.py)."""
+    assert axolotl_validate(yaml.safe_load(recipe.read_text()))["attn_decontaminates_packing"]
+
+
+def test_packing_without_a_safe_attention_is_warned():
+    from distill_plugin.preflight import packing_warning
+
+    config = DistillConfig(teacher="t")
+    leaky = axolotl_validate({**base_cfg(), "sample_packing": True})
+    assert "attend to each other" in packing_warning(leaky, config)
+    safe = axolotl_validate({**base_cfg(), "sample_packing": True, "attn_implementation": "sdpa"})
+    assert packing_warning(safe, config) is None
+    teacher_leaky = DistillConfig(teacher="t", teacher_attn_implementation="xformers")
+    assert "teacher_attn_implementation" in packing_warning(safe, teacher_leaky)
+
+
+def test_r1_recipes_fused_ce_overlong_traces_and_kd_sibling():
+    sft_path, kd_path = REPO / "recipes" / "r1_distill_qwen7b.yml", REPO / "recipes" / "r1_distill_qwen7b_topk.yml"
+    sft = axolotl_validate(yaml.safe_load(sft_path.read_text()))
+    assert sft["cut_cross_entropy"] and "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin" in sft["plugins"]
+    assert sft["excess_length_strategy"] == "drop" and sft["sequence_len"] == 32768
+    header = sft_path.read_text().split("base_model:")[0]
+    for needle in ("24 GB", "80 GB", "16k", "32k", "Qwen2.5-Math-7B", "DROPPED"):
+        assert needle in header, needle
+    kd_raw = yaml.safe_load(kd_path.read_text())
+    kd = axolotl_validate(kd_raw)
+    assert kd["distill"]["teacher_logits"] and kd["datasets"] == sft["datasets"] and kd["sequence_len"] == sft["sequence_len"]
+    assert f"distill-data logits --config {kd_path.relative_to(REPO)}" in kd_path.read_text()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from axolotl_runs import REPO, assert_two_processes_match_one, run_axolotl_train, write_recipe
+from axolotl_runs import (REPO, assert_two_processes_match_one, run_axolotl_train, run_axolotl_train_two_processes,
+                         write_recipe)
 
 pytestmark = pytest.mark.slow
 TINY_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
@@ -49,6 +51,10 @@ def test_full_finetune(tmp_path, tiny_pair, arithmetic_data):
     recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "full", val_set_size=0.25, eval_steps=10)
     output, logs = run_axolotl_train(recipe, cwd=tmp_path)
     assert_learns_and_logs(logs)
+    # The start-up lines reach Axolotl's log; the logged perplexity is the CE's, not exp(KD+CE).
+    assert re.search(r"distill_plugin: teacher = online \S+teacher, dtype torch.float32, device cpu, "
+                     r"attention \w+; vocab 261 shared tokens", output), output[-4000:]
+    assert all(e["ppl"] == pytest.approx(math.exp(e["ce_loss"]), rel=1e-3) for e in logs)
     evals = [float(v) for v in re.findall(r"'eval_kd_loss': '?([-\d.e+]+)", output)]
     assert len(evals) >= 2 and all(0 <= v < 10 for v in evals)  # normalised, not summed
     shapes = saved_tensor_shapes(tmp_path / "full")
@@ -100,9 +106,20 @@ def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):
     assert_two_processes_match_one(make, tmp_path)
 
 
+def test_ddp_find_unused_parameters(tmp_path, tiny_pair, arithmetic_data):
+    """Regression: with the loss outside the forward, DDP's find_unused_parameters saw lm_head.weight
+    used after its hooks had fired ("Expected to mark a variable ready only once") at step 1."""
+    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "unused", micro_batch_size=2, max_steps=3,
+                        save_steps=1000, ddp_find_unused_parameters=True)
+    output, logs = run_axolotl_train_two_processes(recipe, tmp_path)
+    assert len(logs) == 3 and all(e["grad_norm"] > 0 and e["kd_loss"] > 0 for e in logs), logs
+    assert "mark a variable ready only once" not in output
+
+
 def test_sample_packing(tmp_path, tiny_pair, arithmetic_data):
-    """Axolotl's multipack collator path: teacher and student get the same packed batch."""
-    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "packed", sample_packing=True,
+    """Axolotl's multipack collator path: teacher and student get the same packed batch, with an
+    attention that keeps the documents apart (``tests/test_packing.py`` checks the logits)."""
+    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "packed", sample_packing=True, attn_implementation="sdpa",
                         pad_to_sequence_len=True, micro_batch_size=1, max_steps=12)
     _, logs = run_axolotl_train(recipe, cwd=tmp_path)
     assert_learns_and_logs(logs, factor=0.95)

@@ -122,7 +122,8 @@ class Backend:
         raise NotImplementedError
 
     def prompt_topk(self, sequences: Sequence[list[int]], masks: Sequence[np.ndarray], k: int,
-                    temperature: float = 1.0) -> list[TopK]:
+                    temperature: float = 1.0, vocab_size: int | None = None) -> list[TopK]:
+        """``vocab_size``: ids at or above it (a checkpoint's lm_head padding rows) are never returned."""
         raise NotImplementedError(f"the {self.name} backend cannot score prompt positions (top-k capture)")
 
     def describe(self) -> dict:

@@ -14,9 +14,10 @@ import numpy as np
 from .base import Backend, Completion, OnDone, OnError, Prompt, SamplingParams, TopK, is_token_ids, render_chat
 
 
-def topk_of_head(hidden, head, k: int, temperature: float, chunk: int):
+def topk_of_head(hidden, head, k: int, temperature: float, chunk: int, vocab_size: int | None = None):
     """``topk(log_softmax(lm_head(hidden) / T))`` in fp32 over rows of ``hidden [n, H]``, chunk by chunk,
-    so at most ``[chunk, V]`` logits exist at once."""
+    so at most ``[chunk, V]`` logits exist at once. ``vocab_size`` cuts the head to its first rows
+    (the tokenizer's vocabulary): padding rows take no probability mass and are never returned."""
     import torch
     import torch.nn.functional as F
 
@@ -24,7 +25,9 @@ def topk_of_head(hidden, head, k: int, temperature: float, chunk: int):
 
     ids, vals = [], []
     for start in range(0, hidden.shape[0], chunk):
-        logits = softcap(F.linear(hidden[start:start + chunk], head.weight, head.bias).float(), head.softcap)
+        weight = head.weight[:vocab_size]
+        bias = None if head.bias is None else head.bias[:vocab_size]
+        logits = softcap(F.linear(hidden[start:start + chunk], weight, bias).float(), head.softcap)
         v, i = torch.log_softmax(logits / temperature, dim=-1).topk(k, dim=-1)
         ids.append(i.cpu())
         vals.append(v.cpu())
@@ -137,7 +140,7 @@ class HFBackend(Backend):
         return results
 
     def prompt_topk(self, sequences: Sequence[list[int]], masks: Sequence[np.ndarray], k: int,
-                    temperature: float = 1.0) -> list[TopK]:
+                    temperature: float = 1.0, vocab_size: int | None = None) -> list[TopK]:
         """Batched forward to the final hidden states; only masked positions go through the LM head
         (``modeling.output_head``: the weight, bias and soft-cap the training loss uses)."""
         import torch
@@ -157,7 +160,7 @@ class HFBackend(Backend):
         with torch.inference_mode():
             hidden = final_hidden_states(self.model, {"input_ids": input_ids.to(device),
                                                       "attention_mask": attention.to(device)})
-            ids, vals = topk_of_head(hidden[select.to(device)], head, k, temperature, self.chunk_positions)
+            ids, vals = topk_of_head(hidden[select.to(device)], head, k, temperature, self.chunk_positions, vocab_size)
         out, start = [], 0
         for mask in masks:
             n = int(np.count_nonzero(mask))

@@ -52,12 +52,14 @@ class VLLMBackend(Backend):
                 for o in req.outputs])
 
     def prompt_topk(self, sequences: Sequence[list[int]], masks: Sequence[np.ndarray], k: int,
-                    temperature: float = 1.0) -> list[TopK]:
+                    temperature: float = 1.0, vocab_size: int | None = None) -> list[TopK]:
         """vLLM ``prompt_logprobs`` (``max_tokens=1``). For prompt token j >= 1 vLLM reports the top-k
         of the distribution predicting token j (from position j-1) plus the actual token: in our
         convention, position t = j - 1. Its prompt log-probs are of the raw logits, so only
         ``temperature == 1`` is accepted. Candidates are taken by rank (``Logprob.rank <= k``),
-        dropping the actual token when it lies outside the top-k."""
+        dropping the actual token when it lies outside the top-k, and ids at or above ``vocab_size``
+        (vLLM normalises over the padded head; the padding rows' mass, ~0 for trained checkpoints,
+        ends up in the training loss's tail bucket)."""
         if temperature != 1.0:
             raise ValueError("the vllm backend captures at temperature 1.0; use the hf backend for others")
         from vllm import SamplingParams as VLLMSampling
@@ -73,7 +75,7 @@ class VLLMBackend(Backend):
             vals = np.full((len(positions), k), -np.inf, dtype=np.float32)
             for row, t in enumerate(positions):
                 cands = sorted((lp.rank, tok, lp.logprob) for tok, lp in out.prompt_logprobs[t + 1].items()
-                               if lp.rank is not None and lp.rank <= k)
+                               if lp.rank is not None and lp.rank <= k and (vocab_size is None or tok < vocab_size))
                 for j, (_, tok, value) in enumerate(cands[:k]):
                     ids[row, j], vals[row, j] = tok, value
             result.append((ids, vals))

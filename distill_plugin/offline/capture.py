@@ -128,7 +128,7 @@ def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, 
     for i in range(0, len(todo), batch_size):
         batch = todo[i:i + batch_size]
         scored = backend.prompt_topk([e.input_ids for e in batch], [e.mask for e in batch], meta.k,
-                                     meta.capture_temperature)
+                                     meta.capture_temperature, vocab_size=meta.vocab_size)
         for e, (ids, vals) in zip(batch, scored):
             writer.add(e.input_ids, e.labels, ids, vals, e.row_id)
             stats.rows += 1
@@ -151,6 +151,28 @@ def make_meta(teacher: str, tokenizer, k: int, temperature: float, sequence_len:
                      vocab_size=int(vocab_size), codec={"bits": bits, "r_max": r_max})
 
 
+def teacher_facts(teacher: str | Path, tokenizer, k: int) -> dict:
+    """Refuse a teacher whose tokenizer differs from the data's and a k above the vocabulary;
+    return what the store records of the teacher beside the data's tokenizer.
+
+    The store's ``vocab_size`` is the data tokenizer's length: the teacher's lm_head may be padded
+    beyond it (Qwen2-72B: 152,064 rows for 151,646 tokens), and those rows are cut at capture.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from distill_plugin.teachers.loading import tokenizer_difference
+
+    if k > len(tokenizer):
+        raise ValueError(f"--top-k {k} is larger than the vocabulary ({len(tokenizer)} tokens)")
+    teacher_tokenizer = AutoTokenizer.from_pretrained(str(teacher))
+    difference = tokenizer_difference(tokenizer, teacher_tokenizer)
+    if difference:
+        raise ValueError(f"--teacher {str(teacher)!r}: its tokenizer differs from the data's ({difference}); "
+                         "stored ids would mean other tokens at training")
+    return {"teacher_tokenizer_hash": tokenizer_hash(teacher_tokenizer), "teacher_vocab_size": len(teacher_tokenizer),
+            "teacher_lm_head_rows": AutoConfig.from_pretrained(str(teacher)).get_text_config().vocab_size}
+
+
 def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | Path | None = None,
                     data: str | Path | None = None, tokenizer=None, k: int = 64, temperature: float = 1.0,
                     backend: str = "hf", sequence_len: int | None = None, device: str | None = None,
@@ -158,7 +180,7 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
                     max_rows: int | None = None, bits: int = 8, progress: bool = True) -> CaptureStats:
     """One-call capture for Python users and tests: examples from ``config`` (Axolotl YAML) or
     ``data`` (JSONL + ``tokenizer``, a path or an object), then the chosen backend."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if config is not None:
         examples, tokenizer, info = examples_from_axolotl_config(config)
@@ -169,8 +191,8 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
         tokenizer = tokenizer if not isinstance(tokenizer, (str, Path, type(None))) else \
             AutoTokenizer.from_pretrained(str(tokenizer or teacher))
         examples = examples_from_jsonl(data, tokenizer, sequence_len)
-    vocab = AutoConfig.from_pretrained(str(teacher)).vocab_size
-    meta = make_meta(str(teacher), tokenizer, k, temperature, sequence_len, vocab, bits=bits)
+    meta = make_meta(str(teacher), tokenizer, k, temperature, sequence_len, len(tokenizer), bits=bits)
+    meta.extra.update(teacher_facts(teacher, tokenizer, k))
     if backend == "hf":
         runner = make_backend("hf", str(teacher), device=device, dtype=dtype)
     elif backend == "vllm":

@@ -14,16 +14,22 @@ _TEACHERS: dict[tuple, torch.nn.Module] = {}  # one teacher per process, however
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
 
 
-def load_teacher(config: DistillConfig, device: torch.device | str) -> torch.nn.Module:
-    """Load the teacher once per process: frozen, eval mode, no grad, optionally 4/8-bit."""
+def load_teacher(config: DistillConfig, device: torch.device | str, attn_implementation: str | None = None) -> torch.nn.Module:
+    """Load the teacher once per process: frozen, eval mode, no grad, optionally 4/8-bit.
+
+    ``device``: ``config.teacher_device`` when set. Attention: ``config.teacher_attn_implementation``,
+    else ``attn_implementation`` (the student's, so both treat packed documents alike), else the default.
+    """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    key = (config.teacher, config.teacher_dtype, config.teacher_load_in_4bit, config.teacher_load_in_8bit, str(device))
+    device = config.teacher_device or device
+    attn = config.teacher_attn_implementation or attn_implementation
+    key = (config.teacher, config.teacher_dtype, config.teacher_load_in_4bit, config.teacher_load_in_8bit, str(device), attn)
     if key in _TEACHERS:
         return _TEACHERS[key]
     kwargs = {"dtype": DTYPES[config.teacher_dtype], "revision": config.teacher_revision}
-    if config.teacher_attn_implementation:
-        kwargs["attn_implementation"] = config.teacher_attn_implementation
+    if attn:
+        kwargs["attn_implementation"] = attn
     quantized = config.teacher_load_in_4bit or config.teacher_load_in_8bit
     if quantized:
         compute = DTYPES[config.teacher_dtype] if config.teacher_dtype != "auto" else torch.bfloat16
@@ -45,17 +51,22 @@ def load_teacher(config: DistillConfig, device: torch.device | str) -> torch.nn.
     return model
 
 
+def tokenizer_difference(tokenizer, other) -> str | None:
+    """None when both map the same strings to the same ids; else ``"A vs B tokens; first differences: …"``."""
+    vocab, other_vocab = tokenizer.get_vocab(), other.get_vocab()
+    if vocab == other_vocab:
+        return None
+    differing = sorted(set(vocab.items()) ^ set(other_vocab.items()), key=lambda kv: kv[1])[:5]
+    return f"{len(other_vocab)} vs {len(vocab)} tokens; first differences: {differing}"
+
+
 def check_same_tokenizer(student_tokenizer, teacher_path: str, revision: str | None = None) -> None:
     """Refuse to distil across tokenizers: the logit KD loss compares distributions id by id."""
     from transformers import AutoTokenizer
 
-    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path, revision=revision)
-    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    if s_vocab == t_vocab:
-        return
-    differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=lambda kv: kv[1])[:5]
-    raise ValueError(
-        f"distill.teacher: tokenizer of {teacher_path!r} differs from the student's "
-        f"({len(t_vocab)} vs {len(s_vocab)} tokens; first differences: {differing}). Logit KD needs one "
-        "shared tokenizer; set `distill.check_tokenizer: false` only if you know the ids line up."
-    )
+    difference = tokenizer_difference(student_tokenizer, AutoTokenizer.from_pretrained(teacher_path, revision=revision))
+    if difference:
+        raise ValueError(
+            f"distill.teacher: tokenizer of {teacher_path!r} differs from the student's ({difference}). Logit KD "
+            "needs one shared tokenizer; set `distill.check_tokenizer: false` only if you know the ids line up."
+        )

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import torch
 
 from ..hidden.capture import hidden_rows
-from ..signals import TOPK_IDS, TOPK_LOGPROBS, DenseLogits, HiddenStates, TopKLogprobs
 from ..modeling import output_head
+from ..signals import TOPK_IDS, TOPK_LOGPROBS, DenseLogits, HiddenStates, OutputHead, TopKLogprobs
 
 
 class TeacherSource(Protocol):
@@ -37,11 +37,22 @@ class TeacherModelSource:
     ``logits=False``: hidden states only (its logits come from elsewhere, e.g. offline top-k).
     """
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None, logits: bool = True):
+    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None, logits: bool = True,
+                 device: torch.device | str | None = None):
         self.model = model
         self.vocab_size = vocab_size  # the tokenizer's length: lm_head padding rows are never compared
         self.logits = logits
         self.hidden_layers: tuple[int, ...] = ()
+        self.teacher_device = output_head(model).weight.device
+        # Where the loss runs (the student's device). A teacher elsewhere (`distill.teacher_device`)
+        # sends its rows there, and its lm_head is copied there once: the fused loss builds teacher
+        # logits chunk by chunk beside the student's.
+        self.device = torch.device(device) if device is not None else self.teacher_device
+        self._head = output_head(model)
+        if self.device != self.teacher_device:
+            head = self._head
+            self._head = OutputHead(head.weight.detach().to(self.device),
+                                    None if head.bias is None else head.bias.detach().to(self.device), head.softcap)
 
     @property
     def produces(self) -> tuple[type, ...]:
@@ -52,11 +63,13 @@ class TeacherModelSource:
         self.hidden_layers = tuple(sorted(set(layers)))
 
     def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
+        if self.device != self.teacher_device:
+            inputs = {k: v.to(self.teacher_device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         with torch.no_grad():
-            rows, layers = hidden_rows(self.model, inputs, mask, self.hidden_layers)
-        out = {DenseLogits: DenseLogits(rows, output_head(self.model), self.vocab_size)} if self.logits else {}
+            rows, layers = hidden_rows(self.model, inputs, mask.to(self.teacher_device), self.hidden_layers)
+        out = {DenseLogits: DenseLogits(rows.to(self.device), self._head, self.vocab_size)} if self.logits else {}
         if self.hidden_layers:
-            out[HiddenStates] = HiddenStates(layers)
+            out[HiddenStates] = HiddenStates({h: r.to(self.device) for h, r in layers.items()})
         return out
 
 

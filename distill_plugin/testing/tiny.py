@@ -135,3 +135,31 @@ def build_pair(root: str | Path, teacher_hidden: int = 64, student_hidden: int =
     build_model(root / "teacher", tok, hidden_size=teacher_hidden, seed=1, **kw)
     build_model(root / "student", tok, hidden_size=student_hidden, seed=2, **kw)
     return root / "teacher", root / "student"
+
+
+def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 48, seed: int = 0) -> Path:
+    """What ``recipes/tiny/*.yml`` point at: ``root/{teacher,student}`` (untrained, hidden 48 / 32,
+    one tokenizer) and ``root/data.jsonl`` (the demo's two-digit addition chats)."""
+    from distill_plugin.demo.task import make_split
+    from distill_plugin.jsonl import write_jsonl_atomic
+
+    root = Path(root)
+    build_pair(root, teacher_hidden=48, student_hidden=32)
+    write_jsonl_atomic(root / "data.jsonl", make_split(examples, seed=seed))
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m distill_plugin.testing.tiny [--out runs/tiny]``: build what the tiny recipes use."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distill_plugin.testing.tiny", description=main.__doc__)
+    parser.add_argument("--out", default="runs/tiny", help="directory the tiny recipes point at (default: runs/tiny)")
+    parser.add_argument("--examples", type=int, default=48, help="rows of data.jsonl")
+    args = parser.parse_args(argv)
+    root = prepare_tiny_run(args.out, args.examples)
+    print(f"wrote {root}/teacher, {root}/student and {root}/data.jsonl")
+
+
+if __name__ == "__main__":
+    main()

@@ -71,3 +71,18 @@ def test_padded_teacher_embeddings_are_accepted(tmp_path):
         s_logp = torch.log_softmax(student(**INPUTS).logits[0, :, : len(tok)], -1)
         expected = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
     torch.testing.assert_close(out.kd, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_teacher_device_overrides_the_students(tiny_pair):
+    """`distill.teacher_device` wins over the device the trainer passes (the student's); the source
+    then hands the loss rows and a head on the student's device, equal to the teacher's own."""
+    from distill_plugin.signals import DenseLogits
+    from distill_plugin.teachers import TeacherModelSource
+
+    config = DistillConfig(teacher=str(tiny_pair[0]), teacher_dtype="float32", teacher_device="cpu")
+    teacher = load_teacher(config, "meta")  # "meta" would hold no weights: proves it was not used
+    assert output_head(teacher).weight.device.type == "cpu"
+    mask = torch.ones(1, INPUTS["input_ids"].shape[1] - 1, dtype=torch.bool)
+    signal = TeacherModelSource(teacher, 261, device="cpu").signals(INPUTS, mask)[DenseLogits]
+    assert signal.rows.device.type == "cpu" and signal.head.weight is output_head(teacher).weight
+    torch.testing.assert_close(signal.rows, final_hidden_states(teacher, INPUTS)[0, :-1])

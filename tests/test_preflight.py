@@ -1,0 +1,141 @@
+"""Checks that need no model, through Axolotl's own config loader and the plugin's hooks.
+
+``axolotl.cli.config.load_cfg`` registers the plugin (``register``: the raw YAML) and validates;
+``PluginManager.load_datasets`` is the hook ``axolotl.cli.train`` calls next, before it tokenises
+the data or loads the student. One test runs the real ``axolotl.cli.train`` to show the user's view.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from axolotl_runs import REPO, SUBPROCESS_ENV, write_recipe
+
+OFFLINE = {"teacher": None, "teacher_dtype": "bfloat16"}  # the tiny recipe sets an online-only dtype
+
+TINY_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
+
+
+def recipe(tmp_path, tiny_pair, data, **overrides):
+    teacher, student = tiny_pair
+    fields = dict(
+        base_model=str(student),
+        datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
+        output_dir=str(tmp_path / "out"),
+        dataset_prepared_path=str(tmp_path / "prepared"),
+    )
+    fields.update(overrides)
+    fields["distill"] = {"teacher": str(teacher), **overrides.get("distill", {})}
+    return write_recipe(TINY_RECIPE, tmp_path / "recipe.yml", **fields)
+
+
+def preflight(path, capsys) -> str | None:
+    """Run the loader and the pre-data hook; the plugin's one-line error, or None when it passes."""
+    from axolotl.cli.config import load_cfg
+    from axolotl.integrations.base import PluginManager
+
+    try:
+        cfg = load_cfg(str(path))
+        assert PluginManager.get_instance().load_datasets(cfg) is None  # Axolotl still loads the data
+    except SystemExit as exit_:
+        assert exit_.code == 2
+        # (Axolotl's log handlers, set up by an earlier test, may also write here: look for ours.)
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill_plugin: error:")]
+        assert len(lines) == 1, lines
+        return lines[0]
+    return None
+
+
+def test_good_config_passes(tmp_path, tiny_pair, arithmetic_data, capsys):
+    assert preflight(recipe(tmp_path, tiny_pair, arithmetic_data), capsys) is None
+
+
+def test_missing_teacher_directory(tmp_path, tiny_pair, arithmetic_data, capsys):
+    line = preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={"teacher": str(tmp_path / "nope")}), capsys)
+    assert "distill.teacher: no such directory" in line and "nope" in line
+
+
+def test_unresolvable_hub_id_offline(tmp_path, tiny_pair, arithmetic_data, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    line = preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={"teacher": "no-org/no-such-teacher"}), capsys)
+    assert "distill.teacher: hub id 'no-org/no-such-teacher'" in line and "HF_HUB_OFFLINE" in line
+
+
+def test_directory_without_config(tmp_path, tiny_pair, arithmetic_data, capsys):
+    (tmp_path / "empty").mkdir()
+    line = preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={"teacher": str(tmp_path / "empty")}), capsys)
+    assert "distill.teacher" in line and "config.json" in line
+
+
+def test_teacher_with_another_tokenizer(tmp_path, tiny_pair, arithmetic_data, capsys):
+    """One added token makes the vocabularies differ: refused before any model loads."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other_teacher"
+    shutil.copytree(tiny_pair[0], other)
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<extra>"])
+    tok.save_pretrained(other)
+    line = preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={"teacher": str(other)}), capsys)
+    assert "distill.teacher: tokenizer of" in line and "262 vs 261" in line
+
+
+def test_missing_offline_store(tmp_path, tiny_pair, arithmetic_data, capsys):
+    path = recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(tmp_path / "nostore")})
+    line = preflight(path, capsys)
+    assert "distill.teacher_logits: no offline store" in line
+
+
+def test_store_with_ids_beyond_the_student_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys):
+    """A store captured over 300 rows (a padded teacher, before capture cut them) cannot index a
+    261-row student: refused at start-up, not with an index error mid-run."""
+    from transformers import AutoTokenizer
+
+    from distill_plugin.offline.capture import make_meta
+    from distill_plugin.offline.store import META_FILE
+
+    store = tmp_path / "store"
+    store.mkdir()
+    meta = make_meta("padded-teacher", AutoTokenizer.from_pretrained(tiny_pair[1]), 4, 1.0, 256, vocab_size=300)
+    (store / META_FILE).write_text(meta.to_json())
+    line = preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(store)}), capsys)
+    assert "token ids up to 299" in line and "261 vocabulary rows" in line
+    meta.vocab_size = 261  # what capture now records: the tokenizer's length
+    (store / META_FILE).write_text(meta.to_json())
+    assert preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(store)}), capsys) is None
+
+
+def test_cli_train_stops_before_data_and_model(tmp_path, tiny_pair, arithmetic_data):
+    """The user's view: `axolotl.cli.train` exits 2 with one line naming the key, before tokenising."""
+    path = recipe(tmp_path, tiny_pair, arithmetic_data, distill={"teacher": str(tmp_path / "missing_teacher")})
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=tmp_path, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("distill_plugin: error:")]
+    assert errors == [f"distill_plugin: error: distill.teacher: no such directory {str(tmp_path / 'missing_teacher')!r}"]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "prepared").exists()  # the data was never tokenised, the student never loaded
+    print(f"failed after {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.parametrize("key", ["distil", "distillation"])
+def test_cli_train_refuses_misspelt_block(tmp_path, tiny_pair, arithmetic_data, key):
+    """Regression: `distil:` (one l) used to train plain SFT and exit 0."""
+    import yaml
+
+    path = recipe(tmp_path, tiny_pair, arithmetic_data)
+    cfg = yaml.safe_load(path.read_text())
+    cfg[key] = cfg.pop("distill")
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=tmp_path, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"has `{key}:` — did you mean `distill:`?" in proc.stderr
+    assert not (tmp_path / "prepared").exists()
