@@ -22,7 +22,9 @@ def readme_blocks(lang: str) -> list[str]:
 
 
 # The README's YAML snippets are excerpts: validated on top of the keys Axolotl requires to train.
-TRAINING_KEYS = {"micro_batch_size": 1, "num_epochs": 1, "learning_rate": 1e-5, "output_dir": "out", "sequence_len": 512}
+TRAINING_KEYS = {"micro_batch_size": 1, "num_epochs": 1, "learning_rate": 1e-5, "output_dir": "out", "sequence_len": 512,
+                 "base_model": "Qwen/Qwen2.5-1.5B", "plugins": ["distill_plugin.DistillPlugin"],
+                 "datasets": [{"path": "data.jsonl", "type": "chat_template"}]}
 CONFIGS = {str(p.relative_to(REPO)): yaml.safe_load(p.read_text()) for p in RECIPES}
 CONFIGS.update({f"README.md yaml #{i}": {**TRAINING_KEYS, **yaml.safe_load(block)}
                 for i, block in enumerate(readme_blocks("yaml"), 1)})
