@@ -32,7 +32,7 @@ def test_config_step_of_a_rank_without_cuda(rank_one_of_two):
     from axolotl.utils.dict import DictDefault
     from axolotl.utils.trainer import prepare_optim_env
 
-    cfg = DictDefault({"plugins": ["distill_plugin.DistillPlugin"]})
+    cfg = DictDefault({"plugins": ["distill_plugin.DistillPlugin"], "distill": {"teacher": "some/teacher"}})
     prepare_plugins(cfg)  # as load_cfg does, before prepare_optim_env
     prepare_optim_env(cfg)
     assert "NCCL_P2P_DISABLE" not in os.environ  # the CPU build's answer: nothing for NCCL to disable
