@@ -132,10 +132,10 @@ class DistillPlugin(BasePlugin):
             sources.append(online)
             rows = (output_head(teacher).weight.shape[0], output_head(student).weight.shape[0])
             cut = "" if rows[0] == rows[1] == len(tokenizer) else f", lm_head rows teacher {rows[0]} / student {rows[1]} cut to it"
-            LOG.info("distill_plugin: teacher = online %s (%s), dtype %s, device %s, attention %s; vocab %d shared tokens%s",
-                     config.teacher, "hidden states only" if config.teacher_logits else "logits",
-                     next(teacher.parameters()).dtype, online.teacher_device, teacher.config._attn_implementation,
-                     len(tokenizer), cut)
+            LOG.info("distill_plugin: teacher = online %s, dtype %s, device %s, attention %s; vocab %d shared tokens%s%s",
+                     config.teacher, next(teacher.parameters()).dtype, online.teacher_device,
+                     teacher.config._attn_implementation, len(tokenizer), cut,
+                     "; hidden states only (logits from the store)" if config.teacher_logits else "")
         from .teachers import CombinedSources
 
         source = sources[0] if len(sources) == 1 else CombinedSources(*sources)
