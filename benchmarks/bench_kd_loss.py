@@ -4,6 +4,7 @@ Every method computes the same objective, forward KL(P_teacher ‖ Q_student) at
 rows, with the student hidden states and lm_head weight requiring grad and the teacher frozen:
 
     ours         distill_plugin.losses.online_kd_loss (chunked fused-linear, autograd per chunk)
+    ours_eval    the same under torch.no_grad: an evaluation step, values only (opt-in)
     naive        full [rows, V] logits for both models, log_softmax in fp32, F.kl_div, autograd
     liger        liger_kernel.chunked_loss.LigerFusedLinearJSDLoss(beta=0, weight_hard_loss=0,
                  weight_soft_loss=1); beta = 0 is forward KL in liger 0.8.1 (beta = 1 is reverse KL)
@@ -48,7 +49,7 @@ except ImportError:  # not installed: use the checkout this script lives in
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_METHODS = ["ours", "naive", "liger", "floor"]
-ALL_METHODS = DEFAULT_METHODS + ["liger_ops"]
+ALL_METHODS = DEFAULT_METHODS + ["ours_eval", "liger_ops"]
 FINGERPRINT_ROWS = 256
 GIB = 1024**3
 
@@ -89,6 +90,20 @@ def method_ours(x, a, chunk):
         out = online_kd_loss(h_s, w_s, h_t, w_t, settings=settings, chunk_size=chunk)
         out.loss.backward()
         return out.loss.detach()
+
+    return step
+
+
+def method_ours_eval(x, a, chunk):
+    """An evaluation step: the same loss under ``torch.no_grad`` (values only, no gradient work)."""
+    from distill_plugin.losses import KDSettings, online_kd_loss
+
+    h_s, w_s, h_t, w_t, _ = x
+    settings = KDSettings(divergence="forward_kl", temperature=1.0, kd_weight=1.0, ce_weight=0.0)
+
+    def step():
+        with torch.no_grad():
+            return online_kd_loss(h_s, w_s, h_t, w_t, settings=settings, chunk_size=chunk).loss
 
     return step
 
@@ -167,6 +182,7 @@ def method_floor(x, a, chunk):
 
 METHODS = {
     "ours": method_ours,
+    "ours_eval": method_ours_eval,
     "naive": method_naive,
     "liger": method_liger,
     "liger_ops": method_liger_ops,
@@ -303,7 +319,7 @@ def case_list(a):
     cases = []
     for rows in a.rows:
         for m in a.methods:
-            if m == "ours":
+            if m in ("ours", "ours_eval"):
                 cases += [(m, rows, c) for c in chunks]
             elif m == "floor":
                 cases.append((m, rows, a.floor_chunk or None))
@@ -330,7 +346,7 @@ def run_isolated(case, a, tmp):
 
 def label(r, a):
     m, c = r["method"], r["chunk"]
-    if m == "ours":
+    if m in ("ours", "ours_eval"):
         from distill_plugin.losses.chunked import auto_chunk_size
         from distill_plugin.losses.compiled import COMPILED_CHUNK_ELEMENTS, use_compiled
 
