@@ -56,7 +56,9 @@ class DistillPlugin(BasePlugin):
 
     def __init__(self):
         super().__init__()
-        self.checked = False  # check_resources ran (load_datasets, or pre_model_load when skipped)
+        # The cfg whose resources were checked (load_datasets, or pre_model_load when that is skipped).
+        # Per cfg, not a flag: Axolotl 0.21 keeps one plugin instance across configs in a process.
+        self.checked_cfg = None
 
     def get_input_args(self) -> str:
         return "distill_plugin.args.DistillArgs"
@@ -74,9 +76,9 @@ class DistillPlugin(BasePlugin):
 
     def _check_resources(self, cfg) -> None:
         config = distill_config_of(cfg)
-        if config is not None and not self.checked:
+        if config is not None and self.checked_cfg is not cfg:
             check_resources(cfg, config)
-            self.checked = True
+            self.checked_cfg = cfg
             warning = packing_warning(cfg, config)
             if warning:
                 LOG.warning("distill_plugin: %s", warning)
