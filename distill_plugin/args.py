@@ -22,7 +22,7 @@ MAX_TEMPERATURE = 20.0
 # Fields that only mean something for one teacher source or divergence: set away from their default
 # where they do nothing, they are refused (a user who sets them expects an effect).
 ONLINE_ONLY = ("teacher_dtype", "teacher_load_in_4bit", "teacher_load_in_8bit", "teacher_attn_implementation",
-               "teacher_device", "teacher_revision", "check_tokenizer")
+               "teacher_device", "teacher_revision", "check_tokenizer", "teacher_placement")
 OFFLINE_ONLY = ("topk", "topk_tail")
 DIVERGENCE_ONLY = {"beta": ("jsd",), "skew": ("skew_forward_kl", "skew_reverse_kl")}
 
@@ -61,6 +61,9 @@ class DistillConfig(BaseModel):
         None, description="Device of the online teacher (e.g. `cuda:1`, `cpu`); default: the student's. Its lm_head is copied to the student's device."
     )
     teacher_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the teacher.")
+    teacher_placement: Literal["replicate", "shard", "device_map"] = Field(
+        "replicate", description="Online teacher across devices: a whole copy per process, `shard` its decoder layers over all processes (FSDP2), or `device_map` (one process, layers spread over all GPUs). README: Scaling out."
+    )
 
     divergence: Divergence = Field(
         "forward_kl", description="KD divergence between teacher P and student Q (see the maths below)."
@@ -101,6 +104,10 @@ class DistillConfig(BaseModel):
             raise ValueError("distill: set exactly one of `teacher` (online KD) or `teacher_logits` (offline top-k KD)")
         if self.teacher_load_in_4bit and self.teacher_load_in_8bit:
             raise ValueError("distill: `teacher_load_in_4bit` and `teacher_load_in_8bit` are mutually exclusive")
+        if self.teacher_placement != "replicate" and self.teacher_device is not None:
+            raise ValueError(f"distill: `teacher_device` places a whole teacher; it has no meaning with `teacher_placement: {self.teacher_placement}`")
+        if self.teacher_placement == "shard" and (self.teacher_load_in_4bit or self.teacher_load_in_8bit):
+            raise ValueError("distill: `teacher_placement: shard` cannot split a bitsandbytes-quantised teacher; use `device_map` or `replicate`")
         if self.kd_weight == 0 and self.ce_weight == 0:
             raise ValueError("distill: `kd_weight` and `ce_weight` are both 0; nothing would be trained")
         self._refuse_settings_without_effect()

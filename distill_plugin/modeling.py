@@ -1,16 +1,26 @@
 """Model plumbing: find the causal LM and its lm_head through wrappers, capture final hidden states,
-and run a function *inside* a wrapped model's forward.
+and run the fused loss *inside* the engine's own calls.
 
 The fused losses need the *final hidden states* (the lm_head's input) and the lm_head weight, never
 the [batch, seq, vocab] logits. ``final_hidden_states`` runs the model's own forward — so DDP hooks,
-PEFT adapters, gradient checkpointing and Axolotl's patches all apply — with the lm_head temporarily
-replaced by a pass-through that records its input; the model's "logits" output is then the hidden
-states themselves and costs nothing.
+PEFT adapters, gradient checkpointing and Axolotl's patches all apply — with the lm_head module
+temporarily replaced (in its parent) by a pass-through that records its input; the model's
+"logits" output is then the hidden states themselves and costs nothing, and no engine hook runs
+for an lm_head call that does no work.
 
-``inside_forward`` is a forward redirection (TRL does the same for its fused losses): it calls the
-outermost wrapper (DDP, FSDP, a DeepSpeed engine, or the model itself) so that the wrapper's
-forward machinery — hooks, parameter gathering — runs around a function of ours that does the
-student forward *and* the loss, while the lm_head is still gathered.
+Two redirections put the loss where the engine has gathered the weight:
+
+``inside_forward``  calls the outermost wrapper (DDP, a DeepSpeed engine, an FSDP2 module or the
+                    model itself) so that the wrapper's forward machinery — hooks, FSDP2's
+                    all-gather of the root's parameters, input casting — surrounds a function of
+                    ours that does the student forward *and* the loss (TRL redirects the same way).
+``through_head``    calls the lm_head module that owns the weight on the supervised rows, with its
+                    forward replaced by the loss. Engines that gather per module (ZeRO-3 fetches a
+                    module's parameters in its pre-forward hook; FSDP2 when lm_head is its own
+                    unit) have the full weight there, and the loss is that call's output, so the
+                    engine's backward hooks on the output re-gather the weight and its gradient is
+                    reduce-scattered into the shard by the engine itself. Reading ``lm_head.weight``
+                    anywhere else gives a DTensor shard (FSDP2) or an empty placeholder (ZeRO-3).
 """
 
 from __future__ import annotations
@@ -39,8 +49,8 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     return model
 
 
-def output_head(model: nn.Module) -> OutputHead:
-    """The lm_head of ``model`` (found through DDP and PEFT), with its optional logit soft-cap."""
+def _head_modules(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(causal LM, its output-embeddings module, the module that owns the weight) through DDP and PEFT."""
     causal_lm = unwrap_causal_lm(model)
     head = causal_lm.get_output_embeddings()
     if head is None:
@@ -53,19 +63,29 @@ def output_head(model: nn.Module) -> OutputHead:
     base = head.get_base_layer() if hasattr(head, "get_base_layer") else head
     if hasattr(base, "modules_to_save"):  # PEFT ModulesToSaveWrapper
         base = base.modules_to_save[base.active_adapter] if base.active_adapter in base.modules_to_save else base.original_module
+    return causal_lm, head, base
+
+
+def output_head(model: nn.Module) -> OutputHead:
+    """The lm_head of ``model`` (found through DDP and PEFT), with its optional logit soft-cap.
+
+    Under a parameter-sharding engine the weight read here is whole only inside ``through_head``.
+    """
+    causal_lm, head, base = _head_modules(model)
     config = getattr(causal_lm, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     cap = getattr(text_config, "final_logit_softcapping", None)
     return OutputHead(base.weight, getattr(base, "bias", None), cap, head)
 
 
-class _PassThrough:
-    """Stands in for lm_head.forward: records its input and returns it unchanged."""
+class _PassThrough(nn.Module):
+    """Stands in for the lm_head during a forward: records its input and returns it unchanged."""
 
     def __init__(self):
+        super().__init__()
         self.hidden = None
 
-    def __call__(self, hidden, *args, **kwargs):
+    def forward(self, hidden, *args, **kwargs):
         self.hidden = hidden
         return hidden
 
@@ -85,15 +105,26 @@ class _ForwardSwap:
             self.module.__dict__.pop("forward", None)
 
 
+def _parent_of(root: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
+    for module in root.modules():
+        for name, sub in module.named_children():
+            if sub is child:
+                return module, name
+    raise ValueError(f"{type(child).__name__} is not a submodule of {type(root).__name__}")
+
+
 @contextmanager
 def lm_head_bypassed(model: nn.Module):
-    """Within the block, ``model(...)`` skips the lm_head matmul; yields the capture object."""
+    """Within the block, ``model(...)`` skips the lm_head (the module, with any engine hooks on it,
+    is swapped out of its parent); yields the capture object."""
+    causal_lm, head, _ = _head_modules(model)
+    parent, name = _parent_of(causal_lm, head)
     capture = _PassThrough()
-    swap = _ForwardSwap(output_head(model).module, capture)
+    parent._modules[name] = capture  # not setattr: no parameter bookkeeping for a placeholder
     try:
         yield capture
     finally:
-        swap.restore()
+        parent._modules[name] = head
 
 
 def model_inputs(inputs: dict) -> dict:
@@ -114,6 +145,32 @@ def final_hidden_states(model: nn.Module, inputs: dict, forward: Callable | None
     if capture.hidden is None:
         raise RuntimeError(f"{type(unwrap_causal_lm(model)).__name__}.forward never called its lm_head")
     return capture.hidden
+
+
+def through_head(model: nn.Module, fn: Callable, rows: torch.Tensor):
+    """``fn(head, rows)`` computed as the forward of the module owning the lm_head weight, called on
+    ``rows``; returns ``(objective, extra)`` where ``fn`` returned them.
+
+    ``head`` (an ``OutputHead``) is read inside that call, where a per-module engine has gathered the
+    weight. Only ``objective`` (a tensor) leaves the module: it is the call's output, so the engine's
+    output hooks see it and its backward re-gathers the weight and reduces the gradient into the
+    shard; ``extra`` (detached values) is handed back beside it.
+    """
+    *_, owner = _head_modules(model)
+    side = {}
+    swap = None
+
+    def loss_as_forward(hidden, *args, **kwargs):
+        swap.restore()
+        objective, side["extra"] = fn(output_head(model), hidden)
+        return objective
+
+    swap = _ForwardSwap(owner, loss_as_forward)
+    try:
+        objective = owner(rows)
+    finally:
+        swap.restore()
+    return objective, side["extra"]
 
 
 def inside_forward(model: nn.Module, fn: Callable, **kwargs):

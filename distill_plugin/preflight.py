@@ -4,7 +4,8 @@ Two stages, each as early as its input exists:
 
     check_raw_config     the raw YAML dict, at plugin registration (before Axolotl's validation):
                          a ``distill:`` block exists (a near-miss key such as ``distil:`` is named),
-                         the block validates, no sharded-parameter engine (ZeRO-3 / FSDP) is set
+                         the block validates, the engine (DDP, FSDP2, ZeRO) and the teacher
+                         placement can work together (FSDP1 is refused)
     check_resources      the validated cfg, before the data is tokenised and the student loads:
                          the teacher path or hub id resolves, its tokenizer equals the student's,
                          the offline store exists, matches the tokenizer and fits the student
@@ -15,13 +16,13 @@ Every failure is a ``SetupError``: one line that names the key. The plugin turns
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from .args import DistillConfig
+from .teachers.placement import engine_of, placement_error, world_size
 
 BLOCK = "distill"
 
@@ -57,27 +58,28 @@ def check_raw_config(cfg: dict) -> DistillConfig:
         config = DistillConfig.model_validate(dict(cfg[BLOCK]))
     except ValidationError as err:
         raise SetupError(one_line(err)) from None
-    check_engine(cfg)
+    check_engine(cfg, config)
     return config
 
 
-def check_engine(cfg: dict) -> None:
-    """Refuse parameter sharding: the fused loss reads the whole lm_head weight (#14 adds it)."""
-    supported = "supported: one process, or DDP over several (`accelerate launch` / `torchrun`); ZeRO-3/FSDP support is issue #14"
-    for key in ("fsdp", "fsdp_config", "fsdp_version"):
-        if cfg.get(key):
-            raise SetupError(f"`{key}:` (FSDP) shards the lm_head the distillation loss reads whole; {supported}")
-    deepspeed = cfg.get("deepspeed")
-    if not deepspeed:
+def check_engine(cfg: dict, config: DistillConfig) -> None:
+    """The training engine and the teacher placement (``teachers.placement``) can work together.
+
+    DDP, FSDP2 and DeepSpeed ZeRO 0-3 students are accepted: the fused loss runs as the lm_head's own
+    forward, where each engine has gathered the weight (``modeling.through_head``). FSDP1 is refused.
+    """
+    try:
+        engine = engine_of(cfg)
+    except (OSError, ValueError) as err:
+        raise SetupError(f"`deepspeed:` {cfg.get('deepspeed')!r} is not a readable JSON file ({err})") from None
+    if engine == "fsdp1":
+        raise SetupError("FSDP1 (`fsdp:` / `fsdp_config:` without `fsdp_version: 2`) is not supported by the distillation "
+                         "loss; set `fsdp_version: 2` (FSDP2), or use DeepSpeed ZeRO (`deepspeed:`)")
+    if config.teacher is None:
         return
-    if isinstance(deepspeed, (str, os.PathLike)):
-        try:
-            deepspeed = json.loads(Path(deepspeed).read_text())
-        except (OSError, ValueError) as err:
-            raise SetupError(f"`deepspeed:` {cfg.get('deepspeed')!r} is not a readable JSON file ({err})") from None
-    stage = (deepspeed.get("zero_optimization") or {}).get("stage", 0) if isinstance(deepspeed, dict) else 0
-    if stage == 3:
-        raise SetupError(f"`deepspeed:` ZeRO stage 3 shards the lm_head the distillation loss reads whole; {supported}")
+    error = placement_error(config.teacher_placement, world_size(), engine)
+    if error:
+        raise SetupError(f"distill.teacher_placement: {error}")
 
 
 def student_tokenizer(cfg):

@@ -27,8 +27,8 @@ from .args import DistillConfig
 from .losses.chunked import supervised_mask
 from .hidden.capture import hidden_rows
 from .hidden.projector import PROJECTOR_FILE, load_projectors, save_projectors
-from .losses.terms import LossTerm, check_signals, component_names, run_terms
-from .modeling import inside_forward, model_inputs, output_head, unwrap_causal_lm, unwrap_distributed
+from .losses.terms import LossTerm, TermOutput, check_signals, component_names, run_terms
+from .modeling import inside_forward, model_inputs, through_head, unwrap_causal_lm, unwrap_distributed
 from .signals import LABELS, StudentRows
 
 
@@ -46,12 +46,17 @@ def student_objective(forward, model, labels, mask, terms, signals, **inputs):
 
     ``forward`` is the student's own forward (``inside_forward``), ``inputs`` the model inputs.
     Intermediate hidden states are captured only at the layers a term asks for (``student_layers``).
+    The terms run as the lm_head's forward (``through_head``), where FSDP2/ZeRO-3 have gathered it.
     Returns ``TermOutput(objective, sums)``, both unnormalised.
     """
     wanted = {h for term in terms for h in getattr(term, "student_layers", ())}
     rows, layers = hidden_rows(model, inputs, mask, wanted, forward=forward)
-    student = StudentRows(rows, labels[:, 1:][mask], output_head(model), layers)
-    return run_terms(terms, student, signals)
+    targets = labels[:, 1:][mask]
+
+    def terms_on_head(head, head_rows):  # inside the lm_head's own call: its weight is whole here
+        return run_terms(terms, StudentRows(head_rows, targets, head, layers), signals)
+
+    return TermOutput(*through_head(model, terms_on_head, rows))
 
 
 class DistillTrainerMixin:

@@ -123,19 +123,50 @@ def test_missing_block_and_stray_near_miss(capsys):
 
 
 @pytest.mark.parametrize(
-    "engine",
+    "engine, placement, world, error",
     [
-        {"fsdp_config": {"fsdp_offload_params": False}, "fsdp_version": 2},
-        {"deepspeed": {"zero_optimization": {"stage": 3}}},
-        {"deepspeed": "ZERO3_FILE"},
+        ({"fsdp_config": {"fsdp_offload_params": False}}, "replicate", "2", "FSDP1"),
+        ({"fsdp": ["full_shard", "auto_wrap"]}, "replicate", "2", "`fsdp_version: 2`"),
+        ({}, "shard", "1", "this run has one"),
+        ({"deepspeed": "ZERO3_FILE"}, "shard", "2", "not available under DeepSpeed"),
+        ({"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}}, "device_map", "2", "2 processes"),
+        ({"deepspeed": "/no/such/zero3.json"}, "replicate", "1", "not a readable JSON file"),
     ],
 )
-def test_sharded_engines_are_refused(engine, tmp_path, capsys):
+def test_engine_and_teacher_placement_that_cannot_work_are_refused(engine, placement, world, error, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", world)
     zero3 = tmp_path / "zero3.json"
     zero3.write_text('{"zero_optimization": {"stage": 3}}')
     engine = {k: str(zero3) if v == "ZERO3_FILE" else v for k, v in engine.items()}
-    line = setup_error({**base_cfg(), **engine}, capsys)
-    assert ("ZeRO stage 3" in line or "FSDP" in line) and "#14" in line and "DDP" in line
+    line = setup_error({**base_cfg(teacher_placement=placement), **engine}, capsys)
+    assert error in line, line
+
+
+@pytest.mark.parametrize(
+    "engine, placement, world",
+    [
+        ({"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}}, "replicate", "2"),
+        ({"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}}, "shard", "2"),
+        ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "replicate", "2"),
+        ({}, "shard", "2"),
+        ({}, "device_map", "1"),
+    ],
+)
+def test_sharded_engines_and_placements_that_work_pass_registration(engine, placement, world, monkeypatch):
+    from distill_plugin.preflight import check_raw_config
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    config = check_raw_config({**base_cfg(teacher_placement=placement), **engine})
+    assert config.teacher_placement == placement
+
+
+def test_placement_keys_that_have_no_effect_are_refused():
+    with pytest.raises(ValueError, match="teacher_device"):
+        DistillConfig(teacher="t", teacher_placement="shard", teacher_device="cuda:1")
+    with pytest.raises(ValueError, match="quantised"):
+        DistillConfig(teacher="t", teacher_placement="shard", teacher_load_in_4bit=True)
+    with pytest.raises(ValueError, match="teacher_placement has no effect"):
+        DistillConfig(teacher_logits="store", teacher_placement="shard")
 
 
 def test_no_distill_block_means_no_trainer_and_no_collator():

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from ..args import DistillConfig
+from .placement import placement_error, shard_teacher, world_size
 
 LOG = logging.getLogger(__name__)
 _TEACHERS: dict[tuple, torch.nn.Module] = {}  # one teacher per process, however often we are asked
@@ -19,12 +20,18 @@ def load_teacher(config: DistillConfig, device: torch.device | str, attn_impleme
 
     ``device``: ``config.teacher_device`` when set. Attention: ``config.teacher_attn_implementation``,
     else ``attn_implementation`` (the student's, so both treat packed documents alike), else the default.
+    ``config.teacher_placement`` (``teachers.placement``): a whole copy on ``device``, FSDP2-sharded
+    over the processes, or spread over the GPUs by ``device_map="auto"``.
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     device = config.teacher_device or device
     attn = config.teacher_attn_implementation or attn_implementation
-    key = (config.teacher, config.teacher_dtype, config.teacher_load_in_4bit, config.teacher_load_in_8bit, str(device), attn)
+    placement = config.teacher_placement
+    error = placement_error(placement, world_size())  # the engine was checked before (preflight)
+    if error:
+        raise ValueError(f"distill.teacher_placement: {error}")
+    key = (config.teacher, config.teacher_dtype, config.teacher_load_in_4bit, config.teacher_load_in_8bit, str(device), attn, placement)
     if key in _TEACHERS:
         return _TEACHERS[key]
     kwargs = {"dtype": DTYPES[config.teacher_dtype], "revision": config.teacher_revision}
@@ -41,9 +48,13 @@ def load_teacher(config: DistillConfig, device: torch.device | str, attn_impleme
             bnb_4bit_use_double_quant=True,
         )
         kwargs["device_map"] = {"": device}
+    if placement == "device_map":
+        kwargs["device_map"] = "auto"
     LOG.info("loading teacher %s (%s%s)", config.teacher, config.teacher_dtype, ", quantized" if quantized else "")
     model = AutoModelForCausalLM.from_pretrained(config.teacher, **kwargs)
-    if not quantized:
+    if placement == "shard":
+        model = shard_teacher(model, device)
+    elif not quantized and placement == "replicate":
         model.to(device)
     model.eval()
     model.requires_grad_(False)
