@@ -68,6 +68,8 @@ class DistillPlugin(BasePlugin):
         check_raw_config(cfg)
         # Called by load_cfg before its CUDA peer-to-peer probe.
         no_cuda.skip_cuda_p2p_probe()
+        no_cuda.build_meshes_on_cpu()
+        no_cuda.fsdp2_on_cpu()
 
     @exits_on_setup_error
     def load_datasets(self, cfg, preprocess: bool = False):
