@@ -30,6 +30,13 @@ CONFIGS.update({f"README.md yaml #{i}": {**TRAINING_KEYS, **yaml.safe_load(block
                 for i, block in enumerate(readme_blocks("yaml"), 1)})
 
 
+def launched_like_its_recipe(name: str, monkeypatch) -> None:
+    """Multi-GPU recipes are validated as their launch line runs them: 8 processes, from the repo root."""
+    if name.startswith("recipes/multi_gpu/"):
+        monkeypatch.setenv("WORLD_SIZE", "8")
+        monkeypatch.chdir(REPO)
+
+
 def axolotl_validate(cfg: dict):
     """Register the config's plugins and validate with Axolotl's merged pydantic model (no download)."""
     from axolotl.utils.config import prepare_plugins, validate_config
@@ -185,8 +192,9 @@ def test_no_distill_block_means_no_trainer_and_no_collator():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_every_recipe_validates(name):
+def test_every_recipe_validates(name, monkeypatch):
     """A recipe or README config that no longer validates fails (Axolotl's loader, plugin registered)."""
+    launched_like_its_recipe(name, monkeypatch)
     cfg = CONFIGS[name]
     validated = axolotl_validate(cfg)
     if "distill" in cfg:
@@ -197,8 +205,9 @@ PACKING_RECIPES = [p for p in RECIPES if yaml.safe_load(p.read_text()).get("samp
 
 
 @pytest.mark.parametrize("recipe", PACKING_RECIPES, ids=[str(p.relative_to(REPO)) for p in PACKING_RECIPES])
-def test_packing_recipes_keep_documents_apart(recipe):
+def test_packing_recipes_keep_documents_apart(recipe, monkeypatch):
     """Every recipe that packs uses an attention that respects document boundaries (tests/test_packing.py)."""
+    launched_like_its_recipe(str(recipe.relative_to(REPO)), monkeypatch)
     assert axolotl_validate(yaml.safe_load(recipe.read_text()))["attn_decontaminates_packing"]
 
 

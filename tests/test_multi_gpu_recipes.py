@@ -15,12 +15,12 @@ RECIPES = sorted((REPO / "recipes" / "multi_gpu").glob("*_from_32b*.yml"))
 GPU_CAPS = {"bf16": True, "fp8": False, "tf32": True, "n_gpu": 8, "compute_capability": "sm_90"}
 HEADER = ("recipe", "method", "student", "teacher", "sized-for", "twin-checks")
 ARITHMETIC = ("weights", "grads", "AdamW", "activations", "teacher share", "loss buffers", "total")
-ZERO3 = REPO / "scripts" / "deepspeed" / "zero3_bf16.json"
+ZERO3 = REPO / "scripts" / "ds_configs" / "zero3_bf16.json"
 
 
 def load(path):
     raw = yaml.safe_load(path.read_text())
-    if raw.get("deepspeed"):  # Axolotl's stock file, fetched by `axolotl fetch deepspeed_configs`: ours is a copy
+    if raw.get("deepspeed"):  # relative to the repository root, where the launch line runs
         raw["deepspeed"] = str(ZERO3)
     return raw
 
