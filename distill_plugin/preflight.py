@@ -75,6 +75,9 @@ def check_engine(cfg: dict, config: DistillConfig) -> None:
     if engine == "fsdp1":
         raise SetupError("FSDP1 (`fsdp:` / `fsdp_config:` without `fsdp_version: 2`) is not supported by the distillation "
                          "loss; set `fsdp_version: 2` (FSDP2), or use DeepSpeed ZeRO (`deepspeed:`)")
+    if config.hidden_weight and engine != "ddp":
+        raise SetupError(f"distill.hidden_weight: hidden-state KD runs under DDP only (its projectors live outside the "
+                         f"{engine} engine's optimizer); remove `hidden_weight` or train with DDP")
     if config.teacher is None:
         return
     error = placement_error(config.teacher_placement, world_size(), engine)

@@ -138,6 +138,8 @@ def test_missing_block_and_stray_near_miss(capsys):
         ({"deepspeed": "ZERO3_FILE"}, "shard", "2", "not available under DeepSpeed"),
         ({"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}}, "device_map", "2", "2 processes"),
         ({"deepspeed": "/no/such/zero3.json"}, "replicate", "1", "not a readable JSON file"),
+        ({"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}, "distill": {"hidden_weight": 1.0}},
+         "replicate", "2", "hidden-state KD runs under DDP only"),
     ],
 )
 def test_engine_and_teacher_placement_that_cannot_work_are_refused(engine, placement, world, error, tmp_path, capsys, monkeypatch):
@@ -145,7 +147,8 @@ def test_engine_and_teacher_placement_that_cannot_work_are_refused(engine, place
     zero3 = tmp_path / "zero3.json"
     zero3.write_text('{"zero_optimization": {"stage": 3}}')
     engine = {k: str(zero3) if v == "ZERO3_FILE" else v for k, v in engine.items()}
-    line = setup_error({**base_cfg(teacher_placement=placement), **engine}, capsys)
+    distill = engine.pop("distill", {})
+    line = setup_error({**base_cfg(teacher_placement=placement, **distill), **engine}, capsys)
     assert error in line, line
 
 
