@@ -95,3 +95,21 @@ def test_loss_under_a_per_module_gather_equals_the_plain_loss_and_gradients(tiny
     assert student.lm_head.weight.numel() == 0  # released again after its gradient arrived
     for (name, p), q in zip(student.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_device_map_placement_loads_a_dispatched_teacher_and_shard_needs_several_processes(tiny_pair):
+    from distill_plugin.args import DistillConfig
+    from distill_plugin.teachers import TeacherModelSource, load_teacher
+
+    teacher_path, _ = tiny_pair
+    config = DistillConfig(teacher=str(teacher_path), teacher_dtype="float32", teacher_placement="device_map")
+    teacher = load_teacher(config, "cpu")
+    # One CPU and no GPU here: "auto" puts everything on the CPU; a spread over GPUs is untested.
+    assert {p.device.type for p in teacher.parameters()} == {"cpu"}
+    source = TeacherModelSource(teacher, device="cpu")
+    ids = torch.randint(0, 256, (1, 9))
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    rows = source.signals({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, mask)
+    assert next(iter(rows.values())).rows.shape == (8, 48)
+    with pytest.raises(ValueError, match="this run has one"):
+        load_teacher(config.model_copy(update={"teacher_placement": "shard"}), "cpu")
