@@ -4,7 +4,8 @@ Two stages, each as early as its input exists:
 
     check_raw_config     the raw YAML dict, at plugin registration (before Axolotl's validation):
                          a ``distill:`` block exists (a near-miss key such as ``distil:`` is named),
-                         the block validates, no sharded-parameter engine (ZeRO-3 / FSDP) is set
+                         the block validates, no sharded-parameter engine (ZeRO-3 / FSDP) is set,
+                         no sample packing with on-policy sampling
     check_resources      the validated cfg, before the data is tokenised and the student loads:
                          the teacher path or hub id resolves, its tokenizer equals the student's,
                          the offline store exists, matches the tokenizer and fits the student
@@ -58,7 +59,16 @@ def check_raw_config(cfg: dict) -> DistillConfig:
     except ValidationError as err:
         raise SetupError(one_line(err)) from None
     check_engine(cfg)
+    check_on_policy(cfg, config)
     return config
+
+
+def check_on_policy(cfg: dict, config: DistillConfig) -> None:
+    """Sampled completions (on-policy / seq_kd) need one document per row: sample packing is refused,
+    not switched off behind the user's back (it also changes the off-policy steps' batches)."""
+    if (config.on_policy_fraction or config.seq_kd) and cfg.get("sample_packing"):
+        raise SetupError("`sample_packing: true` with distill.on_policy_fraction / distill.seq_kd: generated steps need "
+                         "one prompt per row; set `sample_packing: false`")
 
 
 def check_engine(cfg: dict) -> None:
