@@ -86,10 +86,10 @@ CPU_BLOCKERS: list[tuple[Callable[[dict], bool], str]] = [
 class Fixtures:
     """Local stand-ins for what a recipe names on the hub or on a GPU machine."""
 
-    student: str | Path                  # a tiny model directory (distill_plugin.testing.tiny.build_pair)
-    teacher: str | Path                  # a tiny teacher sharing the student's tokenizer
+    student: str | Path                  # a tiny model directory (distill_plugin.testing.tiny.prepare_tiny_run)
     data: str | Path                     # a chat JSONL (``messages``), e.g. distill_plugin.demo.task.make_split
     workdir: str | Path                  # output_dir goes under it
+    teacher: str | Path | None = None    # a tiny teacher sharing the student's tokenizer (online recipes)
     prepared: str | Path | None = None   # dataset_prepared_path, shared by twins (default workdir/prepared)
     teacher_logits: str | Path | None = None  # an offline store (captured with the twin's own config)
     distill: Mapping[str, Any] = field(default_factory=dict)  # further distill-key stand-ins, e.g. a server URL
