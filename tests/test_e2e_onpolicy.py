@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from axolotl_runs import REPO, run_axolotl_train, write_recipe
+from axolotl_runs import run_axolotl_train, twin_of
 from distill_plugin.onpolicy.schedule import StepSchedule
 
 pytestmark = pytest.mark.slow
-TINY_RECIPE = REPO / "recipes" / "tiny" / "gkd_on_policy.yml"
 
 
 def recipe_for(tmp_path, tiny_pair, data, name, **overrides):
+    """The twin of recipes/gkd_on_policy.yml: 6 steps of 2 micro-batches of 2, no eval, fp32 teacher."""
     teacher, student = tiny_pair
-    return write_recipe(
-        TINY_RECIPE, tmp_path / f"{name}.yml", base_model=str(student), distill={"teacher": str(teacher)},
-        datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
-        output_dir=str(tmp_path / name), dataset_prepared_path=str(tmp_path / f"{name}_prepared"), max_steps=6,
-        **overrides,
-    )
+    return twin_of("gkd_on_policy.yml", tmp_path / f"{name}.yml", student, data, teacher=teacher,
+                   output_dir=str(tmp_path / name), max_steps=6, micro_batch_size=2, gradient_accumulation_steps=2,
+                   val_set_size=0.0, eval_steps=None, save_steps=6, learning_rate=0.003,
+                   distill={"teacher_dtype": "float32", "chunk_size": 64}, **overrides)
 
 
 def assert_gkd_logs(logs, steps=6):
@@ -46,7 +44,6 @@ def test_gkd_lora_with_gradient_checkpointing(tmp_path, tiny_pair, arithmetic_da
         tmp_path, tiny_pair, arithmetic_data, "lora", adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0,
         lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
         learning_rate=0.05, gradient_checkpointing=True,
-        lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False,  # Triton kernels need CUDA
     )
     _, logs = run_axolotl_train(recipe, cwd=tmp_path)
     assert_gkd_logs(logs)
