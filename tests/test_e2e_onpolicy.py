@@ -13,10 +13,10 @@ pytestmark = pytest.mark.slow
 def recipe_for(tmp_path, tiny_pair, data, name, **overrides):
     """The twin of recipes/gkd_on_policy.yml: 6 steps of 2 micro-batches of 2, no eval, fp32 teacher."""
     teacher, student = tiny_pair
-    return twin_of("gkd_on_policy.yml", tmp_path / f"{name}.yml", student, data, teacher=teacher,
-                   output_dir=str(tmp_path / name), max_steps=6, micro_batch_size=2, gradient_accumulation_steps=2,
-                   val_set_size=0.0, eval_steps=None, save_steps=6, learning_rate=0.003,
-                   distill={"teacher_dtype": "float32", "chunk_size": 64}, **overrides)
+    settings = dict(output_dir=str(tmp_path / name), max_steps=6, micro_batch_size=2, gradient_accumulation_steps=2,
+                    val_set_size=0.0, eval_steps=None, save_steps=6, learning_rate=0.003,
+                    distill={"teacher_dtype": "float32", "chunk_size": 64})
+    return twin_of("gkd_on_policy.yml", tmp_path / f"{name}.yml", student, data, teacher=teacher, **{**settings, **overrides})
 
 
 def assert_gkd_logs(logs, steps=6):
