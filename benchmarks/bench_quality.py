@@ -8,6 +8,7 @@ held-out exact match, KL(teacher ‖ student), the fraction of the SFT→teacher
 
     python benchmarks/bench_quality.py                       # CPU scale: seeds 1-5, every method
     python benchmarks/bench_quality.py --tune                # the sweep on tuning seed 0 (valid split)
+    python benchmarks/bench_quality.py --budget              # SFT and KD at ½× and 2× steps, seed 0
     python benchmarks/bench_quality.py --quick --method sft --method fkl    # a minute or two
     python benchmarks/bench_quality.py --device cuda         # larger scale on a GPU machine
 
@@ -29,14 +30,19 @@ from distill_plugin.demo.quality import EVAL_SEEDS, GPU, QUICK, QUICK_SEEDS, TUN
 
 
 def tune_rows(s: Settings) -> dict[str, tuple[str, Settings]]:
-    """The sweep on the tuning seed: the logit-KD temperature and CE weight (forward KL; the choice is
-    used by every logit method), the hidden-state weight, and the budget (SFT and KD at ½× and 2× steps)."""
+    """The sweep on the tuning seed: logit-KD temperature and CE weight (forward KL; the choice is used
+    by every logit method) and the hidden-state weight, next to SFT."""
     rows = {"sft": ("sft", s)}
-    for t in (1.0, 2.0):
-        for kd, ce in ((0.5, 0.5), (1.0, 0.0)):
-            rows[f"fkl_T{t:g}_kd{kd:g}_ce{ce:g}"] = ("fkl", replace(s, temperature=t, kd_weight=kd, ce_weight=ce))
+    for t, kd, ce in ((1.0, 0.5, 0.5), (2.0, 0.5, 0.5), (1.0, 1.0, 0.0)):
+        rows[f"fkl_T{t:g}_kd{kd:g}_ce{ce:g}"] = ("fkl", replace(s, temperature=t, kd_weight=kd, ce_weight=ce))
     for w in (1.0, 4.0):
         rows[f"hidden_w{w:g}"] = ("hidden", replace(s, hidden_weight=w))
+    return rows
+
+
+def budget_rows(s: Settings) -> dict[str, tuple[str, Settings]]:
+    """What the SFT/KD gap depends on: SFT and forward-KL KD at ½× and 2× the student steps."""
+    rows = {}
     for factor, tag in ((0.5, "half"), (2.0, "double")):
         steps = int(s.student_steps * factor)
         rows[f"sft_{tag}_steps"] = ("sft", replace(s, student_steps=steps))
@@ -53,12 +59,14 @@ def main() -> None:
     p.add_argument("--method", action="append", choices=list(METHODS), help="repeatable; default: all")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--tune", action="store_true", help=f"run the sweep on tuning seed {TUNING_SEED}, valid split")
+    p.add_argument("--budget", action="store_true", help=f"SFT and KD at ½× and 2× steps on seed {TUNING_SEED}, valid split")
     p.add_argument("--jobs", type=int, default=2, help="students trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per student")
     a = p.parse_args()
     s = with_overrides(QUICK if a.quick else GPU if a.device == "cuda" else Settings(), a.set)
-    if a.tune:
-        rows, seeds, split = tune_rows(s), a.seed or [TUNING_SEED], "valid"
+    if a.tune or a.budget:
+        rows = {**(tune_rows(s) if a.tune else {"sft": ("sft", s)}), **(budget_rows(s) if a.budget else {})}
+        seeds, split = a.seed or [TUNING_SEED], "valid"
     else:
         rows = {m: (m, s) for m in (a.method or METHODS)}
         seeds, split = a.seed or list(QUICK_SEEDS if a.quick else EVAL_SEEDS), "heldout"
@@ -66,7 +74,8 @@ def main() -> None:
             rows = {"sft": ("sft", s), **rows}  # the gap closed is measured from SFT
     if TUNING_SEED in seeds and not a.tune:
         print(f"note: seed {TUNING_SEED} is the tuning seed; its rows are not an independent evaluation")
-    run(a.out, s, rows, seeds, split=split, jobs=a.jobs, threads=a.threads, device=a.device)
+    stem = "_".join(["results"] + [k for k in ("tune", "budget") if getattr(a, k)])
+    run(a.out, s, rows, seeds, split=split, jobs=a.jobs, threads=a.threads, device=a.device, stem=stem)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def teacher_trajectories(sh: Shared, s) -> None:
     """Sequence-level KD data: the teacher samples ``seqkd_samples`` completions per training prompt
     (``seqkd_temperature``, top-p 1) through ``distill-data generate`` (hf backend), ``verify``
     (maths checker on the answer after ``</think>``), ``filter`` (correct only; the prompts are distinct
-    by construction, so no near-duplicate pass) and ``export`` (first correct, ``<think>`` kept)."""
+    by construction, so no near-duplicate pass) and ``export`` (first correct, ``<think>`` kept).
+    ``seqkd_keep_incorrect`` (``--quick`` only, whose teacher is barely trained) keeps wrong ones too."""
     work = sh.work("seq_kd")
     prompts = work / "prompts.jsonl"
     rows = [json.loads(line) for line in sh.data("train").read_text().splitlines()]
@@ -98,9 +99,12 @@ def teacher_trajectories(sh: Shared, s) -> None:
                  "--max-tokens", str(max_tokens), "--seed", "0", "--suffix", "", "--batch-size", "64",
                  "--chunk-size", "256", cwd=work)
     distill_data("verify", "gen", "-o", "ver", "--task", "math", "--workers", "1", cwd=work)
-    distill_data("filter", "ver", "-o", "kept", "--no-dedup", cwd=work)
-    distill_data("export", "kept", "-o", "train.jsonl", "--select", "first_correct",
+    keep = ["--keep-incorrect"] if s.seqkd_keep_incorrect else []
+    distill_data("filter", "ver", "-o", "kept", "--no-dedup", *keep, cwd=work)
+    distill_data("export", "kept", "-o", "train.jsonl", "--select", "first" if keep else "first_correct",
                  "--check-template", str(sh.tokenizer), cwd=work)
+    if not (work / "train.jsonl").read_text().strip():
+        raise RuntimeError(f"seq_kd: the teacher produced no kept trajectory (see {work / 'kept'}); train it longer")
 
 
 def topk_store(sh: Shared, s) -> None:
@@ -126,7 +130,7 @@ METHODS: dict[str, Method] = {
     "sft": Method("SFT (ground truth)"),
     "seq_kd": Method("sequence-level KD (teacher's trajectories)", prepare=teacher_trajectories,
                      data=lambda sh: sh.work("seq_kd") / "train.jsonl",
-                     prepare_keys=("seqkd_samples", "seqkd_temperature")),
+                     prepare_keys=("seqkd_samples", "seqkd_temperature", "seqkd_keep_incorrect")),
     "fkl": Method("logit KD, forward KL", distill=lambda sh, s: logit_kd(sh, s, "forward_kl")),
     "rkl": Method("logit KD, reverse KL", distill=lambda sh, s: logit_kd(sh, s, "reverse_kl")),
     "topk": Method("offline top-k KD (forward KL)", prepare=topk_store, prepare_keys=("top_k",),

@@ -38,17 +38,17 @@ class Settings:
     digits: int = 3
     n_train: int = 2000
     n_valid: int = 200
-    n_heldout: int = 300
+    n_heldout: int = 200
     # teacher: trained once with the demo's torch loop, shared by every method and seed
-    teacher_hidden: int = 128
-    teacher_layers: int = 4
-    teacher_steps: int = 800
+    teacher_hidden: int = 96
+    teacher_layers: int = 3
+    teacher_steps: int = 700
     teacher_batch: int = 32
     teacher_lr: float = 3e-3
     # students: one per method and seed through axolotl.cli.train, the same budget for all
     student_hidden: int = 48
     student_layers: int = 2
-    student_steps: int = 400
+    student_steps: int = 500
     student_batch: int = 16
     student_lr: float = 3e-3
     # method settings (chosen on the tuning seed, see --tune)
@@ -59,6 +59,7 @@ class Settings:
     top_k: int = 16
     seqkd_samples: int = 2
     seqkd_temperature: float = 1.0
+    seqkd_keep_incorrect: bool = False  # True only in QUICK: its 30-step teacher is rarely right
     seed: int = 0  # the student's: init and Axolotl seed (data order)
 
 
@@ -67,7 +68,7 @@ SHARED_KEYS = ("digits", "n_train", "n_valid", "n_heldout", "teacher_hidden", "t
                "teacher_batch", "teacher_lr")
 QUICK = Settings(n_train=128, n_valid=32, n_heldout=32, teacher_hidden=48, teacher_layers=2, teacher_steps=30,
                  teacher_batch=16, student_hidden=32, student_layers=1, student_steps=8, student_batch=8, top_k=8,
-                 seqkd_samples=1)
+                 seqkd_samples=1, seqkd_keep_incorrect=True)
 # --device cuda: a larger scale (not run in this repository's CI: no GPU machine there).
 GPU = Settings(digits=4, n_train=20000, n_valid=500, n_heldout=1000, teacher_hidden=384, teacher_layers=6,
                teacher_steps=4000, teacher_batch=64, student_hidden=96, student_layers=2, student_steps=3000,
@@ -84,7 +85,7 @@ def with_overrides(s: Settings, pairs: list[str]) -> Settings:
         key, sep, value = pair.partition("=")
         if not sep or key not in types:
             raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
-        values[key] = types[key](value)
+        values[key] = value.lower() in ("1", "true", "yes") if types[key] is bool else types[key](value)
     return replace(s, **values)
 
 
@@ -148,67 +149,71 @@ def build_shared(sh: Shared, s: Settings, console) -> dict:
 # ---------------------------------------------------------------------------------------------- students
 
 
-def student_runs(out: Path, sh: Shared, rows: dict[str, tuple[str, Settings]], seeds: list[int]) -> dict:
-    """Write every seed's student init and one recipe per row; returns ``{run: (seed, row, recipe, steps)}``."""
+def student_runs(out: Path, sh: Shared, rows: dict[str, tuple[str, Settings]], seed: int) -> dict:
+    """Write the seed's student init and one recipe per row; returns ``{run: (row, recipe, steps)}``."""
     from ..testing.tiny import build_model, build_tokenizer
 
     runs = {}
-    tok = build_tokenizer()
-    for seed in seeds:
-        sdir = out / f"seed_{seed}"
-        fresh(sdir).mkdir(parents=True)
-        for row, (method, s) in rows.items():
-            init = sdir / f"student_init_{s.student_hidden}x{s.student_layers}"
-            if not init.exists():
-                build_model(init, tok, hidden_size=s.student_hidden, num_layers=s.student_layers, num_heads=4,
-                            seed=seed)
-            s = replace(s, seed=seed)
-            m = METHODS[method]
-            recipe = student_recipe(sdir / "recipes" / f"{row}.yml", s, base_model=init, data=m.data(sh),
-                                    output_dir=sdir / row, prepared=sdir / "prepared" / row, distill=m.distill(sh, s))
-            runs[f"s{seed}_{row}"] = (seed, row, recipe, s.student_steps)
+    sdir = out / f"seed_{seed}"
+    fresh(sdir).mkdir(parents=True)
+    for row, (method, s) in rows.items():
+        init = sdir / f"student_init_{s.student_hidden}x{s.student_layers}"
+        if not init.exists():
+            build_model(init, build_tokenizer(), hidden_size=s.student_hidden, num_layers=s.student_layers,
+                        num_heads=4, seed=seed)
+        s = replace(s, seed=seed)
+        m = METHODS[method]
+        recipe = student_recipe(sdir / "recipes" / f"{row}.yml", s, base_model=init, data=m.data(sh),
+                                output_dir=sdir / row, prepared=sdir / "prepared" / row, distill=m.distill(sh, s))
+        runs[f"s{seed}_{row}"] = (row, recipe, s.student_steps)
     return runs
 
 
-def evaluate(out: Path, sh: Shared, runs: dict, split: str, seconds: dict, console) -> tuple[dict, list[dict]]:
-    """The teacher's and every student's scores on ``split`` (exact match, KL(T‖S), CE)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class Scorer:
+    """Scores on one split: greedy exact match of the integer after ``</think>``, and token-mean
+    KL(teacher ‖ student) and CE on the ground-truth completions (``evaluation.teacher_fit``, T = 1)."""
 
-    from . import core
+    def __init__(self, sh: Shared, split: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(sh.tokenizer))
-    examples = [core.encode(tok, json.loads(line)) for line in sh.data(split).read_text().splitlines()]
-    load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(sh.device).eval()
-    teacher = load(sh.teacher)
-    with console.status("evaluating the teacher"):
-        em, _ = core.exact_match(teacher, tok, examples)
-        teacher_row = {"exact_match": em, "heldout_ce": core.heldout_losses(teacher, examples, tok.pad_token_id)["ce"],
-                       "params": core.count_params(teacher)}
-    rows = []
-    for name, (seed, row, _, _) in runs.items():
-        with console.status(f"evaluating {name}"):
-            student = load(out / f"seed_{seed}" / row)
-            em, texts = core.exact_match(student, tok, examples)
-            losses = core.heldout_losses(student, examples, tok.pad_token_id, teacher=teacher)
-        rows.append({"seed": seed, "row": row, "exact_match": em, "kl_to_teacher": losses["kl_to_teacher"],
-                     "heldout_ce": losses["ce"], "train_seconds": round(seconds[name], 1),
-                     "params": core.count_params(student), "sample": texts[0]})
-    return teacher_row, rows
+        from . import core
+
+        self.tok = AutoTokenizer.from_pretrained(str(sh.tokenizer))
+        self.examples = [core.encode(self.tok, json.loads(line)) for line in sh.data(split).read_text().splitlines()]
+        self.load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(sh.device).eval()
+        self.teacher = self.load(sh.teacher)
+
+    def score(self, path: Path | None = None) -> dict:
+        """The teacher's scores (``path=None``) or those of the student saved at ``path``."""
+        from ..evaluation import teacher_fit
+        from . import core
+
+        model = self.teacher if path is None else self.load(path)
+        em, texts = core.exact_match(model, self.tok, self.examples)
+        fit = teacher_fit(model, [(e.prompt_ids, e.target_ids) for e in self.examples],
+                          None if path is None else self.teacher, pad_id=self.tok.pad_token_id,
+                          vocab_size=len(self.tok), batch_size=64)
+        return {"exact_match": em, "kl_to_teacher": fit.kl, "heldout_ce": fit.student_ce,
+                "params": core.count_params(model), "sample": texts[0]}
 
 
 # ---------------------------------------------------------------------------------------------- summary
 
 
 def summarise(teacher: dict, rows: list[dict], row_names: list[str]) -> dict:
-    """Per row over the seeds: spread (mean, sd, se, min, max) of each metric and of the gap closed."""
+    """Per row over the seeds: spread (mean, sd, se, min, max) of each metric and of the gap closed
+    (``evaluation.gap_closed`` against the same seed's SFT student; seeds where the teacher is no
+    better than that SFT student are left out)."""
+    from ..evaluation import gap_closed
+
     sft = {r["seed"]: r["exact_match"] for r in rows if r["row"] == "sft"}
     summary = {}
     for name in row_names:
         mine = [r for r in rows if r["row"] == name]
         stats = {k: spread([r[k] for r in mine]) for k in ("exact_match", "kl_to_teacher", "heldout_ce", "train_seconds")}
-        gaps = [(r["exact_match"] - sft[r["seed"]]) / (teacher["exact_match"] - sft[r["seed"]])
-                for r in mine if r["seed"] in sft and teacher["exact_match"] != sft[r["seed"]]]
+        gaps = [gap_closed(r["exact_match"], sft.get(r["seed"]), teacher["exact_match"]) for r in mine]
+        gaps = [g for g in gaps if g is not None]
         stats["gap_closed"] = spread(gaps) if gaps else None
         stats["per_seed_exact_match"] = {r["seed"]: r["exact_match"] for r in mine}
         summary[name] = stats
@@ -261,8 +266,10 @@ def claim(out: Path) -> Path:
 
 
 def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: list[int], split: str = "heldout",
-        jobs: int = 2, threads: int = 1, device: str = "cpu", console=None) -> dict:
-    """The benchmark (module docstring); ``rows`` maps a row name to (method, its settings)."""
+        jobs: int = 2, threads: int = 1, device: str = "cpu", stem: str = "results", console=None) -> dict:
+    """The benchmark (module docstring); ``rows`` maps a row name to (method, its settings). Seeds run
+    one after another (their rows ``jobs`` at a time); the results so far are written after each to
+    ``OUT/<stem>.json`` and ``.md``."""
     import torch
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -276,31 +283,41 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
     sh = Shared(out / "shared", device)
     console.rule("[bold]1. shared: data, teacher, method preparation")
     built = build_shared(sh, s, console)
-    prep = prepare_all(sh, s, sorted({m for m, _ in rows.values()}), console)
-    console.rule(f"[bold]2. students: {len(rows)} rows × {len(seeds)} seeds through axolotl.cli.train")
-    runs = student_runs(out, sh, rows, seeds)
+    methods = sorted({m for m, _ in rows.values()})
+    prep = prepare_all(sh, s, methods, console)
+    scorer = Scorer(sh, split)
+    with console.status(f"evaluating the teacher on the {split} split"):
+        teacher = scorer.score()
+    console.print(f"teacher: exact match {100 * teacher['exact_match']:.1f}% on {len(scorer.examples)} {split} problems")
+    results = {
+        "settings": asdict(s), "seeds": [], "split": split, "split_size": len(scorer.examples), "jobs": jobs,
+        "threads": threads, "device": device,
+        "rows": {name: {"method": m, "label": row_label(name, m), "settings": asdict(rs)} for name, (m, rs) in rows.items()},
+        "teacher": teacher, "teacher_seconds": built["teacher_seconds"], "prepare_seconds": prep, "runs": [],
+    }
     with ExitStack() as stack:
-        for method in sorted({m for m, _ in rows.values()}):
+        for method in methods:
             if METHODS[method].around is not None:
                 stack.enter_context(METHODS[method].around(sh, s))
-        seconds = train_students(out, {k: v[2] for k, v in runs.items()}, {k: v[3] for k, v in runs.items()},
-                                 threads, console, jobs=jobs, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
-    console.rule(f"[bold]3. evaluation on the {split} split")
-    teacher, scored = evaluate(out, sh, runs, split, seconds, console)
-    results = {
-        "settings": asdict(s), "seeds": seeds, "split": split,
-        "split_size": sum(1 for _ in sh.data(split).open()), "jobs": jobs, "threads": threads, "device": device,
-        "rows": {name: {"method": m, "label": row_label(name, m), "settings": asdict(rs)} for name, (m, rs) in rows.items()},
-        "teacher": teacher, "teacher_seconds": built["teacher_seconds"], "prepare_seconds": prep,
-        "student_params": scored[0]["params"], "runs": scored,
-        "summary": summarise(teacher, scored, list(rows)), "wall_seconds": round(time.perf_counter() - t0, 1),
-    }
-    for row in scored:
-        assert all(math.isfinite(row[k]) for k in ("exact_match", "kl_to_teacher", "heldout_ce")), row
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
+        for i, seed in enumerate(seeds):
+            console.rule(f"[bold]2. seed {seed} ({i + 1} of {len(seeds)}): {len(rows)} students through axolotl.cli.train")
+            runs = student_runs(out, sh, rows, seed)
+            seconds = train_students(out, {k: v[1] for k, v in runs.items()}, {k: v[2] for k, v in runs.items()},
+                                     threads, console, jobs=jobs,
+                                     env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
+            for name, (row, _, _) in runs.items():
+                with console.status(f"evaluating {name}"):
+                    scores = scorer.score(out / f"seed_{seed}" / row)
+                assert all(math.isfinite(scores[k]) for k in ("exact_match", "kl_to_teacher", "heldout_ce")), scores
+                results["runs"].append({"seed": seed, "row": row, **scores, "train_seconds": round(seconds[name], 1)})
+            results["seeds"].append(seed)
+            results["summary"] = summarise(teacher, results["runs"], list(rows))
+            results["student_params"] = results["runs"][0]["params"]
+            results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+            (out / f"{stem}.md").write_text(markdown(results))
     console.print(markdown(results))
-    console.print(f"results -> {out / 'results.md'}, {out / 'results.json'}")
+    console.print(f"results -> {out / (stem + '.md')}, {out / (stem + '.json')}")
     return results
 
 
