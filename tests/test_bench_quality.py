@@ -17,6 +17,7 @@ import yaml
 
 from distill_plugin.args import DistillConfig
 from distill_plugin.demo.methods import METHODS, Shared
+from distill_plugin.demo.recipe import student_recipe
 from distill_plugin.demo.quality import QUICK, Settings, summarise, with_overrides
 from distill_plugin.demo.task import final_answer, make_example, working
 
@@ -46,11 +47,17 @@ def test_two_digit_working_is_the_demos():
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_every_methods_distill_block_is_a_valid_config(name, tmp_path):
-    block = METHODS[name].distill(Shared(tmp_path), QUICK)
-    if block is not None:
-        DistillConfig(**block)
-    assert METHODS[name].data(Shared(tmp_path)).suffix == ".jsonl"
+def test_every_methods_recipe_has_a_valid_distill_block(name, tmp_path):
+    """The block as written into the student's recipe (merged over the base recipe's)."""
+    sh = Shared(tmp_path)
+    path = student_recipe(tmp_path / "r.yml", QUICK, base_model=tmp_path / "init", data=METHODS[name].data(sh),
+                          output_dir=tmp_path / "out", prepared=tmp_path / "prepared", distill=METHODS[name].distill(sh, QUICK))
+    cfg = yaml.safe_load(path.read_text())
+    if METHODS[name].distill(sh, QUICK) is None:
+        assert "distill" not in cfg and "plugins" not in cfg
+    else:
+        DistillConfig(**cfg["distill"])
+    assert cfg["datasets"][0]["path"].endswith(".jsonl")
 
 
 def test_gap_closed_per_seed_against_that_seeds_sft():

@@ -98,7 +98,8 @@ def teacher_trajectories(sh: Shared, s) -> None:
                  "-n", str(s.seqkd_samples), "--temperature", str(s.seqkd_temperature), "--top-p", "1.0",
                  "--max-tokens", str(max_tokens), "--seed", "0", "--suffix", "", "--batch-size", "64",
                  "--chunk-size", "256", cwd=work)
-    distill_data("verify", "gen", "-o", "ver", "--task", "math", "--workers", "1", cwd=work)
+    # A generous per-item limit: a worker's first math-verify call warms its parser, slow on a loaded machine.
+    distill_data("verify", "gen", "-o", "ver", "--task", "math", "--workers", "1", "--timeout", "120", cwd=work)
     keep = ["--keep-incorrect"] if s.seqkd_keep_incorrect else []
     distill_data("filter", "ver", "-o", "kept", "--no-dedup", *keep, cwd=work)
     distill_data("export", "kept", "-o", "train.jsonl", "--select", "first" if keep else "first_correct",
@@ -113,7 +114,7 @@ def topk_store(sh: Shared, s) -> None:
     from .recipe import student_recipe
 
     work = sh.work("topk")
-    recipe = student_recipe(work / "capture.yml", s, base_model=sh.tokenizer, data=sh.data("train"),
+    recipe = student_recipe(work / "capture.yml", s, base_model=sh.teacher, data=sh.data("train"),
                             output_dir=work / "unused", prepared=work / "prepared",
                             distill={"teacher_logits": str(work / "store")})
     distill_data("logits", "--config", str(recipe), "--teacher", str(sh.teacher), "-o", "store",

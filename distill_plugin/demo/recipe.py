@@ -64,7 +64,9 @@ def student_recipe(path: Path, s, *, base_model: Path, data: Path, output_dir: P
         cfg.pop("plugins")
         cfg.pop("distill")
     else:
-        cfg["distill"] = {**base["distill"], **distill}
+        # The base block's teacher_dtype means nothing without an online teacher (the plugin refuses it).
+        shared = {k: v for k, v in base["distill"].items() if "teacher" in distill or k != "teacher_dtype"}
+        cfg["distill"] = {**shared, **distill}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
