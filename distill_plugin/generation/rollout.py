@@ -79,7 +79,8 @@ class Rollout:
         model = unwrap_distributed(model)
         if self._vllm is None:
             path = getattr(model, "name_or_path", None) or model.config.name_or_path
-            self._vllm = VLLMBackend(path, **{"gpu_memory_utilization": 0.3, "enable_sleep_mode": False, **self.vllm_options})
+            # colocated with training: leave most of the GPU to the student, its optimizer and the teacher
+            self._vllm = VLLMBackend(path, **{"gpu_memory_utilization": 0.3, **self.vllm_options})
         load_weights_into_vllm(self._vllm.llm, model)
         out: list[list[int] | None] = [None] * len(prompts)
 
