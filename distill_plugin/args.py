@@ -24,6 +24,8 @@ MAX_TEMPERATURE = 20.0
 ONLINE_ONLY = ("teacher_dtype", "teacher_load_in_4bit", "teacher_load_in_8bit", "teacher_attn_implementation",
                "teacher_device", "teacher_revision", "check_tokenizer", "teacher_placement")
 OFFLINE_ONLY = ("topk", "topk_tail")
+# On-policy distillation (GKD): sampling settings, meaningful only when something is sampled.
+GENERATION_ONLY = ("max_new_tokens", "generation_temperature", "generation_top_p", "generation_backend")
 DIVERGENCE_ONLY = {"beta": ("jsd",), "skew": ("skew_forward_kl", "skew_reverse_kl")}
 
 # The choices come from the registries, so a new divergence or tail mode is one edit in losses/.
@@ -124,6 +126,41 @@ class DistillConfig(BaseModel):
             # with every field filled in.
             if getattr(self, name) != type(self).model_fields[name].default:
                 raise ValueError(f"distill.{name} has no effect with {why}; remove it")
+
+    # --- On-policy distillation (README "On-policy distillation (GKD)"; distill_plugin.onpolicy) ---
+    on_policy_fraction: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="λ: probability that an optimizer step trains on completions the student samples (drawn per step, seeded, resumable); 0 = off.",
+    )
+    seq_kd: bool = Field(False, description="Steps that are not on-policy use completions the teacher samples instead of the data's.")
+    max_new_tokens: int = Field(256, gt=0, description="Tokens sampled per completion at most (on-policy / seq_kd).")
+    generation_temperature: float = Field(
+        1.0, ge=0.0, description="Sampling temperature of the completions (0 = greedy); the loss keeps its own `temperature`."
+    )
+    generation_top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling of the completions.")
+    generation_backend: Literal["hf", "vllm"] = Field(
+        "hf", description="`hf`: the training model's `generate`; `vllm`: a colocated vLLM engine, student weights synced before each step."
+    )
+
+    @model_validator(mode="after")
+    def _check_on_policy(self):
+        sampled = self.on_policy_fraction > 0 or self.seq_kd
+        if not sampled:
+            for name in GENERATION_ONLY:
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(f"distill.{name} has no effect without `on_policy_fraction` > 0 or `seq_kd`; remove it")
+            return self
+        if self.teacher is None or self.teacher_logits is not None:
+            raise ValueError("distill: `on_policy_fraction` / `seq_kd` need the online `teacher` alone: stored "
+                             "`teacher_logits` cannot score freshly sampled completions")
+        if self.seq_kd and self.on_policy_fraction >= 1:
+            raise ValueError("distill.seq_kd has no effect with `on_policy_fraction: 1` (every step samples from the student); remove it")
+        if self.on_policy_fraction > 0 and self.ce_weight > 0:
+            raise ValueError("distill.ce_weight > 0 with `on_policy_fraction` > 0 would train the student on the likelihood "
+                             "of its own samples; set `ce_weight: 0` (GKD trains on the divergence alone)")
+        if self.seq_kd and self.generation_backend == "vllm":
+            raise ValueError("distill.seq_kd samples from the teacher with the `hf` backend only; set `generation_backend: hf`")
+        return self
 
     @model_validator(mode="after")
     def _check_hidden(self):

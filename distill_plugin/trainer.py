@@ -13,6 +13,11 @@ Terms may own trainable modules (``term.trainable``: the hidden-state projectors
 the student model, so the trainer adds them to the optimizer as their own param group, averages
 their gradients across processes itself (DDP only covers the model), and saves them apart from the
 student in every checkpoint (``hidden.projector``), restoring them on resume.
+
+On-policy distillation (``distill.on_policy_fraction`` / ``seq_kd``, ``distill_plugin.onpolicy``)
+hooks in at ``get_batch_samples``, where the Trainer fetches all micro-batches of one optimizer step
+and counts their supervised tokens: the step's decision is made there once, every micro-batch is
+generated, and the count is taken over the generated labels.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class DistillTrainerMixin:
     teacher_source = None
     loss_terms: tuple[LossTerm, ...] = ()
     distill_modules: torch.nn.ModuleList | None = None  # the terms' trainable modules (projectors)
+    on_policy = None  # onpolicy.steps.OnPolicySteps when the config samples completions
 
     def setup_distillation(self, config: DistillConfig, teacher_source, terms: Sequence[LossTerm] | None = None) -> None:
         """Attach the teacher source and the loss terms (default: ``config.loss_terms()``)."""
@@ -89,6 +95,7 @@ class DistillTrainerMixin:
         # Running component sums stay on the device: no host sync per micro-batch, one per log.
         self._distill_sums = {"train": None, "eval": None}
         self._distill_counts = {"train": 0, "eval": 0}
+        self._setup_on_policy(config, teacher_source)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.teacher_source is None:
@@ -109,6 +116,23 @@ class DistillTrainerMixin:
         loss = objective / normalizer * scale
         self._record("train" if model.training else "eval", sums / normalizer * scale)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    # --- on-policy distillation (distill_plugin.onpolicy): two hooks and the setup ---
+    def _setup_on_policy(self, config: DistillConfig, teacher_source) -> None:
+        from .onpolicy.steps import on_policy_steps
+
+        if (config.on_policy_fraction or config.seq_kd) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError("distill: on-policy / seq_kd sampling needs the whole student on each process (no FSDP/DeepSpeed)")
+        self.on_policy = on_policy_steps(config, self.processing_class, unwrap_distributed(self.model),
+                                         getattr(teacher_source, "model", None), self.args.seed)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
+        """The step's micro-batches, generated when the step samples (its decision is drawn once here,
+        for all of them); the Trainer counts ``num_items_in_batch`` over what this returns."""
+        if self.on_policy is not None:
+            epoch_iterator = self.on_policy.batches(self.state.global_step, epoch_iterator, self.model)
+        return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
+    # --- end on-policy ---
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
@@ -188,6 +212,8 @@ class DistillTrainerMixin:
         if self.distill_config is not None:
             if "loss" in logs:
                 logs.update(self._flush("train"))
+                if self.on_policy is not None:
+                    logs.update(self.on_policy.logs(self.state.global_step))
             elif "eval_loss" in logs:
                 logs.update(self._flush("eval"))
         super().log(logs, *args, **kwargs)

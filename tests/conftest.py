@@ -30,3 +30,12 @@ def arithmetic_data(tmp_path_factory):
     return path
 
 
+
+
+@pytest.fixture(scope="session")
+def twin_root(tmp_path_factory):
+    """What every recipe's tiny twin trains on (``distill_plugin.testing.twins``), built once: the
+    twin pair (``tiny.TWIN_PAIR``), the addition chats, and one prepared-data directory they share."""
+    from distill_plugin.testing.tiny import prepare_tiny_run
+
+    return prepare_tiny_run(tmp_path_factory.mktemp("twins"))

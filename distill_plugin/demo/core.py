@@ -63,8 +63,9 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 
 def shifted_logits_and_labels(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at supervised positions (next-token) and their targets, flattened."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+    device = model.device
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    logits, labels = logits[:, :-1], batch["labels"][:, 1:].to(device)
     keep = labels != IGNORE
     return logits[keep].float(), labels[keep]
 
@@ -125,7 +126,7 @@ def greedy_generate(model, prompts: list[list[int]], eos_id: int, max_new_tokens
     for idxs in by_len.values():
         for start in range(0, len(idxs), batch_size):
             chunk = idxs[start : start + batch_size]
-            ids = torch.tensor([prompts[i] for i in chunk])
+            ids = torch.tensor([prompts[i] for i in chunk], device=model.device)
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),

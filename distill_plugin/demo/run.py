@@ -85,29 +85,36 @@ def write_data(out: Path, s: Settings) -> tuple[list[dict], list[dict]]:
 LOSS_LINE = re.compile(r"\{'loss': ")
 
 
-def train_students(out: Path, recipes: dict[str, Path], steps: int, threads: int, console) -> dict[str, float]:
-    """Run the recipes concurrently through ``axolotl.cli.train``; a progress bar per run from its logs."""
+def train_students(out: Path, recipes: dict[str, Path], steps: int | dict[str, int], threads: int, console,
+                   jobs: int | None = None, env: dict | None = None) -> dict[str, float]:
+    """Run the recipes through ``axolotl.cli.train``, at most ``jobs`` at once (default: all), with a
+    progress bar per run (``steps``: its max_steps, one for all or per recipe) read from its log
+    (``out/logs/<name>.log``); returns each run's wall seconds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    env = {**os.environ, **SUBPROCESS_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    (out / "logs").mkdir(exist_ok=True)
-    procs, logs, started, seconds = {}, {}, {}, {}
-    for name, recipe in recipes.items():
-        logs[name] = out / "logs" / f"{name}.log"
-        handle = logs[name].open("w")
-        started[name] = time.perf_counter()
-        procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "axolotl.cli.train", str(recipe)],
-            cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT,
-        )
+    env = {**os.environ, **SUBPROCESS_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           **(env or {})}
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    waiting, procs, logs, started, seconds = list(recipes), {}, {}, {}, {}
+    jobs = jobs or len(recipes)
+    steps = steps if isinstance(steps, dict) else dict.fromkeys(recipes, steps)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        tasks = {name: progress.add_task(f"axolotl.cli.train {name.upper():>3}", total=steps) for name in recipes}
-        while procs:
+        tasks = {name: progress.add_task(f"axolotl.cli.train {name.upper():>3}", total=steps[name]) for name in recipes}
+        while waiting or procs:
+            while waiting and len(procs) < jobs:
+                name = waiting.pop(0)
+                logs[name] = out / "logs" / f"{name}.log"
+                started[name] = time.perf_counter()
+                with logs[name].open("w") as handle:
+                    procs[name] = subprocess.Popen(
+                        [sys.executable, "-m", "axolotl.cli.train", str(recipes[name])],
+                        cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                    )
             time.sleep(1.0)
             for name in list(procs):
                 done = len(LOSS_LINE.findall(logs[name].read_text(errors="replace")))
-                progress.update(tasks[name], completed=min(done, steps))
+                progress.update(tasks[name], completed=min(done, steps[name]))
                 code = procs[name].poll()
                 if code is None:
                     continue

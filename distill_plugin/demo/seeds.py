@@ -1,8 +1,8 @@
 """The demo over several seeds: per-metric mean, sample standard deviation and range, and the table.
 
 For each model row (teacher, student SFT, student KD) and metric (exact match, CE, KL to the
-teacher) over the n seeds: ``mean = Σx/n``, ``sd = sqrt(Σ(x-mean)²/(n-1))`` (0 for one seed), and
-``min``/``max``. ``kd_minus_sft`` is the per-seed exact-match gap (KD - SFT), so a reader sees on
+teacher) over the n seeds: ``mean = Σx/n``, ``sd = sqrt(Σ(x-mean)²/(n-1))`` (0 for one seed), the
+standard error of the mean ``se = sd/sqrt(n)``, and ``min``/``max``. ``kd_minus_sft`` is the per-seed exact-match gap (KD - SFT), so a reader sees on
 how many seeds KD was ahead, not only the averages.
 """
 
@@ -14,11 +14,11 @@ METRICS = ("exact_match", "heldout_ce", "kl_to_teacher")
 
 
 def spread(values: list[float]) -> dict:
-    """mean, sample sd (n-1; 0 for a single value), min, max."""
+    """mean, sample sd (n-1; 0 for a single value), standard error sd/sqrt(n), min, max."""
     n = len(values)
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "n": n}
+    return {"mean": mean, "sd": sd, "se": sd / math.sqrt(n), "min": min(values), "max": max(values), "n": n}
 
 
 def summarise(runs: list[dict]) -> dict:

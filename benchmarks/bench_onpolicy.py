@@ -1,0 +1,149 @@
+"""Step time and tokens/s of on-policy (GKD) vs off-policy distillation steps, and where the time goes.
+
+One step, as the trainer runs it: (on-policy only) the student samples a completion for every
+prompt of the micro-batch (``OnPolicySteps.generated``: ``generate`` in eval mode with the KV
+cache, then the rows are rebuilt) → teacher forward (no grad) → student forward with the fused JSD
+loss inside → backward → optimizer step (``DistillTrainerMixin.compute_loss``, the HF Trainer loop
+around it left out). Prompts are the demo's addition chats (``distill_plugin.demo.task``) rendered
+with the student's chat template; off-policy steps train on the data's answers.
+
+Reported per case: median step time over ``--repeats`` steps after ``--warmup``, its split into
+generation and loss (teacher + student forward + backward + step), supervised tokens per step and
+tokens/s (supervised tokens / step time), and the generated tokens per second of the sampling phase.
+
+    python benchmarks/bench_onpolicy.py                      # tiny pair on CPU
+    python benchmarks/bench_onpolicy.py --device cuda --student Qwen/Qwen2.5-1.5B-Instruct \\
+        --teacher Qwen/Qwen2.5-7B-Instruct --batch 8 --max-new-tokens 512 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def load(a):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill_plugin.testing.tiny import build_pair
+
+    if a.student is None:
+        a.teacher, a.student = map(str, build_pair(tempfile.mkdtemp(prefix="bench_onpolicy_"), a.teacher_hidden, a.student_hidden))
+    dtype = getattr(torch, a.dtype)
+    tok = AutoTokenizer.from_pretrained(a.student)
+    teacher = AutoModelForCausalLM.from_pretrained(a.teacher, dtype=dtype).to(a.device).eval().requires_grad_(False)
+    student = AutoModelForCausalLM.from_pretrained(a.student, dtype=dtype).to(a.device)
+    return tok, teacher, student
+
+
+def batches(tok, n_batches: int, batch: int, seed: int = 0):
+    from transformers import DataCollatorForSeq2Seq
+
+    from distill_plugin.demo.task import make_split
+
+    collate, out = DataCollatorForSeq2Seq(tok, padding=True), []
+    rows = make_split(n_batches * batch, seed=seed)
+    for start in range(0, len(rows), batch):
+        encoded = []
+        for example in rows[start:start + batch]:
+            prompt = tok.apply_chat_template(example["messages"][:1], tokenize=False, add_generation_prompt=True)
+            answer = example["messages"][1]["content"] + tok.eos_token
+            p, c = tok(prompt, add_special_tokens=False)["input_ids"], tok(answer, add_special_tokens=False)["input_ids"]
+            encoded.append({"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)), "labels": [-100] * len(p) + c})
+        out.append(collate(encoded))
+    return out
+
+
+def run(a) -> list[dict]:
+    from transformers import Trainer, TrainingArguments
+
+    from distill_plugin.args import DistillConfig
+    from distill_plugin.teachers import TeacherModelSource
+    from distill_plugin.trainer import DistillTrainerMixin
+
+    class Bench(DistillTrainerMixin, Trainer):
+        pass
+
+    torch.set_num_threads(a.threads)
+    tok, teacher, student = load(a)
+    config = DistillConfig(teacher="bench", divergence="jsd", beta=0.5, on_policy_fraction=1.0,
+                           max_new_tokens=a.max_new_tokens, generation_temperature=1.0)
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=a.device == "cpu", seed=0)
+    trainer = Bench(model=student, args=args, processing_class=tok)
+    trainer.setup_distillation(config, TeacherModelSource(teacher, vocab_size=len(tok)))
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    data = [{k: v.to(a.device) for k, v in b.items()} for b in batches(tok, a.warmup + a.repeats, a.batch)]
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    results = []
+    for case in ("off-policy", "on-policy"):
+        times = {"step": [], "generation": [], "loss": []}
+        tokens, generated = [], []
+        for i, batch in enumerate(data):
+            student.train()
+            sync()
+            start = time.perf_counter()
+            if case == "on-policy":
+                batch = trainer.on_policy.generated(batch, student)
+                generated.append(int(batch["labels"].ne(-100).sum()))
+            sync()
+            mid = time.perf_counter()
+            n = batch["labels"][:, 1:].ne(-100).sum()
+            loss = trainer.compute_loss(student, batch, num_items_in_batch=n)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            end = time.perf_counter()
+            if i >= a.warmup:
+                times["step"].append(end - start)
+                times["generation"].append(mid - start)
+                times["loss"].append(end - mid)
+                tokens.append(int(n))
+        step = statistics.median(times["step"])
+        gen = statistics.median(times["generation"])
+        results.append({
+            "case": case, "step_ms": 1e3 * step, "generation_ms": 1e3 * gen, "loss_ms": 1e3 * statistics.median(times["loss"]),
+            "tokens": statistics.mean(tokens), "tokens_per_s": statistics.mean(tokens) / step,
+            "gen_tokens_per_s": statistics.mean(generated[a.warmup:]) / gen if generated else float("nan"),
+        })
+    return results
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--student", help="student path or hub id (default: a freshly built tiny pair)")
+    p.add_argument("--teacher", help="teacher path or hub id (with --student)")
+    p.add_argument("--student-hidden", type=int, default=32)
+    p.add_argument("--teacher-hidden", type=int, default=48)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    if (a.student is None) != (a.teacher is None):
+        p.error("give both --student and --teacher, or neither (tiny pair)")
+    rows = run(a)
+    print(f"device {a.device}, batch {a.batch}, max_new_tokens {a.max_new_tokens}, {a.threads} thread(s), "
+          f"median of {a.repeats} steps after {a.warmup} warm-up")
+    print(f"| case | step ms | generation ms | loss ms | generation share | supervised tokens/step | tokens/s | generated tokens/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        share = r["generation_ms"] / r["step_ms"]
+        gen_tps = "—" if r["gen_tokens_per_s"] != r["gen_tokens_per_s"] else f"{r['gen_tokens_per_s']:.0f}"
+        print(f"| {r['case']} | {r['step_ms']:.1f} | {r['generation_ms']:.1f} | {r['loss_ms']:.1f} | {share:.0%} | "
+              f"{r['tokens']:.0f} | {r['tokens_per_s']:.0f} | {gen_tps} |")
+
+
+if __name__ == "__main__":
+    main()

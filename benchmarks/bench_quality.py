@@ -1,0 +1,82 @@
+"""Held-out quality of every distillation method: a teacher trained here, students through axolotl.cli.train.
+
+Multi-digit addition with the column working in ``<think>`` (``distill_plugin/demo/task.py``); a teacher
+trained once; one student per method and seed, all with the same init (per seed), data budget, steps,
+batch and lr (``distill_plugin/demo/quality.py``, methods in ``distill_plugin/demo/methods.py``).
+Prints and writes (``OUT/results.md``, ``OUT/results.json``) mean ± standard error over the seeds of
+held-out exact match, KL(teacher ‖ student), the fraction of the SFT→teacher gap closed, and wall time.
+
+    python benchmarks/bench_quality.py                       # CPU scale: seeds 1-5, every method
+    python benchmarks/bench_quality.py --tune                # the sweep on tuning seed 0 (valid split)
+    python benchmarks/bench_quality.py --budget              # SFT and KD at ½× and 2× steps, seed 0
+    python benchmarks/bench_quality.py --quick --method sft --method fkl    # a minute or two
+    python benchmarks/bench_quality.py --device cuda         # larger scale on a GPU machine
+
+Settings are chosen on the tuning seed (``--tune``: scored on a validation split disjoint from the
+held-out one) and then used unchanged on the evaluation seeds; ``--set KEY=VALUE`` overrides one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distill_plugin.demo.methods import METHODS  # noqa: E402
+from distill_plugin.demo.quality import EVAL_SEEDS, GPU, QUICK, QUICK_SEEDS, TUNING_SEED, Settings, run, with_overrides  # noqa: E402
+
+
+def tune_rows(s: Settings) -> dict[str, tuple[str, Settings]]:
+    """The sweep on the tuning seed: logit-KD temperature and CE weight (forward KL; the choice is used
+    by every logit method) and the hidden-state weight, next to SFT."""
+    rows = {"sft": ("sft", s)}
+    for t, kd, ce in ((1.0, 0.5, 0.5), (2.0, 0.5, 0.5), (1.0, 1.0, 0.0)):
+        rows[f"fkl_T{t:g}_kd{kd:g}_ce{ce:g}"] = ("fkl", replace(s, temperature=t, kd_weight=kd, ce_weight=ce))
+    for w in (1.0, 4.0):
+        rows[f"hidden_w{w:g}"] = ("hidden", replace(s, hidden_weight=w))
+    return rows
+
+
+def budget_rows(s: Settings) -> dict[str, tuple[str, Settings]]:
+    """What the SFT/KD gap depends on: SFT and forward-KL KD at ½× and 2× the student steps."""
+    rows = {}
+    for factor, tag in ((0.5, "half"), (2.0, "double")):
+        steps = int(s.student_steps * factor)
+        rows[f"sft_{tag}_steps"] = ("sft", replace(s, student_steps=steps))
+        rows[f"fkl_{tag}_steps"] = ("fkl", replace(s, student_steps=steps))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("bench_quality_out"))
+    p.add_argument("--quick", action="store_true", help="tiny sizes (the test suite's run)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: the larger GPU scale")
+    p.add_argument("--seed", type=int, action="append", help=f"repeatable; default {EVAL_SEEDS} ({QUICK_SEEDS} with --quick)")
+    p.add_argument("--method", action="append", choices=list(METHODS), help="repeatable; default: all")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--tune", action="store_true", help=f"run the sweep on tuning seed {TUNING_SEED}, valid split")
+    p.add_argument("--budget", action="store_true", help=f"SFT and KD at ½× and 2× steps on seed {TUNING_SEED}, valid split")
+    p.add_argument("--jobs", type=int, default=2, help="students trained at once")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per student")
+    a = p.parse_args()
+    s = with_overrides(QUICK if a.quick else GPU if a.device == "cuda" else Settings(), a.set)
+    if a.tune or a.budget:
+        rows = {**(tune_rows(s) if a.tune else {"sft": ("sft", s)}), **(budget_rows(s) if a.budget else {})}
+        seeds, split = a.seed or [TUNING_SEED], "valid"
+    else:
+        rows = {m: (m, s) for m in (a.method or METHODS)}
+        seeds, split = a.seed or list(QUICK_SEEDS if a.quick else EVAL_SEEDS), "heldout"
+        if "sft" not in rows:
+            rows = {"sft": ("sft", s), **rows}  # the gap closed is measured from SFT
+    if TUNING_SEED in seeds and not a.tune:
+        print(f"note: seed {TUNING_SEED} is the tuning seed; its rows are not an independent evaluation")
+    stem = "_".join(["results"] + [k for k in ("tune", "budget") if getattr(a, k)])
+    run(a.out, s, rows, seeds, split=split, jobs=a.jobs, threads=a.threads, device=a.device, stem=stem)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The quality benchmark's methods: one row each, name → how to build its student's data and recipe.
+
+A :class:`Method` says what its student trains on (``data``: ground truth, or a file its ``prepare``
+step wrote), which ``distill:`` block its recipe gets (``None`` = plain SFT, Axolotl's own trainer),
+and an optional ``prepare`` run once per benchmark and shared by every seed (the teacher's
+trajectories, a logit store), timed and cached under ``OUT/shared/<name>``. Every student gets the
+same init (per seed), steps, batch, lr and seed; only these differ. A new method is one entry in
+:data:`METHODS`, e.g. on-policy GKD::
+
+    "gkd": Method("on-policy GKD (JSD)", distill=lambda sh, s: {**logit_kd(sh, s, "jsd"),
+                                                              "on_policy_fraction": 0.5}),
+
+(a served teacher would add an ``around`` context that runs its HTTP server during training, a
+cross-tokenizer teacher a ``prepare`` that trains one with :func:`quality.train_teacher`).
+
+``distill-data`` runs as the real CLI in subprocesses (``python -m data_prep.cli``), as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .run import SUBPROCESS_ENV
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every method may use, built once per benchmark under ``root`` (``OUT/shared``)."""
+
+    root: Path
+    device: str = "cpu"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    def data(self, split: str) -> Path:
+        """Ground-truth rows of ``train`` / ``valid`` / ``heldout`` (disjoint by problem id)."""
+        return self.root / "data" / f"{split}.jsonl"
+
+    def work(self, method: str) -> Path:
+        return self.root / method
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table (see the module docstring)."""
+
+    label: str
+    distill: Callable[[Shared, object], dict | None] = lambda sh, s: None
+    data: Callable[[Shared], Path] = lambda sh: sh.data("train")
+    prepare: Callable[[Shared, object], None] | None = None
+    # Settings fields the prepared artefact depends on (a change rebuilds it).
+    prepare_keys: tuple[str, ...] = ()
+    # Entered around the method's training runs (e.g. a teacher server); None = nothing.
+    around: Callable[[Shared, object], AbstractContextManager] | None = None
+
+
+def distill_data(*args: str, cwd: Path) -> None:
+    """``distill-data ARGS`` in a subprocess; its output goes to ``cwd/distill-data.log``."""
+    cmd = [sys.executable, "-m", "data_prep.cli", *args]
+    with (cwd / "distill-data.log").open("a") as log:
+        log.write(f"$ distill-data {' '.join(args)}\n")
+        log.flush()
+        proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **SUBPROCESS_ENV},
+                              stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        tail = (cwd / "distill-data.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"distill-data {args[0]} failed ({proc.returncode}); log {cwd / 'distill-data.log'}:\n{tail}")
+
+
+def teacher_trajectories(sh: Shared, s) -> None:
+    """Sequence-level KD data: the teacher samples ``seqkd_samples`` completions per training prompt
+    (``seqkd_temperature``, top-p 1) through ``distill-data generate`` (hf backend), ``verify``
+    (maths checker on the answer after ``</think>``), ``filter`` (correct only; the prompts are distinct
+    by construction, so no near-duplicate pass) and ``export`` (first correct, ``<think>`` kept).
+    ``seqkd_keep_incorrect`` (``--quick`` only, whose teacher is barely trained) keeps wrong ones too."""
+    work = sh.work("seq_kd")
+    prompts = work / "prompts.jsonl"
+    rows = [json.loads(line) for line in sh.data("train").read_text().splitlines()]
+    prompts.write_text("".join(json.dumps({"id": r["id"], "prompt": r["messages"][0]["content"],
+                                           "answer": r["answer"]}) + "\n" for r in rows))
+    max_tokens = max(len(r["messages"][-1]["content"]) for r in rows) + 16  # byte-level: chars ≥ tokens
+    distill_data("generate", str(prompts), "-o", "gen", "--model", str(sh.teacher), "--backend", "hf",
+                 "-n", str(s.seqkd_samples), "--temperature", str(s.seqkd_temperature), "--top-p", "1.0",
+                 "--max-tokens", str(max_tokens), "--seed", "0", "--suffix", "", "--batch-size", "64",
+                 "--chunk-size", "256", cwd=work)
+    # A generous per-item limit: a worker's first math-verify call warms its parser, slow on a loaded machine.
+    distill_data("verify", "gen", "-o", "ver", "--task", "math", "--workers", "1", "--timeout", "120", cwd=work)
+    keep = ["--keep-incorrect"] if s.seqkd_keep_incorrect else []
+    distill_data("filter", "ver", "-o", "kept", "--no-dedup", *keep, cwd=work)
+    distill_data("export", "kept", "-o", "train.jsonl", "--select", "first" if keep else "first_correct",
+                 "--check-template", str(sh.tokenizer), cwd=work)
+    if not (work / "train.jsonl").read_text().strip():
+        raise RuntimeError(f"seq_kd: the teacher produced no kept trajectory (see {work / 'kept'}); train it longer")
+
+
+def topk_store(sh: Shared, s) -> None:
+    """Offline top-k KD: ``distill-data logits`` captures the teacher's top ``top_k`` log-probs (T = 1)
+    of every training row, tokenised by Axolotl from the same recipe the students train with."""
+    from .recipe import student_recipe
+
+    work = sh.work("topk")
+    recipe = student_recipe(work / "capture.yml", s, base_model=sh.teacher, data=sh.data("train"),
+                            output_dir=work / "unused", prepared=work / "prepared",
+                            distill={"teacher_logits": str(work / "store")})
+    distill_data("logits", "--config", str(recipe), "--teacher", str(sh.teacher), "-o", "store",
+                 "--top-k", str(s.top_k), "--batch-size", "64", "--device", sh.device, cwd=work)
+
+
+def sampled_answer_budget(s) -> int:
+    """Tokens a sampled answer may take: the longest possible one (every column carries) + 16; the
+    tokenizer is byte-level, so characters bound tokens."""
+    from .task import working
+
+    top = 10**s.digits - 1
+    return len(f"<think>\n{working(top, top, s.digits)}\n</think>\n\n{2 * top}") + 16
+
+
+def gkd(sh: Shared, s) -> dict:
+    """On-policy GKD: half the steps (λ = 0.5, drawn per optimizer step) train on completions the
+    student samples, scored by the teacher with JSD(β = 0.5); the others on the data's answers. No CE:
+    the plugin refuses it with on-policy steps (it would fit the student's own samples)."""
+    return {**logit_kd(sh, s, "jsd"), "beta": 0.5, "kd_weight": 1.0, "ce_weight": 0.0, "on_policy_fraction": 0.5,
+            "max_new_tokens": sampled_answer_budget(s), "generation_temperature": 1.0}
+
+
+def logit_kd(sh: Shared, s, divergence: str) -> dict:
+    """The online logit-KD block with the tuned temperature and weights."""
+    return {"teacher": str(sh.teacher), "divergence": divergence, "temperature": s.temperature,
+            "kd_weight": s.kd_weight, "ce_weight": s.ce_weight}
+
+
+METHODS: dict[str, Method] = {
+    "sft": Method("SFT (ground truth)"),
+    "seq_kd": Method("sequence-level KD (teacher's trajectories)", prepare=teacher_trajectories,
+                     data=lambda sh: sh.work("seq_kd") / "train.jsonl",
+                     prepare_keys=("seqkd_samples", "seqkd_temperature", "seqkd_keep_incorrect")),
+    "fkl": Method("logit KD, forward KL", distill=lambda sh, s: logit_kd(sh, s, "forward_kl")),
+    "rkl": Method("logit KD, reverse KL", distill=lambda sh, s: logit_kd(sh, s, "reverse_kl")),
+    "topk": Method("offline top-k KD (forward KL)", prepare=topk_store, prepare_keys=("top_k",),
+                   distill=lambda sh, s: {"teacher_logits": str(sh.work("topk") / "store"), "divergence": "forward_kl",
+                                          "temperature": s.temperature, "kd_weight": s.kd_weight,
+                                          "ce_weight": s.ce_weight}),
+    "gkd": Method("on-policy GKD (JSD β=0.5, λ=0.5)", distill=gkd),
+    # DistillKit's hidden-state distillation: CE on the data plus the hidden-state loss, no logit KD.
+    "hidden": Method("hidden-state KD (+CE)", distill=lambda sh, s: {
+        "teacher": str(sh.teacher), "kd_weight": 0.0, "ce_weight": 1.0, "hidden_weight": s.hidden_weight,
+        "hidden_loss": "cosine", "hidden_layers": f"uniform:{s.student_layers}", "hidden_projector": "linear"}),
+}
+
+
+def prepare_all(sh: Shared, s, names: list[str], console) -> dict[str, float]:
+    """Run each method's ``prepare`` once (skipped when ``OUT/shared/<name>/done.json`` holds the same
+    settings); returns the seconds each took when it was built."""
+    seconds = {}
+    for name in names:
+        method = METHODS[name]
+        if method.prepare is None:
+            continue
+        work, key = sh.work(name), {k: getattr(s, k) for k in method.prepare_keys}
+        done = work / "done.json"
+        if done.exists() and json.loads(done.read_text())["settings"] == key:
+            seconds[name] = json.loads(done.read_text())["seconds"]
+            console.print(f"{name}: reusing {work} (built in {seconds[name]:.0f}s)")
+            continue
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        with console.status(f"preparing {name} ({method.prepare.__name__})"):
+            start = time.perf_counter()
+            method.prepare(sh, s)
+            seconds[name] = time.perf_counter() - start
+        done.write_text(json.dumps({"settings": key, "seconds": seconds[name]}))
+        console.print(f"{name}: prepared in {seconds[name]:.0f}s -> {work}")
+    return seconds

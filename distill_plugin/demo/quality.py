@@ -1,0 +1,326 @@
+"""The quality benchmark's glue: shared teacher and data, every method × seed through ``axolotl.cli.train``.
+
+    python benchmarks/bench_quality.py [--quick] [--seed N ...] [--method NAME ...] [--tune]
+
+1. ``OUT/shared`` (built once, reused while its settings match): the addition data (``digits``-digit,
+   train / valid / held-out, disjoint by problem id), the tiny tokenizer, and a teacher trained with
+   the demo's torch loop (``core.train_causal_lm``); then each method's ``prepare`` (``methods.py``).
+2. Per seed ``N`` (``OUT/seed_N``): a student init (random, seeded by ``N``) and one recipe per method
+   (``recipe.student_recipe``: same init, data budget, steps, batch, lr and Axolotl seed ``N``; only the
+   data file and the ``distill:`` block differ); all recipes of all seeds run through
+   ``python -m axolotl.cli.train``, ``jobs`` at a time.
+3. Every student and the teacher are scored on the held-out split (``valid`` when tuning): greedy exact
+   match of the integer after ``</think>``, token-mean KL(teacher ‖ student) and CE on the ground-truth
+   assistant tokens (T = 1).
+4. Per method over the seeds (``seeds.spread``): mean ± standard error of exact match, KL, the fraction
+   of the SFT→teacher gap closed (per seed: ``(EM − EM_SFT) / (EM_teacher − EM_SFT)``, SFT of the same
+   seed), and the wall time of one student's ``axolotl.cli.train`` process (plus the shared prepare
+   step, once). Printed, and written to ``OUT/results.json`` and ``OUT/results.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from .methods import METHODS, Shared, prepare_all
+from .recipe import student_recipe
+from .run import fresh, train_students
+from .seeds import spread
+
+
+@dataclass(frozen=True)
+class Settings:
+    digits: int = 3
+    n_train: int = 2000
+    n_valid: int = 200
+    n_heldout: int = 200
+    # teacher: trained once with the demo's torch loop, shared by every method and seed
+    teacher_hidden: int = 96
+    teacher_layers: int = 3
+    teacher_steps: int = 700
+    teacher_batch: int = 32
+    teacher_lr: float = 3e-3
+    # students: one per method and seed through axolotl.cli.train, the same budget for all
+    student_hidden: int = 48
+    student_layers: int = 2
+    student_steps: int = 500
+    student_batch: int = 16
+    student_lr: float = 3e-3
+    # method settings (chosen on the tuning seed, see --tune)
+    temperature: float = 1.0
+    kd_weight: float = 0.5
+    ce_weight: float = 0.5
+    hidden_weight: float = 1.0
+    top_k: int = 16
+    seqkd_samples: int = 2
+    seqkd_temperature: float = 1.0
+    seqkd_keep_incorrect: bool = False  # True only in QUICK: its 30-step teacher is rarely right
+    seed: int = 0  # the student's: init and Axolotl seed (data order)
+
+
+# The teacher and the data depend on these only (a change rebuilds OUT/shared).
+SHARED_KEYS = ("digits", "n_train", "n_valid", "n_heldout", "teacher_hidden", "teacher_layers", "teacher_steps",
+               "teacher_batch", "teacher_lr")
+QUICK = Settings(n_train=128, n_valid=32, n_heldout=32, teacher_hidden=48, teacher_layers=2, teacher_steps=30,
+                 teacher_batch=16, student_hidden=32, student_layers=1, student_steps=8, student_batch=8, top_k=8,
+                 seqkd_samples=1, seqkd_keep_incorrect=True)
+# --device cuda: a larger scale (not run in this repository's CI: no GPU machine there).
+GPU = Settings(digits=4, n_train=20000, n_valid=500, n_heldout=1000, teacher_hidden=384, teacher_layers=6,
+               teacher_steps=4000, teacher_batch=64, student_hidden=96, student_layers=2, student_steps=3000,
+               student_batch=32)
+TUNING_SEED, EVAL_SEEDS, QUICK_SEEDS = 0, (1, 2, 3, 4, 5), (1,)
+SPLIT_SEED, TEACHER_INIT_SEED = 0, 1
+
+
+def with_overrides(s: Settings, pairs: list[str]) -> Settings:
+    """``key=value`` pairs (``--set``) applied with each field's own type."""
+    types = {f.name: type(getattr(s, f.name)) for f in fields(s)}
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
+        values[key] = value.lower() in ("1", "true", "yes") if types[key] is bool else types[key](value)
+    return replace(s, **values)
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+
+def train_teacher(sh: Shared, s: Settings, console, out: Path | None = None) -> float:
+    """Train the teacher (the demo's loop, ``core.train_causal_lm``) on the training split; save it to
+    ``out`` (default ``sh.teacher``) with the tokenizer; return its seconds."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers import AutoTokenizer
+
+    from ..testing.tiny import build_model
+    from . import core
+
+    tok = AutoTokenizer.from_pretrained(str(sh.tokenizer))
+    train = [core.encode(tok, json.loads(line)) for line in sh.data("train").read_text().splitlines()]
+    teacher = build_model(None, tok, hidden_size=s.teacher_hidden, num_layers=s.teacher_layers, num_heads=4,
+                          seed=TEACHER_INIT_SEED).to(torch.device(sh.device))
+    with Progress(TextColumn("teacher"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("teacher", total=s.teacher_steps, loss="-")
+        with core.Timer() as timer:
+            core.train_causal_lm(teacher, train, tok.pad_token_id, s.teacher_steps, s.teacher_batch, s.teacher_lr,
+                                 seed=SPLIT_SEED, warmup=max(1, s.teacher_steps // 10),
+                                 on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=f"{loss:.4f}"))
+    out = out or sh.teacher
+    teacher.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return timer.seconds
+
+
+def build_shared(sh: Shared, s: Settings, console) -> dict:
+    """Data, tokenizer and teacher under ``sh.root``, reused when ``manifest.json`` has the same settings."""
+    from ..jsonl import write_jsonl_atomic
+    from ..testing.tiny import build_tokenizer
+    from .task import make_split
+
+    key = {k: getattr(s, k) for k in SHARED_KEYS}
+    manifest = sh.root / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text())["settings"] == key:
+        built = json.loads(manifest.read_text())
+        console.print(f"reusing {sh.root} (teacher trained in {built['teacher_seconds']:.0f}s)")
+        return built
+    fresh(sh.root).mkdir(parents=True)
+    heldout = make_split(s.n_heldout, seed=10_000 + SPLIT_SEED, digits=s.digits, r1_layout=True)
+    valid = make_split(s.n_valid, seed=20_000 + SPLIT_SEED, exclude={r["id"] for r in heldout}, digits=s.digits,
+                       r1_layout=True)
+    train = make_split(s.n_train, seed=SPLIT_SEED, exclude={r["id"] for r in heldout + valid}, digits=s.digits,
+                       r1_layout=True)
+    for name, rows in (("train", train), ("valid", valid), ("heldout", heldout)):
+        write_jsonl_atomic(sh.data(name), rows)
+    build_tokenizer(sh.tokenizer)
+    built = {"settings": key, "teacher_seconds": train_teacher(sh, s, console)}
+    manifest.write_text(json.dumps(built))
+    console.print(f"teacher trained in {built['teacher_seconds']:.0f}s -> {sh.teacher}")
+    return built
+
+
+# ---------------------------------------------------------------------------------------------- students
+
+
+def student_runs(out: Path, sh: Shared, rows: dict[str, tuple[str, Settings]], seed: int) -> dict:
+    """Write the seed's student init and one recipe per row; returns ``{run: (row, recipe, steps)}``."""
+    from ..testing.tiny import build_model, build_tokenizer
+
+    runs = {}
+    sdir = out / f"seed_{seed}"
+    fresh(sdir).mkdir(parents=True)
+    for row, (method, s) in rows.items():
+        init = sdir / f"student_init_{s.student_hidden}x{s.student_layers}"
+        if not init.exists():
+            build_model(init, build_tokenizer(), hidden_size=s.student_hidden, num_layers=s.student_layers,
+                        num_heads=4, seed=seed)
+        s = replace(s, seed=seed)
+        m = METHODS[method]
+        recipe = student_recipe(sdir / "recipes" / f"{row}.yml", s, base_model=init, data=m.data(sh),
+                                output_dir=sdir / row, prepared=sdir / "prepared" / row, distill=m.distill(sh, s))
+        runs[f"s{seed}_{row}"] = (row, recipe, s.student_steps)
+    return runs
+
+
+class Scorer:
+    """Scores on one split: greedy exact match of the integer after ``</think>``, and token-mean
+    KL(teacher ‖ student) and CE on the ground-truth completions (``evaluation.teacher_fit``, T = 1)."""
+
+    def __init__(self, sh: Shared, split: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from . import core
+
+        self.tok = AutoTokenizer.from_pretrained(str(sh.tokenizer))
+        self.examples = [core.encode(self.tok, json.loads(line)) for line in sh.data(split).read_text().splitlines()]
+        self.load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(sh.device).eval()
+        self.teacher = self.load(sh.teacher)
+
+    def score(self, path: Path | None = None) -> dict:
+        """The teacher's scores (``path=None``) or those of the student saved at ``path``."""
+        from ..evaluation import teacher_fit
+        from . import core
+
+        model = self.teacher if path is None else self.load(path)
+        em, texts = core.exact_match(model, self.tok, self.examples)
+        fit = teacher_fit(model, [(e.prompt_ids, e.target_ids) for e in self.examples],
+                          None if path is None else self.teacher, pad_id=self.tok.pad_token_id,
+                          vocab_size=len(self.tok), batch_size=64)
+        return {"exact_match": em, "kl_to_teacher": fit.kl, "heldout_ce": fit.student_ce,
+                "params": core.count_params(model), "sample": texts[0]}
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def summarise(teacher: dict, rows: list[dict], row_names: list[str]) -> dict:
+    """Per row over the seeds: spread (mean, sd, se, min, max) of each metric and of the gap closed
+    (``evaluation.gap_closed`` against the same seed's SFT student; seeds where the teacher is no
+    better than that SFT student are left out)."""
+    from ..evaluation import gap_closed
+
+    sft = {r["seed"]: r["exact_match"] for r in rows if r["row"] == "sft"}
+    summary = {}
+    for name in row_names:
+        mine = [r for r in rows if r["row"] == name]
+        stats = {k: spread([r[k] for r in mine]) for k in ("exact_match", "kl_to_teacher", "heldout_ce", "train_seconds")}
+        gaps = [gap_closed(r["exact_match"], sft.get(r["seed"]), teacher["exact_match"]) for r in mine]
+        gaps = [g for g in gaps if g is not None]
+        stats["gap_closed"] = spread(gaps) if gaps else None
+        stats["per_seed_exact_match"] = {r["seed"]: r["exact_match"] for r in mine}
+        summary[name] = stats
+    return summary
+
+
+def pm(stats: dict | None, scale: float = 1.0, digits: int = 1) -> str:
+    if stats is None:
+        return "–"
+    return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['se']:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    """The table README quotes: mean ± standard error over the seeds."""
+    s, seeds = results["settings"], results["seeds"]
+    t = results["teacher"]
+    lines = [
+        f"{s['digits']}-digit addition, {results['split']} split ({results['split_size']} problems), "
+        f"{len(seeds)} seed(s) {', '.join(map(str, seeds))}: mean ± standard error over the seeds; "
+        f"teacher {t['params']:,} params, students {results['student_params']:,} params, "
+        f"{s['student_steps']} steps × {s['student_batch']} for every student.",
+        "",
+        "| method | exact match % | KL(T‖S) | SFT→teacher gap closed | train s / student | prepare s (once) |",
+        "|---|---|---|---|---|---|",
+        f"| teacher | {100 * t['exact_match']:.1f} | – | 1 | {results['teacher_seconds']:.0f} (once) | – |",
+    ]
+    for name, stats in results["summary"].items():
+        prep = results["prepare_seconds"].get(results["rows"][name]["method"])
+        lines.append(f"| {results['rows'][name]['label']} | {pm(stats['exact_match'], 100)} | "
+                     f"{pm(stats['kl_to_teacher'], 1, 4)} | {pm(stats['gap_closed'], 1, 2)} | "
+                     f"{pm(stats['train_seconds'], 1, 0)} | {'–' if prep is None else f'{prep:.0f}'} |")
+    lines += ["", "Per-seed exact match (%):", ""]
+    for name, stats in results["summary"].items():
+        per_seed = ", ".join(f"{seed}: {100 * v:.1f}" for seed, v in stats["per_seed_exact_match"].items())
+        lines.append(f"- {results['rows'][name]['label']}: {per_seed}")
+    lines += ["", f"Wall time {results['wall_seconds']:.0f}s ({results['jobs']} students at a time, "
+                  f"{results['threads']} thread(s) each)."]
+    return "\n".join(lines) + "\n"
+
+
+def claim(out: Path) -> Path:
+    """``out`` resolved; refuse a non-empty folder that this benchmark did not write."""
+    out = out.resolve()
+    marker = out / ".bench_quality"
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise SystemExit(f"{out} is not empty and is not a previous bench_quality output; pass a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("output of benchmarks/bench_quality.py; seed_N folders are recreated, shared/ reused\n")
+    return out
+
+
+def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: list[int], split: str = "heldout",
+        jobs: int = 2, threads: int = 1, device: str = "cpu", stem: str = "results", console=None) -> dict:
+    """The benchmark (module docstring); ``rows`` maps a row name to (method, its settings). Seeds run
+    one after another (their rows ``jobs`` at a time); the results so far are written after each to
+    ``OUT/<stem>.json`` and ``.md``."""
+    import torch
+    from rich.console import Console
+    from transformers.utils import logging as hf_logging
+
+    console = console or Console()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(max(1, jobs * threads))
+    t0 = time.perf_counter()
+    out = claim(out)
+    sh = Shared(out / "shared", device)
+    console.rule("[bold]1. shared: data, teacher, method preparation")
+    built = build_shared(sh, s, console)
+    methods = sorted({m for m, _ in rows.values()})
+    prep = prepare_all(sh, s, methods, console)
+    scorer = Scorer(sh, split)
+    with console.status(f"evaluating the teacher on the {split} split"):
+        teacher = scorer.score()
+    console.print(f"teacher: exact match {100 * teacher['exact_match']:.1f}% on {len(scorer.examples)} {split} problems")
+    results = {
+        "settings": asdict(s), "seeds": [], "split": split, "split_size": len(scorer.examples), "jobs": jobs,
+        "threads": threads, "device": device,
+        "rows": {name: {"method": m, "label": row_label(name, m), "settings": asdict(rs)} for name, (m, rs) in rows.items()},
+        "teacher": teacher, "teacher_seconds": built["teacher_seconds"], "prepare_seconds": prep, "runs": [],
+    }
+    with ExitStack() as stack:
+        for method in methods:
+            if METHODS[method].around is not None:
+                stack.enter_context(METHODS[method].around(sh, s))
+        for i, seed in enumerate(seeds):
+            console.rule(f"[bold]2. seed {seed} ({i + 1} of {len(seeds)}): {len(rows)} students through axolotl.cli.train")
+            runs = student_runs(out, sh, rows, seed)
+            seconds = train_students(out, {k: v[1] for k, v in runs.items()}, {k: v[2] for k, v in runs.items()},
+                                     threads, console, jobs=jobs,
+                                     env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
+            for name, (row, _, _) in runs.items():
+                with console.status(f"evaluating {name}"):
+                    scores = scorer.score(out / f"seed_{seed}" / row)
+                assert all(math.isfinite(scores[k]) for k in ("exact_match", "kl_to_teacher", "heldout_ce")), scores
+                results["runs"].append({"seed": seed, "row": row, **scores, "train_seconds": round(seconds[name], 1)})
+            results["seeds"].append(seed)
+            results["summary"] = summarise(teacher, results["runs"], list(rows))
+            results["student_params"] = results["runs"][0]["params"]
+            results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+            (out / f"{stem}.md").write_text(markdown(results))
+    console.print(markdown(results))
+    console.print(f"results -> {out / (stem + '.md')}, {out / (stem + '.json')}")
+    return results
+
+
+def row_label(name: str, method: str) -> str:
+    label = METHODS[method].label
+    return label if name == method else f"{label} [{name}]"

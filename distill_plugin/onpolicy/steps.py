@@ -1,0 +1,103 @@
+"""The trainer's side of on-policy distillation: generated micro-batches and their statistics.
+
+``OnPolicySteps.batches(step, iterator, student)`` wraps the iterator the HF Trainer draws one
+optimizer step's micro-batches from (``Trainer.get_batch_samples``). For a step the schedule marks
+on-policy, every micro-batch's completions are replaced by the student's samples; with ``seq_kd``,
+the other steps' completions are replaced by the teacher's samples; otherwise batches pass through
+untouched (λ = 0 without ``seq_kd`` trains exactly the off-policy objective). The Trainer then
+counts the supervised tokens of the *new* labels for the whole step (``num_items_in_batch``,
+summed over processes with ``average_tokens_across_devices``), so the loss stays normalised by the
+step's real token count. The teacher source scores the new rows like any batch: the divergence is
+computed at every completion position by the existing fused chunked loss.
+
+Logged at each training log: ``on_policy`` (fraction of optimizer steps so far that sampled from
+the student), ``generated_length`` (mean tokens per sampled completion since the last log, stop
+token included; absent when nothing was sampled) and ``generation_time_share`` (seconds spent
+sampling / wall seconds since the last log, this process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+
+from ..generation.base import SamplingParams
+from ..generation.rollout import Rollout
+from .batch import completion_length, replace_completions, split_prompts
+from .schedule import StepSchedule
+
+
+def stop_ids(tokenizer, model: torch.nn.Module | None = None) -> list[int]:
+    """The tokenizer's EOS and the model's generation-config EOS ids (chat models stop on either)."""
+    ids = {tokenizer.eos_token_id}
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    return sorted(i for i in ids if i is not None)
+
+
+class OnPolicySteps:
+    def __init__(self, schedule: StepSchedule, rollout: Rollout, tokenizer, eos_ids: list[int],
+                 teacher: torch.nn.Module | None = None, seq_kd: bool = False):
+        if seq_kd and teacher is None:
+            raise ValueError("distill.seq_kd needs an online teacher model to sample from")
+        self.schedule, self.rollout, self.teacher, self.seq_kd = schedule, rollout, teacher, seq_kd
+        self.eos_ids = eos_ids
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        self._seconds = self._tokens = self._completions = 0
+        self._since = None  # start of the current logging window
+
+    def sampler(self, step: int) -> str | None:
+        """Who writes step ``step``'s completions: "student", "teacher" (seq_kd) or None (the data)."""
+        if self.schedule.on_policy(step):
+            return "student"
+        return "teacher" if self.seq_kd else None
+
+    def batches(self, step: int, iterator: Iterator[dict], student: torch.nn.Module) -> Iterator[dict]:
+        if self._since is None:
+            self._since = time.perf_counter()
+        who = self.sampler(step)
+        if who is None:
+            return iterator
+        model = student if who == "student" else self.teacher
+        return (self.generated(batch, model) for batch in iterator)
+
+    def generated(self, batch: dict, model: torch.nn.Module) -> dict:
+        """``batch`` with each row's completion sampled from ``model`` after the row's prompt."""
+        start = time.perf_counter()
+        prompts = split_prompts(batch["input_ids"], batch["labels"], batch.get("attention_mask"), batch.get("position_ids"))
+        rows = [b for b, p in enumerate(prompts) if p is not None]
+        samples = self.rollout.sample(model, [prompts[b] for b in rows])
+        completions = [None] * len(prompts)
+        for b, sample in zip(rows, samples):
+            completions[b] = sample
+            self._tokens += completion_length(sample, self.eos_ids)
+        self._completions += len(rows)
+        out = replace_completions(batch, completions, prompts, self.pad_id, self.eos_ids)
+        self._seconds += time.perf_counter() - start
+        return out
+
+    def logs(self, steps_done: int) -> dict[str, float]:
+        """The statistics of the module docstring; resets the window."""
+        now = time.perf_counter()
+        wall = now - (self._since if self._since is not None else now)
+        out = {"on_policy": round(self.schedule.fraction_so_far(steps_done), 4),
+               "generation_time_share": round(self._seconds / wall, 4) if wall > 0 else 0.0}
+        if self._completions:
+            out["generated_length"] = round(self._tokens / self._completions, 2)
+        self._seconds = self._tokens = self._completions = 0
+        self._since = now
+        return out
+
+
+def on_policy_steps(config, tokenizer, student: torch.nn.Module, teacher: torch.nn.Module | None, seed: int):
+    """The ``OnPolicySteps`` of a ``DistillConfig``, or None when it samples nothing."""
+    if not config.on_policy_fraction and not config.seq_kd:
+        return None
+    sampling = SamplingParams(n=1, temperature=config.generation_temperature, top_p=config.generation_top_p,
+                              max_tokens=config.max_new_tokens)
+    rollout = Rollout(tokenizer, sampling, backend=config.generation_backend)
+    return OnPolicySteps(StepSchedule(config.on_policy_fraction, seed), rollout, tokenizer,
+                         stop_ids(tokenizer, student), teacher=teacher, seq_kd=config.seq_kd)

@@ -1,0 +1,104 @@
+"""Sampling from a model in training: its state before and after, the KV cache, LoRA adapters active."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from distill_plugin.generation import SamplingParams
+from distill_plugin.generation.rollout import Rollout, generation_mode, merged_state_dict
+
+PROMPTS = [[1, 2, 3, 4], [5, 6]]
+
+
+def student(tiny_pair):
+    return AutoModelForCausalLM.from_pretrained(tiny_pair[1], dtype=torch.float32), AutoTokenizer.from_pretrained(tiny_pair[1])
+
+
+def test_training_state_is_restored_and_the_kv_cache_is_used(tiny_pair):
+    model, tok = student(tiny_pair)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # what the trainers set for training
+    model.train()
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append((m.training, args[0].shape[1])))
+    rollout = Rollout(tok, SamplingParams(n=1, temperature=1.0, top_p=1.0, max_tokens=6))
+    out = rollout.sample(model, PROMPTS)
+    hook.remove()
+    assert len(out) == 2 and all(1 <= len(c) <= 6 for c in out)
+    assert seen and not any(training for training, _ in seen), "sampling must run in eval mode"
+    # with the KV cache each step after the first feeds one new token, not the whole prefix
+    assert seen[0][1] == 4 and all(width == 1 for _, width in seen[1:])
+    assert model.training and model.is_gradient_checkpointing and model.config.use_cache is False
+
+
+def test_completions_stop_after_the_first_stop_token(tiny_pair):
+    model, tok = student(tiny_pair)
+    eos = tok.eos_token_id
+    # EOS lifted far above every other logit: each completion is that one token, nothing after it
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, torch.tensor([eos]), 50.0))
+    out = Rollout(tok, SamplingParams(n=1, temperature=1.0, top_p=1.0, max_tokens=6)).sample(model, PROMPTS)
+    handle.remove()
+    assert out == [[eos], [eos]]
+
+
+def lora_student(tiny_pair):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = student(tiny_pair)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter (B starts at 0, which would change nothing)
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.5)
+    return peft_model, tok
+
+
+def test_lora_adapters_are_active_while_sampling(tiny_pair):
+    peft_model, tok = lora_student(tiny_pair)
+    greedy = Rollout(tok, SamplingParams(n=1, temperature=0.0, max_tokens=8))
+    with_adapters = greedy.sample(peft_model, PROMPTS)
+    with peft_model.disable_adapter():
+        without = greedy.sample(peft_model, PROMPTS)
+    merged = greedy.sample(peft_model.merge_and_unload(), PROMPTS)
+    assert with_adapters == merged
+    assert with_adapters != without
+
+
+def test_merged_state_dict_has_base_names_and_merged_values(tiny_pair):
+    """What the vllm backend loads into its engine: the base checkpoint's names, LoRA merged in."""
+    peft_model, tok = lora_student(tiny_pair)
+    x = torch.tensor([PROMPTS[0]])
+    before = peft_model(input_ids=x).logits
+    weights = dict(merged_state_dict(peft_model))
+    base_names = set(AutoModelForCausalLM.from_pretrained(tiny_pair[1]).state_dict())
+    assert set(weights) == base_names
+    merged = peft_model.merge_and_unload().state_dict()
+    for name, value in merged.items():
+        torch.testing.assert_close(weights[name], value)
+    assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"],
+                           AutoModelForCausalLM.from_pretrained(tiny_pair[1]).state_dict()["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_generation_mode_restores_eval_models_too(tiny_pair):
+    model, _ = student(tiny_pair)
+    model.eval()
+    with generation_mode(model):
+        assert not model.training and model.config.use_cache
+    assert not model.training
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (optional, GPU only)")
+def test_vllm_rollout_matches_the_student_weights(tiny_pair):  # pragma: no cover - GPU machines
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a GPU")
+    model, tok = student(tiny_pair)
+    model = model.cuda()
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8)
+    hf = Rollout(tok, greedy).sample(model, PROMPTS)
+    vllm = Rollout(tok, greedy, backend="vllm", vllm_options={"gpu_memory_utilization": 0.2}).sample(model, PROMPTS)
+    assert vllm == hf

@@ -1,0 +1,63 @@
+"""On-policy distillation (λ = 0.5) end to end through ``axolotl.cli.train``: full fine-tune and LoRA."""
+
+from __future__ import annotations
+
+import pytest
+
+from axolotl_runs import run_axolotl_train, twin_of
+from distill_plugin.onpolicy.schedule import StepSchedule
+
+pytestmark = pytest.mark.slow
+
+
+def recipe_for(tmp_path, tiny_pair, data, name, **overrides):
+    """The twin of recipes/gkd_on_policy.yml: 6 steps of 2 micro-batches of 2, no eval, fp32 teacher."""
+    teacher, student = tiny_pair
+    settings = dict(output_dir=str(tmp_path / name), max_steps=6, micro_batch_size=2, gradient_accumulation_steps=2,
+                    val_set_size=0.0, eval_steps=None, save_steps=6, learning_rate=0.003,
+                    distill={"teacher_dtype": "float32", "chunk_size": 64})
+    return twin_of("gkd_on_policy.yml", tmp_path / f"{name}.yml", student, data, teacher=teacher, **{**settings, **overrides})
+
+
+def assert_gkd_logs(logs, steps=6):
+    """Every step logs the components and the on-policy statistics; the decisions are the schedule's."""
+    assert len(logs) == steps
+    decisions = StepSchedule(0.5, seed=0).decisions(0, steps)
+    assert 0 < sum(decisions) < steps  # both kinds of step happen in the run
+    for k, entry in enumerate(logs, start=1):
+        assert entry["on_policy"] == pytest.approx(sum(decisions[:k]) / k, abs=1e-4)
+        assert ("generated_length" in entry) == decisions[k - 1]
+        assert entry["kd_loss"] > 0 and entry["grad_norm"] > 0
+        if decisions[k - 1]:
+            assert 0 < entry["generated_length"] <= 16 and 0 < entry["generation_time_share"] < 1
+
+
+@pytest.mark.e2e_smoke
+def test_gkd_full_finetune(tmp_path, tiny_pair, arithmetic_data):
+    output, logs = run_axolotl_train(recipe_for(tmp_path, tiny_pair, arithmetic_data, "full"), cwd=tmp_path)
+    assert_gkd_logs(logs)
+    assert (tmp_path / "full" / "model.safetensors").exists()
+
+
+def test_gkd_lora_with_gradient_checkpointing(tmp_path, tiny_pair, arithmetic_data):
+    recipe = recipe_for(
+        tmp_path, tiny_pair, arithmetic_data, "lora", adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0,
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
+        learning_rate=0.05, gradient_checkpointing=True,
+    )
+    _, logs = run_axolotl_train(recipe, cwd=tmp_path)
+    assert_gkd_logs(logs)
+    assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
+
+
+def test_sample_packing_is_refused(tmp_path, tiny_pair, arithmetic_data):
+    import subprocess
+    import sys
+
+    from axolotl_runs import SUBPROCESS_ENV
+
+    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "packed", sample_packing=True)
+    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(recipe)], cwd=tmp_path, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "distill_plugin: error: `sample_packing: true` with distill.on_policy_fraction" in proc.stderr
