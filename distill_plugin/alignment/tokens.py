@@ -31,16 +31,27 @@ _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _CACHE: dict[tuple, object] = {}  # keyed by id(tokenizer): a tokenizer is built once per process
 
 
-def byte_alphabet() -> list[str]:
-    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2/Qwen convention)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = printable[:], 0
+def _byte_stand_ins() -> tuple[list[int], list[str]]:
+    """GPT-2's table: byte ``values[i]`` is written as the character ``chars[i]``."""
+    values = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = values[:], 0
     for b in range(256):
-        if b not in printable:
-            printable.append(b)
+        if b not in values:
+            values.append(b)
             codes.append(256 + extra)
             extra += 1
-    return [chr(c) for c in codes]
+    return values, [chr(c) for c in codes]
+
+
+def byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2/Qwen convention)."""
+    return _byte_stand_ins()[1]
+
+
+def byte_decoder() -> dict[str, int]:
+    """Stand-in character → the byte it writes (``Ġ`` → 0x20)."""
+    values, chars = _byte_stand_ins()
+    return dict(zip(chars, values))
 
 
 def tokenizer_name(tokenizer) -> str:
@@ -75,7 +86,7 @@ def token_bytes(tokenizer) -> list[bytes]:
     size = max(len(tokenizer), max(vocab.values()) + 1)
     out: list[bytes] = [b""] * size
     if _is_byte_level(spec):
-        inverse = {ch: i for i, ch in enumerate(byte_alphabet())}
+        inverse = byte_decoder()
         for token, i in vocab.items():
             out[i] = token.encode() if i in added else bytes(inverse[c] for c in token if c in inverse)
     else:
