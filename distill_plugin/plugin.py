@@ -144,10 +144,13 @@ class DistillPlugin(BasePlugin):
                                             device=trainer.args.device)
             sources.append(online)
             rows = (output_head(teacher).weight.shape[0], output_head(student).weight.shape[0])
-            cut = "" if rows[0] == rows[1] == len(tokenizer) or config.cross_tokenizer != "off" else f", lm_head rows teacher {rows[0]} / student {rows[1]} cut to it"
-            LOG.info("distill_plugin: teacher = online %s, dtype %s, device %s, attention %s; vocab %d shared tokens%s%s",
+            cut = "" if rows[0] == rows[1] == len(tokenizer) else f", lm_head rows teacher {rows[0]} / student {rows[1]} cut to it"
+            vocab = f"vocab {len(tokenizer)} shared tokens{cut}"
+            if config.cross_tokenizer != "off":
+                vocab = f"vocab {online.vocab_size} teacher / {len(tokenizer)} student tokens"
+            LOG.info("distill_plugin: teacher = online %s, dtype %s, device %s, attention %s; %s%s",
                      config.teacher, next(teacher.parameters()).dtype, online.teacher_device,
-                     teacher.config._attn_implementation, len(tokenizer), cut,
+                     teacher.config._attn_implementation, vocab,
                      "; hidden states only (logits from the store)" if config.teacher_logits else "")
         from .teachers import CombinedSources
 

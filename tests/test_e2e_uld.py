@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 TINY_RECIPE = REPO / "recipes" / "tiny" / "uld.yml"
 
 
-def train_teacher(path, steps=150):
+def train_teacher(path, steps=80):
     """The tiny teacher learns the addition task (plain SFT, the demo's loop) so it has something to teach."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..offline.collator import _resolve
+from ..offline.collator import base_collator_path, resolve_class
 from ..signals import ALIGNED_STUDENT, ALIGNED_TEACHER, IGNORE_INDEX, TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS
 from .spans import aligned_pairs, teacher_byte_ends
 from .templates import TemplatePair
@@ -118,7 +118,7 @@ class CrossTokenizerCollator:
 
     def __init__(self, tokenizer, *args, teacher_tokenizer: str, teacher_revision: str | None = None,
                  base_collator=None, **kwargs):
-        base_cls = _resolve(base_collator or "axolotl.utils.collators.batching.DataCollatorForSeq2Seq")
+        base_cls = resolve_class(base_collator or "axolotl.utils.collators.batching.DataCollatorForSeq2Seq")
         self.base = base_cls(tokenizer, *args, **kwargs)
         self.tokenizer = tokenizer
         self.teacher_tokenizer = load_teacher_tokenizer(teacher_tokenizer, teacher_revision)
@@ -154,7 +154,5 @@ class CrossTokenizerCollator:
 def cross_tokenizer_collator_cls_and_kwargs(cfg, teacher_tokenizer: str, teacher_revision: str | None = None,
                                             is_eval: bool = False):
     """For ``BasePlugin.get_collator_cls_and_kwargs``: ``(CrossTokenizerCollator, kwargs)``."""
-    from ..offline.collator import base_collator_path
-
     return CrossTokenizerCollator, {"teacher_tokenizer": teacher_tokenizer, "teacher_revision": teacher_revision,
                                     "base_collator": base_collator_path(cfg, is_eval)}

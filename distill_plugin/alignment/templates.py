@@ -56,6 +56,9 @@ class TemplatePair:
         self.teacher_template = getattr(teacher_tokenizer, "chat_template", None)
         self.same = not self.teacher_template or self.teacher_template == self.student_template
         self._tokenizers = {"student": student_tokenizer, "teacher": teacher_tokenizer}
+        # A tokenizer that adds its BOS on top of a template that writes one gives the student's text
+        # one more BOS than the probes: tried again without it.
+        self.bos = getattr(student_tokenizer, "bos_token", None) or None
         self._cache: dict[tuple, tuple[str, ...] | None] = {}  # probes are rendered once per role sequence
 
     def gaps(self, side: str, roles: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -69,19 +72,20 @@ class TemplatePair:
         """The teacher's text and the regions identical in both, or None when no probe matches."""
         if self.same:
             return text, [Region(0, len(text.encode()), 0)]
-        for turns in range(1, MAX_TURNS + 1):
-            for system in (False, True):
-                roles = _roles(turns, system)
-                found = self._match(text, roles)
-                if found is not None:
-                    return found
+        prefixes = [""] + ([self.bos] if self.bos and text.startswith(self.bos) else [])
+        for prefix in prefixes:
+            for turns in range(1, MAX_TURNS + 1):
+                for system in (False, True):
+                    found = self._match(text, _roles(turns, system), prefix)
+                    if found is not None:
+                        return found
         return None
 
-    def _match(self, text: str, roles: tuple[str, ...]):
+    def _match(self, text: str, roles: tuple[str, ...], prefix: str = ""):
         student, teacher = self.gaps("student", roles), self.gaps("teacher", roles)
         if student is None or teacher is None:
             return None
-        pattern = "(.*?)".join(re.escape(gap) for gap in student)
+        pattern = re.escape(prefix) + "(.*?)".join(re.escape(gap) for gap in student)
         match = re.fullmatch(pattern, text, flags=re.DOTALL)
         if match is None:
             return None

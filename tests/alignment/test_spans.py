@@ -124,3 +124,11 @@ def test_slow_tokenizer_is_refused_naming_it():
 
     with pytest.raises(ValueError, match="some/slow-tokenizer.*no offset mapping"):
         Aligner(B, Slow())
+
+
+def test_an_extra_bos_before_the_template_is_tolerated():
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "12"}]
+    text = B.apply_chat_template(messages, tokenize=False)
+    teacher_text, regions = Aligner(B, A).templates.teacher_text("<s>" + text)
+    assert teacher_text == A.apply_chat_template(messages, tokenize=False)
+    assert [("<s>" + text).encode()[r.student_start:r.student_end] for r in regions] == [b"hi", b"12"]
