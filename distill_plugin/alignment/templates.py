@@ -17,7 +17,8 @@ gaps hᵢ. Contents are inserted verbatim (a template that trims whitespace is n
 so each content is an identical region of both texts (``spans.Region``) — the answer span is located
 on both sides by these offsets. A conversation no probe matches (a truncated example, a role
 sequence other than [system] user/assistant alternation) gets no alignment: it trains on CE only,
-and the collator counts it.
+and the collator counts it. The text may stop early inside the last gap or the last content (a
+trailing newline dropped, a sequence cut at ``sequence_len``): the last gap matches any prefix of itself.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ def _gaps(render, roles: tuple[str, ...]) -> tuple[str, ...] | None:
         return None
     parts = re.split("\ue000\\d+\ue001", text)
     return tuple(parts) if len(parts) == len(roles) + 1 else None
+
+
+def _any_prefix(gap: str) -> str:
+    """A regex matching any prefix of ``gap`` (""  included): the text may stop inside the last
+    gap — a trailing newline left out, or a sequence cut at ``sequence_len`` — or inside the last content."""
+    pattern = ""
+    for ch in reversed(gap):
+        pattern = f"(?:{re.escape(ch)}{pattern})?"
+    return pattern
 
 
 class TemplatePair:
@@ -85,7 +95,7 @@ class TemplatePair:
         student, teacher = self.gaps("student", roles), self.gaps("teacher", roles)
         if student is None or teacher is None:
             return None
-        pattern = re.escape(prefix) + "(.*?)".join(re.escape(gap) for gap in student)
+        pattern = re.escape(prefix) + "(.*?)".join(re.escape(gap) for gap in student[:-1]) + "(.*?)" + _any_prefix(student[-1])
         match = re.fullmatch(pattern, text, flags=re.DOTALL)
         if match is None:
             return None

@@ -132,3 +132,15 @@ def test_an_extra_bos_before_the_template_is_tolerated():
     teacher_text, regions = Aligner(B, A).templates.teacher_text("<s>" + text)
     assert teacher_text == A.apply_chat_template(messages, tokenize=False)
     assert [("<s>" + text).encode()[r.student_start:r.student_end] for r in regions] == [b"hi", b"12"]
+
+
+def test_text_stopping_inside_the_last_gap_or_content_still_matches():
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "1234"}]
+    text = B.apply_chat_template(messages, tokenize=False)
+    templates = Aligner(B, A).templates
+    _, regions = templates.teacher_text(text.rstrip("\n"))  # trailing newline of the template dropped
+    assert text.encode()[regions[1].student_start:regions[1].student_end] == b"1234"
+    cut = text[: text.index("1234") + 2]  # truncated at sequence_len inside the answer
+    teacher_text, regions = templates.teacher_text(cut)
+    assert teacher_text.endswith("<|im_start|>assistant\n12<|im_end|>\n")  # the teacher's closing markup
+    assert cut.encode()[regions[1].student_start:regions[1].student_end] == b"12"
