@@ -3,8 +3,9 @@
 Hooks used: ``register`` (the raw YAML, before Axolotl validates it: a missing or misspelt
 ``distill:`` block, the block's own validation, refused engines; ``preflight.check_raw_config``),
 ``load_datasets`` (the validated cfg, before the data is tokenised and the student loads: teacher,
-tokenizer and offline store; ``preflight.check_resources``; ``pre_model_load`` runs it if a
-launcher skipped that hook; both also fix multi-process runs without CUDA, see ``no_cuda``),
+tokenizer and offline store; ``preflight.check_resources``; CUDA-only speed-ups switched off without
+CUDA, ``preflight.switch_off_cuda_only``; ``pre_model_load`` runs it if a launcher skipped that hook;
+both also fix multi-process runs without CUDA, see ``no_cuda``),
 ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
 validates it), ``get_trainer_cls`` (our trainer class), ``get_collator_cls_and_kwargs`` (the
 teacher-logit collator for offline KD; ``None`` otherwise, never ``(None, None)``, which would
@@ -23,7 +24,7 @@ from axolotl.integrations.base import BasePlugin
 
 from . import no_cuda
 from .args import DistillConfig
-from .preflight import SetupError, check_raw_config, check_resources, packing_warning
+from .preflight import SetupError, check_raw_config, check_resources, packing_warning, switch_off_cuda_only
 
 # A child of Axolotl's logger, so our start-up lines reach Axolotl's console and debug.log.
 LOG = logging.getLogger("axolotl.distill_plugin")
@@ -79,9 +80,9 @@ class DistillPlugin(BasePlugin):
         if config is not None and self.checked_cfg is not cfg:
             check_resources(cfg, config)
             self.checked_cfg = cfg
-            warning = packing_warning(cfg, config)
-            if warning:
-                LOG.warning("distill_plugin: %s", warning)
+            for warning in (packing_warning(cfg, config), switch_off_cuda_only(cfg)):
+                if warning:
+                    LOG.warning("distill_plugin: %s", warning)
 
     @exits_on_setup_error
     def pre_model_load(self, cfg) -> None:

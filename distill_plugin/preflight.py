@@ -8,6 +8,8 @@ Two stages, each as early as its input exists:
     check_resources      the validated cfg, before the data is tokenised and the student loads:
                          the teacher path or hub id resolves, its tokenizer equals the student's,
                          the offline store exists, matches the tokenizer and fits the student
+    switch_off_cuda_only the validated cfg, same moment: CUDA-only speed-ups on a machine without
+                         CUDA are switched off, with one warning (see its docstring for why)
 
 Every failure is a ``SetupError``: one line that names the key. The plugin turns it into exit code 2.
 """
@@ -208,3 +210,31 @@ def check_resources(cfg, config: DistillConfig) -> None:
             f"distill.teacher_logits: the store holds token ids up to {largest}, but the student "
             f"{cfg.get('base_model')!r} has {rows} vocabulary rows; capture with a teacher of the student's vocabulary"
         )
+
+
+# Axolotl's Triton LoRA kernels: the same LoRA forward and backward as PEFT's modules, fused, CUDA only.
+# Without CUDA they fail at the first step: module 'torch._C' has no attribute '_cuda_getCurrentRawStream'.
+CUDA_ONLY_SPEEDUPS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+
+
+def switch_off_cuda_only(cfg, cuda: bool | None = None) -> str | None:
+    """Without CUDA, switch off the CUDA-only speed-ups set in ``cfg``; return the one warning, or None.
+
+    Switched off with a warning rather than refused, because (1) they change the speed, not the
+    result: the kernels compute the LoRA layers PEFT computes without them; (2) the user often did not
+    set them: Axolotl switches them on by itself for LoRA/QLoRA with dropout 0; (3) a recipe written
+    for the GPU machine should run unedited on a CPU (a tiny twin, a smoke test). Settings that would
+    change the result are never switched silently. ``cfg`` is edited in place: Axolotl reads these keys
+    after the model loads, i.e. after this check. ``cuda``: whether CUDA is usable (default: ask torch).
+    """
+    import torch
+
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    on = [key for key in CUDA_ONLY_SPEEDUPS if cfg.get(key)]
+    if cuda or not on:
+        return None
+    for key in on:
+        cfg[key] = False
+    return (f"no CUDA device: switched off {', '.join(on)} (Axolotl's Triton LoRA kernels need CUDA; "
+            f"PEFT's own LoRA layers compute the same thing, slower)")

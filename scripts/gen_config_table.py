@@ -51,36 +51,42 @@ def render(model=None) -> str:
     return "\n".join(rows)
 
 
-def replace_block(text: str, table: str, path: Path) -> str:
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise SystemExit(f"{path}: needs exactly one {BEGIN!r} … {END!r} block")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+def replace_block(text: str, table: str, path: Path, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with what lies between the ``begin`` and ``end`` markers replaced by ``table``."""
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise SystemExit(f"{path}: needs exactly one {begin!r} … {end!r} block")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def table_cli(argv, render_table, begin: str, end: str, description: str, what: str, script: str) -> int:
+    """``[--write | --check] [--readme PATH]`` for a README table between ``begin`` and ``end``."""
+    parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite the README table")
     mode.add_argument("--check", action="store_true", help="exit 1 when the README table is stale")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     args = parser.parse_args(argv)
-    table = render()
+    table = render_table()
     if not (args.write or args.check):
         print(table)
         return 0
     text = args.readme.read_text()
-    updated = replace_block(text, table, args.readme)
+    updated = replace_block(text, table, args.readme, begin, end)
     if args.write:
         if updated != text:
             args.readme.write_text(updated)
         return 0
     if updated != text:
-        print(f"{args.readme}: the distill: table differs from the schema; run python scripts/gen_config_table.py --write",
-              file=sys.stderr)
+        print(f"{args.readme}: {what}; run python {script} --write", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    return table_cli(argv, render, BEGIN, END, __doc__.splitlines()[0], "the distill: table differs from the schema",
+                     "scripts/gen_config_table.py")
 
 
 if __name__ == "__main__":

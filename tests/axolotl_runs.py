@@ -23,15 +23,50 @@ SUBPROCESS_ENV = {
 
 
 def write_recipe(src: str | Path, dst: Path, **overrides) -> Path:
-    """Copy a recipe with top-level keys overridden (``distill`` entries are merged)."""
+    """Copy a recipe with top-level keys overridden (``distill`` entries are merged; an entry set to
+    None is removed, so a setting one teacher source refuses can be taken out)."""
     cfg = yaml.safe_load(Path(src).read_text())
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
+            cfg[key] = {k: v for k, v in {**cfg[key], **value}.items() if v is not None}
         else:
             cfg[key] = value
     dst.write_text(yaml.safe_dump(cfg))
     return dst
+
+
+# The e2e tests that check learning (the loss of a random tiny student must fall within 20 steps)
+# run a recipe's twin with these settings on top: more steps, a higher constant LR, larger batches, a
+# fp32 teacher, several loss chunks, no packing and no eval unless a test asks for them.
+LEARNING = dict(
+    max_steps=20, micro_batch_size=4, gradient_accumulation_steps=1, learning_rate=0.003, lr_scheduler="constant",
+    warmup_ratio=0.0, weight_decay=0.0, sample_packing=False, val_set_size=0.0, eval_steps=None, save_steps=20,
+    gradient_checkpointing=False, dataloader_num_workers=0, seed=0, distill={"teacher_dtype": "float32", "chunk_size": 64},
+)
+
+
+# The offline recipes train a QLoRA student; tests on the narrow tiny pairs (not multiples of 64, which
+# bitsandbytes' 4-bit CPU kernel needs) fine-tune it in full instead.
+OFFLINE_FULL_FINETUNE = dict(load_in_4bit=False, adapter=None, lora_r=None, lora_alpha=None, lora_dropout=None,
+                             lora_target_linear=None)
+
+
+def learning(**overrides) -> dict:
+    """``LEARNING`` with ``overrides`` on top (``distill`` entries merged)."""
+    merged = {**LEARNING, **overrides}
+    merged["distill"] = {**LEARNING["distill"], **overrides.get("distill", {})}
+    return merged
+
+
+def twin_of(recipe: str, dst: Path, student, data, teacher=None, teacher_logits=None, **overrides) -> Path:
+    """The tiny twin of ``recipes/<recipe>`` (``distill_plugin.testing.twins.derive_twin``) written to
+    ``dst``, with ``overrides`` on top (as ``write_recipe``); prepared data in ``<dst>_prepared``."""
+    from distill_plugin.testing.twins import Fixtures, derive_twin
+
+    fixtures = Fixtures(student=student, data=data, workdir=dst.parent / dst.stem, teacher=teacher,
+                        teacher_logits=teacher_logits, prepared=dst.parent / f"{dst.stem}_prepared")
+    derive_twin(REPO / "recipes" / recipe, fixtures).write(dst)
+    return write_recipe(dst, dst, **overrides)
 
 
 def run_axolotl_train(recipe: Path, cwd: Path, launcher: list[str] | None = None, timeout: int = 600, env: dict | None = None):

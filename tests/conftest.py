@@ -39,3 +39,12 @@ def cross_pair(tmp_path_factory):
     from distill_plugin.testing.tiny import build_cross_pair
 
     return build_cross_pair(tmp_path_factory.mktemp("cross"), teacher_hidden=48, student_hidden=32)
+
+
+@pytest.fixture(scope="session")
+def twin_root(tmp_path_factory):
+    """What every recipe's tiny twin trains on (``distill_plugin.testing.twins``), built once: the
+    twin pair (``tiny.TWIN_PAIR``), the addition chats, and one prepared-data directory they share."""
+    from distill_plugin.testing.tiny import prepare_tiny_run
+
+    return prepare_tiny_run(tmp_path_factory.mktemp("twins"))

@@ -10,25 +10,17 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from axolotl_runs import (REPO, assert_two_processes_match_one, run_axolotl_train, run_axolotl_train_two_processes,
-                         write_recipe)
+from axolotl_runs import (assert_two_processes_match_one, learning, run_axolotl_train, run_axolotl_train_two_processes,
+                         twin_of)
 
 pytestmark = pytest.mark.slow
-TINY_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
 
 
 def recipe_for(tmp_path, tiny_pair, data, name, **overrides):
+    """The twin of recipes/logit_kd_qwen2_1p5b.yml with the learning tests' settings (axolotl_runs.LEARNING)."""
     teacher, student = tiny_pair
-    return write_recipe(
-        TINY_RECIPE,
-        tmp_path / f"{name}.yml",
-        base_model=str(student),
-        distill={"teacher": str(teacher)},
-        datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
-        output_dir=str(tmp_path / name),
-        dataset_prepared_path=str(tmp_path / f"{name}_prepared"),
-        **overrides,
-    )
+    return twin_of("logit_kd_qwen2_1p5b.yml", tmp_path / f"{name}.yml", student, data, teacher=teacher,
+                   output_dir=str(tmp_path / name), **learning(**overrides))
 
 
 def saved_tensor_shapes(out_dir: Path) -> dict[str, tuple]:
@@ -81,23 +73,6 @@ def test_lora_student(tmp_path, tiny_pair, arithmetic_data):
     assert all(entry["grad_norm"] > 0 for entry in logs)
     adapter = saved_tensor_shapes(tmp_path / "lora")
     assert adapter and all("lora_" in name for name in adapter)
-
-
-def test_qlora_student(tmp_path, arithmetic_data):
-    """4-bit base (bitsandbytes on CPU) + LoRA adapters; widths are multiples of 64 for its kernel."""
-    from distill_plugin.testing.tiny import build_pair
-
-    pair = build_pair(tmp_path / "pair64", teacher_hidden=64, student_hidden=64)
-    recipe = recipe_for(
-        tmp_path, pair, arithmetic_data, "qlora",
-        load_in_4bit=True, adapter="qlora", lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_linear=True,
-        learning_rate=0.05, gradient_checkpointing=True,
-        lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False,
-    )
-    _, logs = run_axolotl_train(recipe, cwd=tmp_path)
-    assert_learns_and_logs(logs, factor=0.99)
-    assert all(entry["grad_norm"] > 0 for entry in logs)
-    assert saved_tensor_shapes(tmp_path / "qlora")
 
 
 def test_two_processes_match_one(tmp_path, tiny_pair, arithmetic_data):

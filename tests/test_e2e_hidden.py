@@ -10,11 +10,10 @@ import pytest
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from axolotl_runs import REPO, assert_two_processes_match_one, run_axolotl_train, write_recipe
+from axolotl_runs import OFFLINE_FULL_FINETUNE, assert_two_processes_match_one, learning, run_axolotl_train, twin_of
 from distill_plugin.hidden.projector import PROJECTOR_FILE
 
 pytestmark = pytest.mark.slow
-TINY_RECIPE = REPO / "recipes" / "tiny" / "hidden_state_kd.yml"
 LORA = dict(
     adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=0.05, gradient_checkpointing=True,
     lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
@@ -33,12 +32,11 @@ def deep_pair(tmp_path_factory):
 
 
 def recipe_for(tmp_path, pair, data, name, **overrides):
+    """The twin of recipes/hidden_state_kd.yml (uniform:4 → uniform:2 on the 2-layer student) with the
+    learning tests' settings (axolotl_runs.LEARNING)."""
     teacher, student = pair
-    return write_recipe(
-        TINY_RECIPE, tmp_path / f"{name}.yml", base_model=str(student), distill={"teacher": str(teacher)},
-        datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
-        output_dir=str(tmp_path / name), dataset_prepared_path=str(tmp_path / f"{name}_prepared"), **overrides,
-    )
+    return twin_of("hidden_state_kd.yml", tmp_path / f"{name}.yml", student, data, teacher=teacher,
+                   output_dir=str(tmp_path / name), **learning(**overrides))
 
 
 def tensor_names(directory):
@@ -96,13 +94,12 @@ def test_offline_topk_logits_with_online_hidden_states(tmp_path, deep_pair, arit
     from distill_plugin.offline.capture import capture_teacher
 
     teacher, student = deep_pair
-    recipe = write_recipe(
-        REPO / "recipes" / "tiny" / "offline_topk_kd.yml", tmp_path / "offline.yml", base_model=str(student),
-        distill={"teacher_logits": str(tmp_path / "logits"), "teacher": str(teacher), "hidden_weight": 1.0,
-                 "hidden_layers": "last:2", "hidden_loss": "normalized_mse"},
-        datasets=[{"path": str(arithmetic_data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
-        output_dir=str(tmp_path / "offline"), dataset_prepared_path=str(tmp_path / "offline_prepared"),
-        max_steps=12, learning_rate=0.01, save_steps=1000,
+    recipe = twin_of(
+        "offline_topk_kd.yml", tmp_path / "offline.yml", student, arithmetic_data, teacher_logits=tmp_path / "logits",
+        output_dir=str(tmp_path / "offline"), **OFFLINE_FULL_FINETUNE,
+        **learning(max_steps=12, learning_rate=0.01, save_steps=1000, distill={
+            "teacher": str(teacher), "ce_weight": 0.0, "hidden_weight": 1.0,
+            "hidden_layers": "last:2", "hidden_loss": "normalized_mse"}),
     )
     capture_teacher(teacher, tmp_path / "logits", config=recipe, k=8, progress=False)
     _, logs = run_axolotl_train(recipe, cwd=tmp_path)

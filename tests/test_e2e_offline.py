@@ -7,13 +7,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from axolotl_runs import REPO, run_axolotl_train, write_recipe
+from axolotl_runs import OFFLINE_FULL_FINETUNE, learning, run_axolotl_train, twin_of, write_recipe
 from distill_plugin.demo.core import encode, heldout_losses
 from distill_plugin.demo.task import make_split
 from distill_plugin.testing.tiny import build_model, build_tokenizer
 
 pytestmark = pytest.mark.slow
 COMMON = dict(max_steps=30, learning_rate=0.01, micro_batch_size=8, save_steps=1000)
+# Twins of the online and the offline recipe, trained alike: KD only (ce_weight 0), T = 1, full fine-tune.
+ONLINE = ("logit_kd_qwen2_1p5b.yml", {"kd_weight": 1.0, "ce_weight": 0.0, "temperature": 1.0})
+OFFLINE = ("offline_topk_kd.yml", {"ce_weight": 0.0, "teacher_dtype": None})
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +33,12 @@ def sharp_pair(tmp_path_factory):
     return root / "teacher", root / "student"
 
 
-def recipe(tmp_path, name, src, student, data, distill):
-    return write_recipe(
-        src, tmp_path / f"{name}.yml", base_model=str(student), distill=distill,
-        datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
-        output_dir=str(tmp_path / name), dataset_prepared_path=str(tmp_path / f"{name}_prepared"), **COMMON,
-    )
+def recipe(tmp_path, name, which, student, data, teacher):
+    """The twin of ``which`` (ONLINE or OFFLINE), its store at ``tmp_path/logits``, ``teacher`` online."""
+    src, distill = which
+    extra = OFFLINE_FULL_FINETUNE if which is OFFLINE else {}
+    return twin_of(src, tmp_path / f"{name}.yml", student, data, teacher=teacher, teacher_logits=tmp_path / "logits",
+                   output_dir=str(tmp_path / name), **extra, **learning(**COMMON, distill=distill))
 
 
 def kl_to_teacher(student_dir, teacher_dir, rows) -> float:
@@ -50,13 +53,11 @@ def test_offline_topk_kd_tracks_online_kd(tmp_path, sharp_pair, arithmetic_data)
     from distill_plugin.offline.capture import capture_teacher
 
     teacher, student = sharp_pair
-    offline = recipe(tmp_path, "offline", REPO / "recipes/tiny/offline_topk_kd.yml", student, arithmetic_data,
-                     {"teacher_logits": str(tmp_path / "logits")})
+    offline = recipe(tmp_path, "offline", OFFLINE, student, arithmetic_data, teacher)
     # Tokenised by Axolotl's own dataset preparation, exactly as training will see it.
     stats = capture_teacher(teacher, tmp_path / "logits", config=offline, k=16, progress=False)
     assert stats.rows == 48
-    online = recipe(tmp_path, "online", REPO / "recipes/tiny/logit_kd.yml", student, arithmetic_data,
-                    {"teacher": str(teacher), "kd_weight": 1.0, "ce_weight": 0.0, "temperature": 1.0})
+    online = recipe(tmp_path, "online", ONLINE, student, arithmetic_data, teacher)
     _, logs_offline = run_axolotl_train(offline, cwd=tmp_path)
     _, logs_online = run_axolotl_train(online, cwd=tmp_path)
     assert all("kd_loss" in e for e in logs_offline + logs_online)
@@ -78,8 +79,7 @@ def test_mismatched_store_is_refused(tmp_path, sharp_pair, arithmetic_data):
     teacher, student = sharp_pair
     other_tok = build_tokenizer(chat_template=STRIPPING_CHAT_TEMPLATE)
     capture_teacher(teacher, tmp_path / "logits", data=arithmetic_data, tokenizer=other_tok, k=8, progress=False)
-    cfg = recipe(tmp_path, "mismatch", REPO / "recipes/tiny/offline_topk_kd.yml", student, arithmetic_data,
-                 {"teacher_logits": str(tmp_path / "logits")})
+    cfg = recipe(tmp_path, "mismatch", OFFLINE, student, arithmetic_data, teacher)
     with pytest.raises(AssertionError, match="chat template hash"):
         run_axolotl_train(cfg, cwd=tmp_path)
 
@@ -89,8 +89,7 @@ def test_offline_with_sample_packing(tmp_path, sharp_pair, arithmetic_data):
     from distill_plugin.offline.capture import capture_teacher
 
     teacher, student = sharp_pair
-    packed = recipe(tmp_path, "packed", REPO / "recipes/tiny/offline_topk_kd.yml", student, arithmetic_data,
-                    {"teacher_logits": str(tmp_path / "logits")})
+    packed = recipe(tmp_path, "packed", OFFLINE, student, arithmetic_data, teacher)
     write_recipe(packed, packed, sample_packing=True, pad_to_sequence_len=True, micro_batch_size=1)
     capture_teacher(teacher, tmp_path / "logits", config=packed, k=16, progress=False)
     _, logs = run_axolotl_train(packed, cwd=tmp_path)

@@ -13,24 +13,18 @@ import time
 
 import pytest
 
-from axolotl_runs import REPO, SUBPROCESS_ENV, write_recipe
+from axolotl_runs import SUBPROCESS_ENV, twin_of
 
-OFFLINE = {"teacher": None, "teacher_dtype": "bfloat16"}  # the tiny recipe sets an online-only dtype
-
-TINY_RECIPE = REPO / "recipes" / "tiny" / "logit_kd.yml"
+OFFLINE = {"teacher": None, "teacher_dtype": None}  # drop the online teacher and its online-only dtype
 
 
 def recipe(tmp_path, tiny_pair, data, **overrides):
+    """The twin of recipes/logit_kd_qwen2_1p5b.yml, with ``overrides`` on top."""
     teacher, student = tiny_pair
-    fields = dict(
-        base_model=str(student),
-        datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
-        output_dir=str(tmp_path / "out"),
-        dataset_prepared_path=str(tmp_path / "prepared"),
-    )
-    fields.update(overrides)
-    fields["distill"] = {"teacher": str(teacher), **overrides.get("distill", {})}
-    return write_recipe(TINY_RECIPE, tmp_path / "recipe.yml", **fields)
+    distill = {"teacher": str(teacher), **overrides.pop("distill", {})}
+    return twin_of("logit_kd_qwen2_1p5b.yml", tmp_path / "recipe.yml", student, data, teacher=teacher,
+                   output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
+                   distill=distill, **overrides)
 
 
 def preflight(path, capsys) -> str | None:
@@ -139,3 +133,47 @@ def test_cli_train_refuses_misspelt_block(tmp_path, tiny_pair, arithmetic_data, 
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"has `{key}:` — did you mean `distill:`?" in proc.stderr
     assert not (tmp_path / "prepared").exists()
+
+
+KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
+
+
+def test_cuda_only_lora_kernels_are_switched_off_with_one_warning(tmp_path, tiny_pair, arithmetic_data):
+    """Axolotl switches its Triton LoRA kernels on by itself for LoRA; without CUDA they would fail at
+    the first step (`torch._C` has no `_cuda_getCurrentRawStream`). The plugin switches them off
+    before the model loads (Axolotl patches the model after), with one warning."""
+    import logging
+
+    import torch
+    from axolotl.cli.config import load_cfg
+    from axolotl.integrations.base import PluginManager
+
+    assert not torch.cuda.is_available()
+    path = recipe(tmp_path, tiny_pair, arithmetic_data, adapter="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                  lora_target_linear=True)
+    cfg = load_cfg(str(path))
+    assert all(cfg[key] for key in KERNELS)  # auto-enabled by Axolotl, not by the recipe
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("axolotl.distill_plugin")
+    logger.addHandler(handler)
+    try:
+        assert PluginManager.get_instance().load_datasets(cfg) is None
+    finally:
+        logger.removeHandler(handler)
+    assert not any(cfg[key] for key in KERNELS)
+    switched = [r.getMessage() for r in records if "switched off" in r.getMessage()]
+    assert len(switched) == 1 and all(key in switched[0] for key in KERNELS), switched
+
+
+def test_cuda_only_switch_leaves_cuda_machines_and_unset_keys_alone():
+    from axolotl.utils.dict import DictDefault
+
+    from distill_plugin.preflight import switch_off_cuda_only
+
+    cfg = DictDefault({key: True for key in KERNELS})
+    assert switch_off_cuda_only(cfg, cuda=True) is None and all(cfg[key] for key in KERNELS)
+    assert switch_off_cuda_only(DictDefault({"lora_mlp_kernel": False}), cuda=False) is None
+    cfg = DictDefault({"lora_qkv_kernel": True})
+    assert "lora_qkv_kernel" in switch_off_cuda_only(cfg, cuda=False) and cfg["lora_qkv_kernel"] is False

@@ -222,27 +222,43 @@ def build_cross_pair(root: str | Path, teacher_hidden: int = 64, student_hidden:
     return root / "teacher", root / "student_sp"
 
 
-def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 48, seed: int = 0) -> Path:
-    """What ``recipes/tiny/*.yml`` point at: ``root/{teacher,student}`` (untrained, hidden 48 / 32,
-    one tokenizer), ``root/student_sp`` (hidden 32, the second tokenizer: cross-tokenizer twin) and
+# The pair every recipe's tiny twin trains (``distill_plugin.testing.twins``): widths are multiples of
+# 64 (bitsandbytes' 4-bit CPU kernel, for the QLoRA twins), the student is narrower and shallower than
+# the teacher (hidden-state KD needs projectors and a layer map), and the teacher's lm_head is scaled
+# so its distributions are peaked, not near uniform: the KD term is then O(1), not ~0.01.
+TWIN_PAIR = {"student": dict(hidden_size=64, num_layers=2, seed=2), "teacher": dict(hidden_size=128, num_layers=4, seed=1)}
+TEACHER_SHARPNESS = 20.0
+
+
+def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 64, seed: int = 0) -> Path:
+    """What the recipes' tiny twins point at (``python -m distill_plugin.testing.twins``):
+    ``root/{teacher,student}`` (untrained, ``TWIN_PAIR``, one tokenizer), ``root/student_sp`` (the
+    student of ``TWIN_PAIR`` on the second tokenizer, a Llama: cross-tokenizer twins) and
     ``root/data.jsonl`` (the demo's two-digit addition chats)."""
+    import torch
+
     from distill_plugin.demo.task import make_split
     from distill_plugin.jsonl import write_jsonl_atomic
 
-    root = Path(root)
-    build_pair(root, teacher_hidden=48, student_hidden=32)
-    build_model(root / "student_sp", build_sp_tokenizer(), hidden_size=32, seed=2, architecture="llama")
+    root, tok = Path(root), build_tokenizer()
+    build_model(root / "student", tok, **TWIN_PAIR["student"])
+    teacher = build_model(None, tok, **TWIN_PAIR["teacher"])
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(TEACHER_SHARPNESS)
+    teacher.save_pretrained(str(root / "teacher"))
+    tok.save_pretrained(str(root / "teacher"))
+    build_model(root / "student_sp", build_sp_tokenizer(), architecture="llama", **TWIN_PAIR["student"])
     write_jsonl_atomic(root / "data.jsonl", make_split(examples, seed=seed))
     return root
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m distill_plugin.testing.tiny [--out runs/tiny]``: build what the tiny recipes use."""
+    """``python -m distill_plugin.testing.tiny [--out runs/tiny]``: build what the recipes' tiny twins use."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m distill_plugin.testing.tiny", description=main.__doc__)
-    parser.add_argument("--out", default="runs/tiny", help="directory the tiny recipes point at (default: runs/tiny)")
-    parser.add_argument("--examples", type=int, default=48, help="rows of data.jsonl")
+    parser.add_argument("--out", default="runs/tiny", help="directory the twins point at (default: runs/tiny)")
+    parser.add_argument("--examples", type=int, default=64, help="rows of data.jsonl")
     args = parser.parse_args(argv)
     root = prepare_tiny_run(args.out, args.examples)
     print(f"wrote {root}/teacher, {root}/student, {root}/student_sp and {root}/data.jsonl")

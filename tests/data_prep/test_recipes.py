@@ -21,7 +21,7 @@ import yaml
 from dp_helpers import TRAINED, subprocess_env, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-R7B, TINY = ROOT / "recipes" / "r1_distill_qwen7b.yml", ROOT / "recipes" / "tiny" / "r1_sft.yml"
+R7B = ROOT / "recipes" / "r1_distill_qwen7b.yml"
 GPU_CAPS = {"bf16": True, "fp8": False, "tf32": True, "n_gpu": 1, "compute_capability": "sm_90"}
 
 
@@ -67,40 +67,40 @@ def exported(tmp_path_factory, tiny_teacher, tiny_student):
 
 
 def _tiny_cfg(root: Path, student: Path, train: Path) -> Path:
-    raw = yaml.safe_load(TINY.read_text())
-    raw.update(base_model=str(student), output_dir=str(root / "out"), dataset_prepared_path=str(root / "prep"))
-    raw["datasets"][0]["path"] = str(train)
-    path = root / "tiny.yml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """The 7B recipe's tiny twin (distill_plugin.testing.twins) on the pipeline's export; QLoRA kept, so
+    the student is the twins' 64-wide one (bitsandbytes' 4-bit CPU kernel); 6 steps, one checkpoint."""
+    from distill_plugin.testing.twins import Fixtures, derive_twin
+
+    twin = derive_twin(R7B, Fixtures(student=student, data=train, workdir=root, prepared=root / "prep"), steps=6)
+    return twin.write(root / "tiny.yml")
 
 
-def test_tiny_twin_loads_with_load_cfg(exported, tiny_student):
+def test_tiny_twin_loads_with_load_cfg(exported, twin_root):
     from axolotl.cli.config import load_cfg
 
     root, train = exported
-    cfg = load_cfg(str(_tiny_cfg(root, tiny_student, train)))
-    assert cfg.datasets[0]["type"] == "chat_template" and cfg.sample_packing
-    assert cfg.base_model == str(tiny_student)
+    cfg = load_cfg(str(_tiny_cfg(root, twin_root / "student", train)))
+    assert cfg.datasets[0]["type"] == "chat_template" and cfg.sample_packing and cfg.adapter == "qlora"
+    assert cfg.base_model == str(twin_root / "student")
 
 
 @pytest.mark.slow
-def test_tiny_twin_trains_on_pipeline_output(exported, tiny_student):
+def test_tiny_twin_trains_on_pipeline_output(exported, twin_root):
     root, train = exported
     assert len(train.read_text().splitlines()) >= 8
-    yml = _tiny_cfg(root, tiny_student, train)
+    yml = _tiny_cfg(root, twin_root / "student", train)
     proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(yml)], cwd=root,
                           env=subprocess_env(), capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     losses = [float(x) for x in re.findall(r"'loss': '?([0-9.]+)", log)]
     assert len(losses) >= 3 and all(x == x and x > 0 for x in losses)
-    assert (root / "out" / "checkpoint-6" / "model.safetensors").exists()
+    assert (root / "out" / "checkpoint-6" / "adapter_model.safetensors").exists()
     # the reasoning is in the supervised tokens: decode the prepared labels Axolotl trained on
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tiny_student))
+    tok = AutoTokenizer.from_pretrained(str(twin_root / "student"))
     (prep,) = [p for p in (root / "prep").iterdir() if p.is_dir()]
     ds = load_from_disk(str(prep))
     supervised = tok.decode([t for t in ds[0]["labels"] if t != -100])
