@@ -37,14 +37,14 @@ def test_terms_follow_the_mode():
 
 def test_preflight_cross_pair(tmp_path, cross_pair, arithmetic_data, capsys):
     teacher, student = cross_pair
-    base = dict(base_model=str(student))
+    base = dict(base_model=str(student), sample_packing=False)  # the twin of a packing recipe
     # without cross_tokenizer the same-tokenizer check refuses the pair ...
     line = preflight(recipe(tmp_path, cross_pair, arithmetic_data, **base), capsys)
     assert "distill.teacher: tokenizer of" in line
     # ... with it, the pair passes
     ok = recipe(tmp_path, cross_pair, arithmetic_data, **base, distill={"teacher": str(teacher), "cross_tokenizer": "uld"})
     assert preflight(ok, capsys) is None
-    packed = recipe(tmp_path, cross_pair, arithmetic_data, **base, sample_packing=True,
+    packed = recipe(tmp_path, cross_pair, arithmetic_data, **{**base, "sample_packing": True},
                     distill={"teacher": str(teacher), "cross_tokenizer": "uld"})
     assert "does not support `sample_packing: true`" in preflight(packed, capsys)
     missing = recipe(tmp_path, cross_pair, arithmetic_data, **base,
