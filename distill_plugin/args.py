@@ -27,6 +27,7 @@ OFFLINE_ONLY = ("topk", "topk_tail")
 # On-policy distillation (GKD): sampling settings, meaningful only when something is sampled.
 GENERATION_ONLY = ("max_new_tokens", "generation_temperature", "generation_top_p", "generation_backend")
 DIVERGENCE_ONLY = {"beta": ("jsd",), "skew": ("skew_forward_kl", "skew_reverse_kl")}
+CROSS_TOKENIZER_ONLY = ("teacher_tokenizer", "uld_top_k")
 
 # The choices come from the registries, so a new divergence or tail mode is one edit in losses/.
 Divergence = Literal[DIVERGENCES]
@@ -162,6 +163,37 @@ class DistillConfig(BaseModel):
             raise ValueError("distill.seq_kd samples from the teacher with the `hf` backend only; set `generation_backend: hf`")
         return self
 
+    # Cross-tokenizer KD (README "Cross-tokenizer distillation", issue #15); needs the online `teacher`.
+    cross_tokenizer: Literal["off", "uld", "hybrid"] = Field(
+        "off", description="Teacher with another tokenizer: `uld` (sorted-probability L1 per aligned span) or `hybrid` (`divergence` on tokens both vocabularies spell alike + ULD on the rest)."
+    )
+    teacher_tokenizer: str | None = Field(
+        None, description="Cross-tokenizer: the teacher's tokenizer (path or hub id); default: the teacher checkpoint's own."
+    )
+    uld_top_k: int | None = Field(
+        None, gt=0, description="Cross-tokenizer: compare the sorted top-k probabilities of both sides (default: the full sorted vocabularies)."
+    )
+
+    @model_validator(mode="after")
+    def _check_cross_tokenizer(self):
+        if self.cross_tokenizer == "off":
+            for name in CROSS_TOKENIZER_ONLY:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"distill.{name} has no effect with cross_tokenizer 'off'; remove it or set `cross_tokenizer`")
+            return self
+        if self.teacher is None or self.teacher_logits is not None:
+            raise ValueError("distill.cross_tokenizer needs the online `teacher` (run on its own tokens), not `teacher_logits`")
+        if self.on_policy_fraction or self.seq_kd:
+            raise ValueError("distill.cross_tokenizer: sampled completions (`on_policy_fraction` / `seq_kd`) across "
+                             "tokenizers are not supported (the alignment is built by the collator, before sampling)")
+        if self.hidden_weight:
+            raise ValueError("distill.cross_tokenizer: hidden-state KD (`hidden_weight`) across tokenizers is not supported")
+        if not self.check_tokenizer:
+            raise ValueError("distill.check_tokenizer has no effect with cross_tokenizer (tokenizers may differ); remove it")
+        if self.cross_tokenizer == "uld" and self.divergence != "forward_kl":
+            raise ValueError("distill.divergence has no effect with cross_tokenizer 'uld' (used by 'hybrid'); remove it")
+        return self
+
     @model_validator(mode="after")
     def _check_hidden(self):
         try:
@@ -181,6 +213,10 @@ class DistillConfig(BaseModel):
         ``student`` and ``teacher`` models (their depths and widths)."""
         from .losses.terms import LogitTerms
 
+        if self.cross_tokenizer != "off":
+            from .losses.uld import CrossTokenizerTerms
+
+            return [CrossTokenizerTerms(self.kd_settings(), self.cross_tokenizer, self.uld_top_k, self.chunk_size)]
         terms = [LogitTerms(self.kd_settings(), self.topk_tail, self.chunk_size)]
         if self.hidden_weight:
             if student is None or teacher is None:

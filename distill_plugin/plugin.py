@@ -101,6 +101,11 @@ class DistillPlugin(BasePlugin):
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         config = distill_config_of(cfg)
+        if config is not None and config.cross_tokenizer != "off":  # cross-tokenizer KD (issue #15)
+            from .alignment.collator import cross_tokenizer_collator_cls_and_kwargs
+            from .alignment.setup import teacher_tokenizer_path
+
+            return cross_tokenizer_collator_cls_and_kwargs(cfg, *teacher_tokenizer_path(config), is_eval=is_eval)
         if config is None or config.teacher_logits is None:
             return None
         from .offline.collator import offline_collator_cls_and_kwargs
@@ -127,19 +132,28 @@ class DistillPlugin(BasePlugin):
             from .modeling import output_head, unwrap_causal_lm
             from .teachers import TeacherModelSource, check_same_tokenizer, load_teacher
 
-            if config.check_tokenizer:
+            if config.check_tokenizer and config.cross_tokenizer == "off":
                 check_same_tokenizer(tokenizer, config.teacher, config.teacher_revision)
             student = unwrap_causal_lm(trainer.model)
             attn = getattr(student.config, "_attn_implementation", None)
             teacher = load_teacher(config, trainer.args.device, attn)
-            online = TeacherModelSource(teacher, len(tokenizer), logits=config.teacher_logits is None,
-                                        device=trainer.args.device)
+            if config.cross_tokenizer != "off":  # cross-tokenizer KD (issue #15): the teacher reads its own tokens
+                from .alignment.setup import aligned_teacher_source, check_pair
+
+                LOG.info("distill_plugin: %s", check_pair(tokenizer, config))
+                online = aligned_teacher_source(config, tokenizer, teacher, trainer.args.device)
+            else:
+                online = TeacherModelSource(teacher, len(tokenizer), logits=config.teacher_logits is None,
+                                            device=trainer.args.device)
             sources.append(online)
             rows = (output_head(teacher).weight.shape[0], output_head(student).weight.shape[0])
             cut = "" if rows[0] == rows[1] == len(tokenizer) else f", lm_head rows teacher {rows[0]} / student {rows[1]} cut to it"
-            LOG.info("distill_plugin: teacher = online %s, dtype %s, device %s, attention %s; vocab %d shared tokens%s%s",
+            vocab = f"vocab {len(tokenizer)} shared tokens{cut}"
+            if config.cross_tokenizer != "off":
+                vocab = f"vocab {online.vocab_size} teacher / {len(tokenizer)} student tokens"
+            LOG.info("distill_plugin: teacher = online %s, dtype %s, device %s, attention %s; %s%s",
                      config.teacher, next(teacher.parameters()).dtype, online.teacher_device,
-                     teacher.config._attn_implementation, len(tokenizer), cut,
+                     teacher.config._attn_implementation, vocab,
                      "; hidden states only (logits from the store)" if config.teacher_logits else "")
         from .teachers import CombinedSources
 

@@ -61,7 +61,7 @@ def check_raw_config(cfg: dict) -> DistillConfig:
         config = DistillConfig.model_validate(dict(cfg[BLOCK]))
     except ValidationError as err:
         raise SetupError(one_line(err)) from None
-    check_engine(cfg, config)
+    check_engine(cfg, config)  # first: it names an unreadable `deepspeed:` file
     check_on_policy(cfg, config)
     return config
 
@@ -72,6 +72,10 @@ def check_on_policy(cfg: dict, config: DistillConfig) -> None:
     if (config.on_policy_fraction or config.seq_kd) and cfg.get("sample_packing"):
         raise SetupError("`sample_packing: true` with distill.on_policy_fraction / distill.seq_kd: generated steps need "
                          "one prompt per row; set `sample_packing: false`")
+    engine = engine_of(cfg) if (config.on_policy_fraction or config.seq_kd) else "ddp"
+    if engine in ("fsdp2", "zero3"):
+        raise SetupError(f"distill.on_policy_fraction / distill.seq_kd: sampling needs whole weights in every process, and "
+                         f"{engine} shards them; train with DDP or ZeRO-1/2, or remove the sampling settings")
 
 
 def check_engine(cfg: dict, config: DistillConfig) -> None:
@@ -165,6 +169,26 @@ def packing_warning(cfg, config: DistillConfig) -> str | None:
     return None
 
 
+def check_cross_tokenizer(cfg, config: DistillConfig, tokenizer) -> None:
+    """Cross-tokenizer KD (issue #15): no packing, and both tokenizers are fast (offset mappings).
+    The same-tokenizer check becomes the plugin's "tokenizers differ, alignment in use" line."""
+    from .alignment.setup import check_pair, teacher_tokenizer_path
+
+    if cfg.get("sample_packing"):
+        raise SetupError("distill.cross_tokenizer does not support `sample_packing: true` (the teacher would need one "
+                         "sequence per packed document); set `sample_packing: false`")
+    key = "teacher_tokenizer" if config.teacher_tokenizer else "teacher"
+    try:
+        if tokenizer is not None:
+            check_pair(tokenizer, config)
+        else:
+            from .alignment.collator import load_teacher_tokenizer
+
+            load_teacher_tokenizer(*teacher_tokenizer_path(config))
+    except Exception as err:  # a missing tokenizer (OSError) or a slow one without offsets (ValueError)
+        raise SetupError(f"distill.{key}: {first_line(err)}") from None
+
+
 def check_resources(cfg, config: DistillConfig) -> None:
     """Checks that read files, never a model's weights.
 
@@ -177,7 +201,9 @@ def check_resources(cfg, config: DistillConfig) -> None:
         tokenizer = None
     if config.teacher is not None:
         resolve_teacher(config)
-        if config.check_tokenizer and tokenizer is not None:
+        if config.cross_tokenizer != "off":
+            check_cross_tokenizer(cfg, config, tokenizer)
+        elif config.check_tokenizer and tokenizer is not None:
             from .teachers import check_same_tokenizer
 
             try:

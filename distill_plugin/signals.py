@@ -9,8 +9,9 @@ whose distribution predicts token t+1 (``labels[b, t+1] != -100``).
                    by chunk inside the fused loss, never materialised whole
     TopKLogprobs   the teacher's top-k ids and log-probs [N, k] stored at a capture temperature
     HiddenStates   the teacher's hidden states [N, H_t] at the mapped layers (hidden-state KD)
-
-Cross-tokenizer alignments (ULD) are a further signal kind, added here when their term lands.
+    AlignedLogits  cross-tokenizer KD: the teacher's final hidden states [M, H_t] at its positions
+                   aligned to student rows (``alignment.spans``) + output head, and for each of the
+                   N student rows the index of its teacher row (−1: no aligned teacher position)
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ LABELS = "labels"
 NUM_ITEMS = "num_items_in_batch"
 TOPK_IDS = "teacher_topk_ids"  # LongTensor [B, T, k]
 TOPK_LOGPROBS = "teacher_topk_logprobs"  # FloatTensor [B, T, k], -inf where absent
-NON_MODEL_KEYS = (LABELS, NUM_ITEMS, TOPK_IDS, TOPK_LOGPROBS)  # never passed to model.forward
+# Cross-tokenizer batches (``alignment.collator``): the teacher's own tokenisation and the aligned
+# positions [B, A] (student position p, teacher position q; −1 = padding), see ``alignment.spans``.
+TEACHER_INPUT_IDS = "teacher_input_ids"
+TEACHER_ATTENTION_MASK = "teacher_attention_mask"
+ALIGNED_STUDENT = "aligned_student_positions"
+ALIGNED_TEACHER = "aligned_teacher_positions"
+CROSS_TOKENIZER_KEYS = (TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK, ALIGNED_STUDENT, ALIGNED_TEACHER)
+NON_MODEL_KEYS = (LABELS, NUM_ITEMS, TOPK_IDS, TOPK_LOGPROBS, *CROSS_TOKENIZER_KEYS)  # never passed to model.forward
 IGNORE_INDEX = -100
 
 
@@ -81,3 +89,21 @@ class HiddenStates:
     """Teacher hidden states of the supervised rows: ``layers[h]`` [N, H_t] for each mapped index h."""
 
     layers: dict[int, torch.Tensor]
+
+
+@dataclass
+class AlignedLogits:
+    """Cross-tokenizer teacher signal: teacher final hidden states of its aligned positions [M, H_t]
+    and its head; ``index`` [N] gives, for each student row, its row in ``rows`` or −1.
+
+    ``vocab_size`` / ``student_vocab_size`` are the two tokenizers' lengths (lm_head padding rows
+    are cut); ``vocab_map``
+    (``alignment.tokens.VocabMap``) pairs the ids whose strings agree, for the hybrid loss.
+    """
+
+    rows: torch.Tensor
+    head: OutputHead
+    index: torch.Tensor
+    vocab_size: int | None = None
+    student_vocab_size: int | None = None
+    vocab_map: object | None = None

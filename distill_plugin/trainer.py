@@ -236,6 +236,8 @@ def make_trl_trainer_class():
             elif teacher_model is not None:
                 fields["teacher"] = teacher_model
             config = DistillConfig.model_validate(fields)
+            if config.cross_tokenizer != "off":  # needs the cross-tokenizer collator (issue #15)
+                raise ValueError("distill.cross_tokenizer is supported through Axolotl (the plugin supplies the collator), not DistillSFTTrainer")
             if isinstance(teacher_model, torch.nn.Module):
                 teacher = teacher_model.to(config.teacher_device or self.args.device).eval().requires_grad_(False)
             else:

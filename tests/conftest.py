@@ -33,6 +33,15 @@ def arithmetic_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cross_pair(tmp_path_factory):
+    """A tiny teacher (hidden 48) on the byte-level tokenizer and a tiny student (hidden 32) on the
+    SentencePiece-style one (cross-tokenizer KD)."""
+    from distill_plugin.testing.tiny import build_cross_pair
+
+    return build_cross_pair(tmp_path_factory.mktemp("cross"), teacher_hidden=48, student_hidden=32)
+
+
+@pytest.fixture(scope="session")
 def twin_root(tmp_path_factory):
     """What every recipe's tiny twin trains on (``distill_plugin.testing.twins``), built once: the
     twin pair (``tiny.TWIN_PAIR``), the addition chats, and one prepared-data directory they share."""

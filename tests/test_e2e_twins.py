@@ -161,12 +161,19 @@ def check_on_policy(run: Run):
             assert 0 < entry["generated_length"] <= d.max_new_tokens and 0 < entry["generation_time_share"] < 1
 
 
+def check_alignment(run: Run):
+    """Cross-tokenizer twins: the start-up line, and the KD components are > 0 (pairs were aligned)."""
+    assert run.output.count("alignment in use (cross_tokenizer") == 1, run.output[-3000:]
+    assert all(e["uld_loss"] > 0 for e in run.logs), run.logs
+
+
 CHECKS = {
     "loss": check_loss, "kd_loss": check_component("kd_loss"), "ce_loss": check_component("ce_loss"),
     "hidden_loss": check_component("hidden_loss"), "loss_sum": check_loss_sum, "eval": check_eval,
     "packing": check_packing, "adapter": check_adapter, "reload": check_reload, "4bit": check_4bit,
     "teacher_4bit": check_teacher_4bit, "projectors": check_projectors, "stored_topk": check_stored_topk,
-    "ddp": check_ddp, "on_policy": check_on_policy,
+    "ddp": check_ddp, "on_policy": check_on_policy, "exact_loss": check_component("exact_loss"), "uld_loss": check_component("uld_loss"),
+    "alignment": check_alignment,
 }
 
 

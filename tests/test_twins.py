@@ -138,7 +138,9 @@ def test_every_twin_loads_with_axolotl(recipe, fixtures):
 
     path = derive_twin(recipe, fixtures).write(fixtures.workdir / "twin.yml")
     cfg = load_cfg(str(path))
-    assert cfg.base_model == str(fixtures.student) and cfg.sequence_len <= 256 and cfg.max_steps == 4
+    cross = (cfg.get("distill") or {}).get("cross_tokenizer", "off") != "off"  # its student has the other tokenizer
+    assert cfg.base_model == str(fixtures.cross_student if cross else fixtures.student)
+    assert cfg.sequence_len <= 256 and cfg.max_steps == 4
 
 
 def test_cli_writes_the_twin_and_prints_its_changes(twin_root, tmp_path):

@@ -50,7 +50,8 @@ def dense_targets(row: StoredRow, labels, k: int) -> tuple[np.ndarray, np.ndarra
     return ids, lps
 
 
-def _resolve(cls_or_path):
+def resolve_class(cls_or_path):
+    """A class, or the class a dotted path names (collators are passed either way)."""
     if isinstance(cls_or_path, str):
         module, _, name = cls_or_path.rpartition(".")
         return getattr(importlib.import_module(module), name)
@@ -67,7 +68,7 @@ class OfflineTopKCollator:
     """
 
     def __init__(self, tokenizer, *args, store_path: str, base_collator=None, k: int | None = None, **kwargs):
-        base_cls = _resolve(base_collator or "axolotl.utils.collators.batching.DataCollatorForSeq2Seq")
+        base_cls = resolve_class(base_collator or "axolotl.utils.collators.batching.DataCollatorForSeq2Seq")
         self.base = base_cls(tokenizer, *args, **kwargs)
         self.tokenizer = tokenizer
         self.store_path = str(store_path)

@@ -1,6 +1,6 @@
 """Teachers: loading an online teacher model, and the sources that turn a batch into teacher signals."""
 
 from .loading import check_same_tokenizer, load_teacher
-from .sources import CombinedSources, StoredTopKSource, TeacherModelSource, TeacherSource
+from .sources import AlignedTeacherSource, CombinedSources, StoredTopKSource, TeacherModelSource, TeacherSource
 
-__all__ = ["CombinedSources", "StoredTopKSource", "TeacherModelSource", "TeacherSource", "check_same_tokenizer", "load_teacher"]
+__all__ = ["AlignedTeacherSource", "CombinedSources", "StoredTopKSource", "TeacherModelSource", "TeacherSource", "check_same_tokenizer", "load_teacher"]

@@ -6,6 +6,9 @@
                          and HiddenStates at the layers a hidden-state term asked for
     StoredTopKSource     top-k log-probs captured offline, put in the batch by the offline
                          collator (``distill_plugin.offline.collator``) → TopKLogprobs
+    AlignedTeacherSource a frozen teacher run on its OWN tokenisation of the same text (cross-tokenizer
+                         KD), put in the batch by ``alignment.collator`` → AlignedLogits (its final
+                         hidden states at the positions aligned to student rows + lm_head)
     CombinedSources      several sources, e.g. stored top-k logits + an online teacher for
                          hidden-state KD
 
@@ -21,8 +24,9 @@ from typing import Any, Protocol
 import torch
 
 from ..hidden.capture import hidden_rows
-from ..modeling import output_head
-from ..signals import TOPK_IDS, TOPK_LOGPROBS, DenseLogits, HiddenStates, OutputHead, TopKLogprobs
+from ..modeling import final_hidden_states, output_head
+from ..signals import (ALIGNED_STUDENT, ALIGNED_TEACHER, TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, TOPK_IDS,
+                       TOPK_LOGPROBS, AlignedLogits, DenseLogits, HiddenStates, OutputHead, TopKLogprobs)
 
 
 class TeacherSource(Protocol):
@@ -71,6 +75,53 @@ class TeacherModelSource:
         if self.hidden_layers:
             out[HiddenStates] = HiddenStates({h: r.to(self.device) for h, r in layers.items()})
         return out
+
+
+class AlignedTeacherSource(TeacherModelSource):
+    """The teacher on its own tokens (``teacher_input_ids``/``teacher_attention_mask``) and the
+    aligned positions [B, A] of the cross-tokenizer collator → ``AlignedLogits``.
+
+    Student row of (b, p): its rank among the supervised positions in ``select_rows`` order (row-major
+    cumulative count of the mask), so ``index[row] = k`` for the k-th aligned pair — all tensor ops.
+    """
+
+    def __init__(self, model: torch.nn.Module, vocab_size: int | None, student_vocab_size: int | None,
+                 vocab_map=None, device: torch.device | str | None = None):
+        super().__init__(model, vocab_size, logits=True, device=device)
+        self.student_vocab_size = student_vocab_size
+        # moved to the loss's device once, not per batch
+        self.vocab_map = type(vocab_map)(*(t.to(self.device) for t in vocab_map)) if vocab_map is not None else None
+
+    @property
+    def produces(self) -> tuple[type, ...]:
+        return (AlignedLogits,)
+
+    def request_hidden(self, layers) -> None:
+        raise ValueError("hidden-state KD across tokenizers is not supported (the layers' positions differ)")
+
+    def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
+        try:
+            ids, attention = inputs[TEACHER_INPUT_IDS], inputs[TEACHER_ATTENTION_MASK]
+            student_pos, teacher_pos = inputs[ALIGNED_STUDENT].to(mask.device), inputs[ALIGNED_TEACHER]
+        except KeyError:
+            raise KeyError(
+                f"cross-tokenizer batch has no {TEACHER_INPUT_IDS}/{ALIGNED_STUDENT}: the cross-tokenizer collator "
+                "was not used (is `distill.cross_tokenizer` set and the plugin listed in `plugins:`?)"
+            ) from None
+        teacher_inputs = {"input_ids": ids.to(self.teacher_device), "attention_mask": attention.to(self.teacher_device)}
+        with torch.no_grad():
+            hidden = final_hidden_states(self.model, teacher_inputs)
+        pair = student_pos >= 0
+        batch = torch.arange(pair.shape[0], device=mask.device)[:, None].expand_as(pair)[pair]
+        positions = student_pos[pair]
+        if not bool(mask[batch, positions].all()):
+            raise ValueError("cross-tokenizer alignment names a student position whose next token is not supervised")
+        row_of = mask.flatten().long().cumsum(0).view(mask.shape) - 1
+        index = torch.full((int(mask.sum()),), -1, dtype=torch.long, device=mask.device)
+        index[row_of[batch, positions]] = torch.arange(len(positions), device=mask.device)
+        rows = hidden[batch.to(hidden.device), teacher_pos.to(hidden.device)[pair.to(hidden.device)]]
+        return {AlignedLogits: AlignedLogits(rows.to(self.device), self._head, index.to(self.device),
+                                             self.vocab_size, self.student_vocab_size, self.vocab_map)}
 
 
 class StoredTopKSource:

@@ -6,11 +6,21 @@ by this module.
 
 The tokenizer is Qwen2's byte-level BPE with a 261-token vocabulary (bytes + specials) and a
 Qwen/R1-like chat template whose assistant turns keep their ``<think>...</think>`` reasoning.
+
+A second, genuinely different tokenizer (``build_sp_tokenizer``) serves cross-tokenizer tests: a
+SentencePiece-style BPE (``▁`` marks a leading space, ``<0xNN>`` byte fallback) with its own merge
+table learned here from a fixed corpus, its own special tokens and a Phi-3-like chat template
+(``<|user|>``/``<|assistant|>``/``<|end|>``). ``build_cross_pair`` puts a teacher on the first
+tokenizer and a student on the second.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
+
+from distill_plugin.alignment.tokens import byte_alphabet
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 PAD, BOS_EOS = "<|endoftext|>", "<|im_end|>"
@@ -46,18 +56,6 @@ STRIPPING_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
 )
 
 
-def byte_alphabet() -> list[str]:
-    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2/Qwen convention)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
 def build_tokenizer(out_dir: str | Path | None = None, chat_template: str = CHAT_TEMPLATE):
     """Build (and optionally save) the tiny tokenizer: Qwen2's byte-level BPE with no merges.
 
@@ -85,6 +83,80 @@ def build_tokenizer(out_dir: str | Path | None = None, chat_template: str = CHAT
     return tok
 
 
+SP_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+SP_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|' + message['role'] + '|>\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- message['content'] + '<|end|>' }}{%- endgeneration -%}{{- '\n' }}"
+    "{%- else -%}{{- message['content'] + '<|end|>\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\n' }}{%- endif -%}"
+)
+SP_MERGES = 160
+
+
+def _sp_corpus() -> list[str]:
+    """Fixed text the second tokenizer's merges are learned from (arithmetic chats + plain English)."""
+    from distill_plugin.demo.task import make_split
+
+    chats = [m["content"] for row in make_split(64, seed=1234) for m in row["messages"]]
+    english = ["the quick brown fox jumps over the lazy dog", "what is the answer to this question",
+               "tokenizers split words into pieces", "the teacher and the student see the same text"]
+    return chats + english * 4
+
+
+def learn_merges(corpus: list[str], merges: int) -> list[tuple[str, str]]:
+    """Plain BPE on ``▁``-marked words: repeatedly merge the most frequent adjacent pair (ties: the
+    lexicographically smallest pair), so the merge table is deterministic."""
+    words = Counter(tuple(w) for text in corpus for w in re.split("(?=▁)", text.replace(" ", "▁")) if w)
+    table = []
+    for _ in range(merges):
+        pairs = Counter()
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        table.append(best)
+        merged = Counter()
+        for word, n in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += n
+        words = merged
+    return table
+
+
+def build_sp_tokenizer(out_dir: str | Path | None = None, chat_template: str = SP_CHAT_TEMPLATE):
+    """The second tiny tokenizer: SentencePiece-style BPE (``▁`` + byte fallback), its own merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    merges = learn_merges(_sp_corpus(), SP_MERGES)
+    vocab = {token: i for i, token in enumerate(SP_SPECIAL_TOKENS)}
+    alphabet = sorted({*map(chr, range(0x20, 0x7F)), "\n", "▁"} - {" "})
+    for token in [f"<0x{b:02X}>" for b in range(256)] + alphabet + [a + b for a, b in merges]:
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", pad_token="</s>",
+                                  eos_token="<|end|>", additional_special_tokens=SP_SPECIAL_TOKENS[3:])
+    tok.chat_template = chat_template
+    tok.padding_side = "right"
+    if out_dir is not None:
+        tok.save_pretrained(str(out_dir))
+    return tok
+
+
 def build_model(
     out_dir: str | Path | None = None,
     tokenizer=None,
@@ -95,18 +167,23 @@ def build_model(
     vocab_pad_to: int | None = None,
     tie_word_embeddings: bool = False,
     seed: int = 0,
+    architecture: str = "qwen2",
 ):
-    """Build a randomly initialised Qwen2 causal LM sized for ``tokenizer``.
+    """Build a randomly initialised Qwen2 (or, ``architecture="llama"``, Llama) causal LM sized for
+    ``tokenizer``. The second tokenizer's student is a Llama: for a ``qwen2`` config AutoTokenizer
+    always rebuilds a Qwen2 tokenizer, whose byte-level pipeline would replace the saved one.
 
     ``vocab_pad_to`` pads the embedding matrix beyond the tokenizer's length, as real checkpoints of
     one family do (151,936 vs 152,064), so the vocab-padding path can be tested.
     """
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = tokenizer or build_tokenizer()
     vocab = max(len(tokenizer), vocab_pad_to or 0)
-    config = Qwen2Config(
+    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[architecture]
+    extra = {"use_sliding_window": False} if architecture == "qwen2" else {}
+    config = config_cls(
         vocab_size=vocab,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
@@ -118,10 +195,10 @@ def build_model(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        use_sliding_window=False,
+        **extra,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = model_cls(config)
     if out_dir is not None:
         model.save_pretrained(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))
@@ -137,6 +214,14 @@ def build_pair(root: str | Path, teacher_hidden: int = 64, student_hidden: int =
     return root / "teacher", root / "student"
 
 
+def build_cross_pair(root: str | Path, teacher_hidden: int = 64, student_hidden: int = 32, **kw) -> tuple[Path, Path]:
+    """A tiny teacher on the byte-level tokenizer and a tiny student on the SentencePiece-style one."""
+    root = Path(root)
+    build_model(root / "teacher", build_tokenizer(), hidden_size=teacher_hidden, seed=1, **kw)
+    build_model(root / "student_sp", build_sp_tokenizer(), hidden_size=student_hidden, seed=2, architecture="llama", **kw)
+    return root / "teacher", root / "student_sp"
+
+
 # The pair every recipe's tiny twin trains (``distill_plugin.testing.twins``): widths are multiples of
 # 64 (bitsandbytes' 4-bit CPU kernel, for the QLoRA twins), the student is narrower and shallower than
 # the teacher (hidden-state KD needs projectors and a layer map), and the teacher's lm_head is scaled
@@ -147,8 +232,9 @@ TEACHER_SHARPNESS = 20.0
 
 def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 64, seed: int = 0) -> Path:
     """What the recipes' tiny twins point at (``python -m distill_plugin.testing.twins``):
-    ``root/{teacher,student}`` (untrained, ``TWIN_PAIR``, one tokenizer) and ``root/data.jsonl`` (the
-    demo's two-digit addition chats)."""
+    ``root/{teacher,student}`` (untrained, ``TWIN_PAIR``, one tokenizer), ``root/student_sp`` (the
+    student of ``TWIN_PAIR`` on the second tokenizer, a Llama: cross-tokenizer twins) and
+    ``root/data.jsonl`` (the demo's two-digit addition chats)."""
     import torch
 
     from distill_plugin.demo.task import make_split
@@ -161,6 +247,7 @@ def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 64, seed: i
         teacher.lm_head.weight.mul_(TEACHER_SHARPNESS)
     teacher.save_pretrained(str(root / "teacher"))
     tok.save_pretrained(str(root / "teacher"))
+    build_model(root / "student_sp", build_sp_tokenizer(), architecture="llama", **TWIN_PAIR["student"])
     write_jsonl_atomic(root / "data.jsonl", make_split(examples, seed=seed))
     return root
 
@@ -174,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=64, help="rows of data.jsonl")
     args = parser.parse_args(argv)
     root = prepare_tiny_run(args.out, args.examples)
-    print(f"wrote {root}/teacher, {root}/student and {root}/data.jsonl")
+    print(f"wrote {root}/teacher, {root}/student, {root}/student_sp and {root}/data.jsonl")
 
 
 if __name__ == "__main__":

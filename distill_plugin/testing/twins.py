@@ -14,7 +14,8 @@
 
 The rules, in order; every change is listed with its reason, and nothing else changes:
 
-  models     ``base_model`` (and ``base_model_config`` / ``tokenizer_config``) → ``fixtures.student``;
+  models     ``base_model`` (and ``base_model_config`` / ``tokenizer_config``) → ``fixtures.student``
+             (``fixtures.cross_student``, on another tokenizer, when ``distill.cross_tokenizer`` is set);
              ``distill.teacher`` → ``fixtures.teacher``; ``distill.teacher_logits`` →
              ``fixtures.teacher_logits``; any ``distill`` key in ``fixtures.distill`` → its value
              (a server URL, another teacher...). A resource key (``RESOURCE_KEYS``) that the recipe
@@ -95,6 +96,7 @@ class Fixtures:
     prepared: str | Path | None = None   # dataset_prepared_path, shared by twins (default workdir/prepared)
     teacher_logits: str | Path | None = None  # an offline store (captured with the twin's own config)
     distill: Mapping[str, Any] = field(default_factory=dict)  # further distill-key stand-ins, e.g. a server URL
+    cross_student: str | Path | None = None  # the student of a cross-tokenizer recipe (another tokenizer than the teacher's)
 
     @classmethod
     def under(cls, root: str | Path, workdir: str | Path, **kwargs) -> "Fixtures":
@@ -103,7 +105,7 @@ class Fixtures:
         twin's outputs (and its offline store, ``workdir/logits``) under ``workdir``."""
         root, workdir = Path(root), Path(workdir)
         defaults = dict(student=root / "student", teacher=root / "teacher", data=root / "data.jsonl", workdir=workdir,
-                        prepared=root / "prepared", teacher_logits=workdir / "logits")
+                        prepared=root / "prepared", teacher_logits=workdir / "logits", cross_student=root / "student_sp")
         return cls(**{**defaults, **kwargs})
 
 
@@ -169,10 +171,13 @@ def cpu_blocker(cfg: dict) -> str | None:
 
 def _models(edits: _Edits, fx: Fixtures, recipe: Path) -> None:
     cfg = edits.cfg
-    edits.set(cfg, "base_model", str(fx.student), "tiny student")
+    student, why = fx.student, "tiny student"
+    if (cfg.get("distill") or {}).get("cross_tokenizer", "off") != "off" and fx.cross_student is not None:
+        student, why = fx.cross_student, "tiny student on the second tokenizer (cross-tokenizer recipe)"
+    edits.set(cfg, "base_model", str(student), why)
     for key in ("base_model_config", "tokenizer_config"):
         if key in cfg:
-            edits.set(cfg, key, str(fx.student), "tiny student")
+            edits.set(cfg, key, str(student), why)
     distill = cfg.get("distill") or {}
     stand_ins = {key: getattr(fx, attr) for key, attr in RESOURCE_KEYS.items()} | dict(fx.distill)
     for key, value in stand_ins.items():

@@ -94,3 +94,37 @@ def make_case(rows=37, hs=16, ht=24, vs=50, vt=50, seed=0, dtype=torch.float32):
     w_t = (torch.randn(vt, ht, generator=g) * 0.5).to(dtype)
     targets = torch.randint(0, min(vs, vt), (rows,), generator=g)
     return h_s, w_s, h_t, w_t, targets
+
+
+def reference_sorted_l1(p, q, top_k=None):
+    """Σ_j |sort↓(p)_j − sort↓(q)_j| with zero-padding to the wider side (or the first k of each)."""
+    p, q = p.sort(-1, descending=True).values, q.sort(-1, descending=True).values
+    if top_k:
+        p, q = p[:, :top_k], q[:, :top_k]
+    width = max(p.shape[1], q.shape[1])
+    p = torch.cat([p, p.new_zeros(p.shape[0], width - p.shape[1])], 1)
+    q = torch.cat([q, q.new_zeros(q.shape[0], width - q.shape[1])], 1)
+    return (p - q).abs().sum(-1)
+
+
+def reference_cross_tokenizer(h_s, w_s, h_t, w_t, index, targets, s, mode, top_k, vocab_map, normalizer,
+                              student_vocab=None, teacher_vocab=None):
+    """ULD / hybrid + CE on full float64 logits: (objective, exact, uld, ce), each divided by N.
+
+    Student row i is compared with teacher row index[i] (−1: CE only)."""
+    zs = logits(h_s, w_s, vocab=student_vocab)
+    zt = logits(h_t, w_t, vocab=teacher_vocab)
+    aligned = index >= 0
+    q = torch.softmax(zs / s.temperature, -1)[aligned]
+    p = torch.softmax(zt / s.temperature, -1)[index[aligned]]
+    if mode == "uld":
+        exact = zs.new_zeros(())
+        uld = reference_sorted_l1(p, q, top_k).sum()
+    else:
+        pm, qm = p[:, vocab_map.teacher], q[:, vocab_map.student]
+        pm = torch.cat([pm, 1 - pm.sum(-1, keepdim=True)], -1)
+        qm = torch.cat([qm, 1 - qm.sum(-1, keepdim=True)], -1)
+        exact = reference_divergence(pm, qm, s.divergence, s.beta, s.skew).sum()
+        uld = reference_sorted_l1(p[:, vocab_map.teacher_other], q[:, vocab_map.student_other], top_k).sum()
+    objective, _, ce = _assemble(exact + uld, zs, targets, s, normalizer)
+    return objective, exact / normalizer, uld / normalizer, ce

@@ -1,0 +1,145 @@
+"""Cross-tokenizer KD on CPU: alignment throughput, and the training-step overhead vs same-tokenizer KD.
+
+    python benchmarks/bench_uld.py [--examples 2000] [--steps 20] [--batch 8]
+
+1. Alignment (one core): the collator's per-example work — rebuild the student's text from its ids,
+   re-render it with the teacher's chat template, tokenise it with the teacher's tokenizer (offsets),
+   align — on the demo's addition chats, student on the tiny SentencePiece-style tokenizer, teacher on
+   the byte-level one (different templates). Also with a long example (~4k student tokens of prose
+   and digits) to show the cost is linear in tokens. Reports examples/s and student tokens/s.
+2. Step overhead on the tiny pair (hidden 32 student, 48 teacher): collate + teacher forward + the
+   loss forward/backward, for same-tokenizer logit KD (student on A, forward KL) vs cross-tokenizer
+   `uld` and `hybrid` (student on B). Median ms per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _student_features(tokenizer, rows):
+    from distill_plugin.demo.core import encode
+
+    out = []
+    for row in rows:
+        e = encode(tokenizer, row)
+        ids = e.prompt_ids + e.target_ids
+        out.append({"input_ids": ids, "labels": [-100] * len(e.prompt_ids) + e.target_ids, "attention_mask": [1] * len(ids)})
+    return out
+
+
+def bench_alignment(student_tok, teacher_tok, features, repeats: int = 1) -> tuple[float, float, float]:
+    """(examples/s, student tokens/s, fraction of supervised positions aligned) on one thread."""
+    from distill_plugin.alignment.collator import Aligner
+
+    aligner = Aligner(student_tok, teacher_tok)
+    aligner(features[0]["input_ids"], features[0]["labels"])  # template probes rendered once
+    tokens = sum(len(f["input_ids"]) for f in features) * repeats
+    supervised = sum(int((np.asarray(f["labels"][1:]) != -100).sum()) for f in features)
+    aligned = 0
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for f in features:
+            aligned += len(aligner(f["input_ids"], f["labels"]).student_pos)
+    elapsed = time.perf_counter() - start
+    return len(features) * repeats / elapsed, tokens / elapsed, aligned / (supervised * repeats)
+
+
+def long_feature(student_tok):
+    text = " ".join(f"the quick brown fox {i * 37 % 1000} jumps over héllo 😀 {i}+{i * 3}" for i in range(260))
+    messages = [{"role": "user", "content": "Write it out."}, {"role": "assistant", "content": text}]
+    rendered = student_tok.apply_chat_template(messages, tokenize=False)
+    ids = student_tok(rendered, add_special_tokens=False)["input_ids"]
+    return {"input_ids": ids, "labels": ids, "attention_mask": [1] * len(ids)}
+
+
+def bench_steps(root: Path, rows, steps: int, batch: int) -> dict[str, float]:
+    """Median ms per step (collate + teacher + loss fwd/bwd) for same-tokenizer KD and the two cross modes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill_plugin.alignment.collator import CrossTokenizerCollator
+    from distill_plugin.alignment.tokens import vocab_agreement
+    from distill_plugin.losses.chunked import supervised_mask
+    from distill_plugin.losses.kd import KDSettings
+    from distill_plugin.losses.terms import LogitTerms
+    from distill_plugin.losses.uld import CrossTokenizerTerms
+    from distill_plugin.teachers import AlignedTeacherSource, TeacherModelSource
+    from distill_plugin.testing.tiny import build_cross_pair, build_model
+    from distill_plugin.trainer import student_objective
+
+    teacher_dir, student_sp_dir = build_cross_pair(root, teacher_hidden=48, student_hidden=32)
+    tok_a = AutoTokenizer.from_pretrained(teacher_dir)
+    build_model(root / "student_a", tok_a, hidden_size=32, seed=2)
+    load = lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)  # noqa: E731
+    teacher = load(teacher_dir).eval().requires_grad_(False)
+    settings = KDSettings(kd_weight=0.5, ce_weight=0.5)
+    tok_b = AutoTokenizer.from_pretrained(student_sp_dir)
+    base = "transformers.DataCollatorForSeq2Seq"
+    cross = CrossTokenizerCollator(tok_b, teacher_tokenizer=str(teacher_dir), base_collator=base)
+    same = CrossTokenizerCollator(tok_a, teacher_tokenizer=str(teacher_dir), base_collator=base).base
+    setups = {
+        "same tokenizer, forward KL": (load(root / "student_a"), same, _student_features(tok_a, rows),
+                                       TeacherModelSource(teacher, len(tok_a)), LogitTerms(settings)),
+    }
+    for mode in ("uld", "hybrid"):
+        vmap = vocab_agreement(tok_b, tok_a) if mode == "hybrid" else None
+        setups[f"cross tokenizer, {mode}"] = (
+            load(student_sp_dir), cross, _student_features(tok_b, rows),
+            AlignedTeacherSource(teacher, len(tok_a), len(tok_b), vmap), CrossTokenizerTerms(settings, mode))
+    results = {}
+    for name, (student, collate, features, source, term) in setups.items():
+        times = []
+        for step in range(steps + 2):
+            chunk = [features[(step * batch + i) % len(features)] for i in range(batch)]
+            start = time.perf_counter()
+            inputs = collate(chunk, return_tensors="pt") if collate is cross else collate(chunk)
+            mask = supervised_mask(inputs["labels"])
+            signals = source.signals(inputs, mask)
+            model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+            objective, _ = student_objective(None, student, inputs["labels"], mask, (term,), signals, **model_inputs)
+            objective.backward()
+            student.zero_grad(set_to_none=True)
+            if step >= 2:  # two warm-up steps
+                times.append((time.perf_counter() - start) * 1e3)
+        results[name] = statistics.median(times)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from distill_plugin.demo.task import make_split
+    from distill_plugin.testing.tiny import build_sp_tokenizer, build_tokenizer
+
+    tok_a, tok_b = build_tokenizer(), build_sp_tokenizer()
+    rows = make_split(args.examples, seed=5)
+    features = _student_features(tok_b, rows)
+    print("| alignment (1 core) | examples | student tokens/example | examples/s | tokens/s | supervised positions aligned |")
+    print("|---|---|---|---|---|---|")
+    for name, feats, repeats in (("addition chats", features, 1), ("one long example", [long_feature(tok_b)], 20)):
+        ex_s, tok_s, frac = bench_alignment(tok_b, tok_a, feats, repeats)
+        per = sum(len(f["input_ids"]) for f in feats) / len(feats)
+        print(f"| {name} | {len(feats) * repeats} | {per:.0f} | {ex_s:,.0f} | {tok_s:,.0f} | {frac:.0%} |")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = bench_steps(Path(tmp), rows[:256], args.steps, args.batch)
+    base = results["same tokenizer, forward KL"]
+    print(f"\n| training step, tiny pair, batch {args.batch}, 1 core | ms/step (median of {args.steps}) | vs same-tokenizer |")
+    print("|---|---|---|")
+    for name, ms in results.items():
+        print(f"| {name} | {ms:.1f} | {ms / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
