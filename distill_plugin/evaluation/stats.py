@@ -73,4 +73,4 @@ def gap_closed(student: float | None, baseline: float | None, teacher: float | N
         return None
     sign = 1.0 if higher_is_better else -1.0
     gap = sign * (teacher - baseline)
-    return sign * (student - baseline) / gap if gap > 0 else None
+    return sign * (student - baseline) / gap + 0.0 if gap > 0 else None  # + 0.0: no -0.0
