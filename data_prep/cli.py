@@ -273,6 +273,7 @@ def evaluate_cmd(
     concurrency: int = 16,
     batch_size: Annotated[int, typer.Option(help="hf backend: prompts per generate() call.")] = 8,
     tensor_parallel_size: Annotated[int, typer.Option(help="vllm backend.")] = 1,
+    chunk_size: Annotated[int, typer.Option(help="Prompts handed to the backend per call.")] = 64,
     limit: Optional[int] = None,
     max_errors: Annotated[Optional[float], typer.Option(help="Failed prompts allowed per model: N, or a fraction (0-1).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Verification processes (default: all cores).")] = None,
@@ -291,7 +292,7 @@ def evaluate_cmd(
             "openai": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency},
             "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
     cfg = _run(lambda: EvaluateConfig(
-        models=model, teacher=teacher, baseline=baseline, backend=backend, prompt=style, limit=limit,
+        models=model, teacher=teacher, baseline=baseline, backend=backend, prompt=style, limit=limit, chunk_size=chunk_size,
         sampling=SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests, choices=field_choices),
         backend_options=opts, max_errors=max_errors, fit_on=fit_on, fit_batch_size=fit_batch_size, device=device,
