@@ -34,8 +34,9 @@ def markdown(report: dict) -> str:
         fit = m.get("fit") or {}
         kl = _num(fit.get("kl")) if m["role"] != "teacher" else "—"
         if m.get("fit_skipped"):
-            notes.append(m["fit_skipped"])
-            kl = f"— ({len(notes)})"
+            if m["fit_skipped"] not in notes:
+                notes.append(m["fit_skipped"])
+            kl = f"— ({notes.index(m['fit_skipped']) + 1})"
         gap = m.get("gap_closed") or {}
         gap_s = f"{_num(gap.get('pass_at_1'), 2)} / {_num(gap.get('kl'), 2)}" if gap else "—"
         tokens = "—" if m["mean_completion_tokens"] is None else f"{m['mean_completion_tokens']:.1f}"
