@@ -245,6 +245,62 @@ def export_cmd(
                                                    check_template=check_template, strict=strict)))
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    heldout: Annotated[list[Path], typer.Argument(help="Held-out JSONL file(s): prompts with answers (or chats ending in an assistant turn).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (report.json, report.md, report.png).")],
+    model: Annotated[list[str], typer.Option("--model", help="A model to evaluate (directory, LoRA adapter directory, cached hub id, or served name); repeatable.")],
+    teacher: Annotated[Optional[str], typer.Option(help="The teacher: evaluated too, and the reference of KL(teacher‖model).")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="One of --model (e.g. the SFT student): report the fraction of its gap to the teacher each model closed.")] = None,
+    task: Annotated[str, typer.Option(help="math | code | mcq")] = "math",
+    fit_on: Annotated[str, typer.Option(help="teacher | data: the completions KL and CE are measured on.")] = "teacher",
+    backend: Annotated[str, typer.Option(help="hf | openai | vllm")] = "hf",
+    n: Annotated[int, typer.Option("-n", help="Samples per prompt.")] = 4,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_tokens: int = 16384,
+    seed: Optional[int] = None,
+    system_prompt: Optional[str] = None,
+    suffix: Annotated[Optional[str], typer.Option(help="Appended to the user turn (default: R1's 'reason step by step … \\boxed{}'); '' for none.")] = None,
+    prefill_think: Annotated[bool, typer.Option(help="Start the assistant turn with '<think>\\n'.")] = False,
+    field_id: Optional[str] = None,
+    field_prompt: Optional[str] = None,
+    field_answer: Optional[str] = None,
+    field_tests: Optional[str] = None,
+    field_choices: Optional[str] = None,
+    base_url: Annotated[str, typer.Option(help="openai backend: server URL ending in /v1.")] = "http://127.0.0.1:8000/v1",
+    api_key_env: Annotated[str, typer.Option(help="openai backend: env variable holding the API key.")] = "OPENAI_API_KEY",
+    concurrency: int = 16,
+    batch_size: Annotated[int, typer.Option(help="hf backend: prompts per generate() call.")] = 8,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm backend.")] = 1,
+    chunk_size: Annotated[int, typer.Option(help="Prompts handed to the backend per call.")] = 64,
+    limit: Optional[int] = None,
+    max_errors: Annotated[Optional[float], typer.Option(help="Failed prompts allowed per model: N, or a fraction (0-1).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Verification processes (default: all cores).")] = None,
+    fit_batch_size: Annotated[int, typer.Option(help="Sequences per teacher-fit forward.")] = 8,
+    device: Annotated[Optional[str], typer.Option(help="Teacher-fit device (default: cuda if available).")] = None,
+):
+    """Accuracy (pass@1, 95% CI), length, truncation and KL to the teacher of each model (resumable)."""
+    from .evaluate import EvaluateConfig, evaluate
+    from .verify import VerifyConfig
+
+    _setup_logging()
+    style = PromptStyle(system_prompt=system_prompt, prefill_think=prefill_think)
+    if suffix is not None:
+        style.suffix = suffix or None
+    opts = {"hf": {"batch_size": batch_size},
+            "openai": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency},
+            "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
+    cfg = _run(lambda: EvaluateConfig(
+        models=model, teacher=teacher, baseline=baseline, backend=backend, prompt=style, limit=limit, chunk_size=chunk_size,
+        sampling=SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+        fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests, choices=field_choices),
+        backend_options=opts, max_errors=max_errors, fit_on=fit_on, fit_batch_size=fit_batch_size, device=device,
+        verify=VerifyConfig(task=task, **({"workers": workers} if workers else {}))))
+    _run(lambda: evaluate([str(p) for p in heldout], out, cfg))
+    typer.echo((out / "report.md").read_text() + f"\nreport: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'}")
+
+
 @app.command("run")
 def run_cmd(config: Annotated[Path, typer.Argument(help="Pipeline YAML.")]):
     """All four stages from one YAML (re-run the same command to resume)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # What data_prep may import from the library: public modules that export what it needs.
 PUBLIC_FOR_DATA_PREP = {"distill_plugin.generation", "distill_plugin.jsonl", "distill_plugin.shards",
-                        "distill_plugin.offline"}
+                        "distill_plugin.offline", "distill_plugin.evaluation"}
 
 
 def imports(path: Path) -> list[tuple[str, list[str], int]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from distill_plugin.losses.divergences import divergence
+from distill_plugin.evaluation import completion_batch, teacher_fit
 
 from .task import final_answer
 
@@ -49,16 +49,7 @@ def encode(tokenizer, row: dict) -> Encoded:
 
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / labels (prompt and padding masked out)."""
-    width = max(len(e.prompt_ids) + len(e.target_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    attn = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
-        seq = e.prompt_ids + e.target_ids
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attn[i, : len(seq)] = 1
-        labels[i, len(e.prompt_ids) : len(seq)] = torch.tensor(e.target_ids)
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+    return completion_batch([(e.prompt_ids, e.target_ids) for e in batch], pad_id)
 
 
 def shifted_logits_and_labels(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,25 +141,14 @@ def exact_match(model, tokenizer, examples: list[Encoded], max_new_tokens: int |
     return correct / len(examples), texts
 
 
-@torch.no_grad()
 def heldout_losses(model, examples: list[Encoded], pad_id: int, teacher=None, batch_size: int = 64) -> dict[str, float]:
-    """Token-mean CE on the assistant tokens and, given a teacher, token-mean KL(teacher ‖ model), T=1."""
-    model.eval()
-    ce_sum, kl_sum, n = 0.0, 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad_id)
-        logits, labels = shifted_logits_and_labels(model, batch)
-        ce_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        if teacher is not None:
-            t_logits, _ = shifted_logits_and_labels(teacher, batch)
-            vocab = min(logits.shape[-1], t_logits.shape[-1])
-            s_logp = F.log_softmax(logits[:, :vocab], -1)
-            t_logp = F.log_softmax(t_logits[:, :vocab], -1)
-            kl_sum += divergence(t_logp, s_logp, "forward_kl").sum().item()
-        n += labels.numel()
-    out = {"ce": ce_sum / n, "tokens": n}
+    """Token-mean CE on the assistant tokens and, given a teacher, token-mean KL(teacher ‖ model), T=1
+    (``distill_plugin.evaluation.teacher_fit``: the fused chunked loss, never the full logits)."""
+    fit = teacher_fit(model.eval(), [(e.prompt_ids, e.target_ids) for e in examples], teacher, pad_id=pad_id,
+                      batch_size=batch_size)
+    out = {"ce": fit.student_ce, "tokens": fit.tokens}
     if teacher is not None:
-        out["kl_to_teacher"] = kl_sum / n
+        out["kl_to_teacher"] = fit.kl
     return out
 
 

@@ -4,7 +4,8 @@ pass@1 with n samples per prompt (prompt i has m_i ≤ n checked samples, c_i of
 
     a_i      = c_i / m_i                         the prompt's pass rate
     pass@1   = (1/P) Σ_i a_i                     mean over the P prompts with ≥ 1 checked sample
-    95% CI   = pass@1 ± t_{0.975, P−1} · s / √P  s: the sample standard deviation of the a_i
+    95% CI   = pass@1 ± t_{0.975, P−1} · s / √P  s: the sample standard deviation of the a_i,
+                                                 clipped to [0, 1]
 
 The interval is *clustered by prompt*: samples of one prompt are correlated (an easy prompt is
 solved by all n, a hard one by none), so the unit of the interval is the prompt, never the n·P
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,12 @@ def clustered_mean(per_cluster: Sequence[Sequence[float]], confidence: float = 0
 
 
 def pass_at_1(correct: Sequence[Sequence[bool | None]], confidence: float = 0.95) -> Estimate:
-    """pass@1 from per-prompt sample verdicts (True / False / None = unverifiable, left out)."""
-    return clustered_mean([[float(c) for c in prompt if c is not None] for prompt in correct], confidence)
+    """pass@1 from per-prompt sample verdicts (True / False / None = unverifiable, left out); the
+    interval is clipped to [0, 1], where a rate lies (the t-interval can cross it near 0 or 1)."""
+    est = clustered_mean([[float(c) for c in prompt if c is not None] for prompt in correct], confidence)
+    if est.low is None:
+        return est
+    return replace(est, low=max(0.0, est.low), high=min(1.0, est.high))
 
 
 def gap_closed(student: float | None, baseline: float | None, teacher: float | None,
@@ -73,4 +78,4 @@ def gap_closed(student: float | None, baseline: float | None, teacher: float | N
         return None
     sign = 1.0 if higher_is_better else -1.0
     gap = sign * (teacher - baseline)
-    return sign * (student - baseline) / gap if gap > 0 else None
+    return sign * (student - baseline) / gap + 0.0 if gap > 0 else None  # + 0.0: no -0.0

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from .base import (Backend, Completion, GenerationError, OnDone, OnError, Prompt, SamplingParams, ServerUnreachable, TopK,
                    render_chat, split_prefill)
+from .hf import ADAPTER_CONFIG, adapter_base, load_causal_lm, load_tokenizer  # numpy only at import
 
 BACKENDS = ("hf", "openai", "vllm")
 
-__all__ = ["BACKENDS", "Backend", "Completion", "GenerationError", "OnDone", "OnError", "Prompt", "SamplingParams", "ServerUnreachable", "TopK",
-           "make_backend", "render_chat", "split_prefill"]
+__all__ = ["ADAPTER_CONFIG", "BACKENDS", "Backend", "Completion", "GenerationError", "OnDone", "OnError", "Prompt", "SamplingParams", "ServerUnreachable", "TopK",
+           "adapter_base", "load_causal_lm", "load_tokenizer", "make_backend", "render_chat", "split_prefill"]
 
 
 def make_backend(kind: str, model, **options) -> Backend:

@@ -7,7 +7,9 @@ completions, the offline capture of a teacher that fits on one device.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -36,8 +38,54 @@ def topk_of_head(hidden, head, k: int, temperature: float, chunk: int, vocab_siz
     return torch.cat(ids), torch.cat(vals)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model of a PEFT adapter directory (``adapter_config.json``), or None for a full model."""
+    config = Path(path) / ADAPTER_CONFIG
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{config}: no base_model_name_or_path: cannot tell which model the adapter belongs to")
+    return base
+
+
+def load_causal_lm(path: str | Path, device: str | None = None, dtype: str = "auto"):
+    """A causal LM from a directory or hub id, in eval mode on ``device`` (default: cuda if available).
+
+    ``dtype="auto"``: bfloat16 on a GPU that supports it, else float32. A PEFT (LoRA) adapter
+    directory loads on its base model (``base_model_name_or_path``) and is merged into it, so
+    generation and scoring run at the base model's speed.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    base = adapter_base(path)
+    model = AutoModelForCausalLM.from_pretrained(str(base or path), dtype=getattr(torch, dtype))
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved with a model; an adapter directory saved without one uses its base model's."""
+    from transformers import AutoTokenizer
+
+    base = adapter_base(path) if Path(path).is_dir() else None
+    if base is not None and not (Path(path) / "tokenizer_config.json").is_file():
+        path = base
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 class HFBackend(Backend):
-    """A transformers causal LM, from a path/hub id or an already loaded model.
+    """A transformers causal LM, from a path/hub id (``load_causal_lm``: adapters too) or a loaded model.
 
     ``batch_size`` prompts (× ``n`` samples) go through one ``generate`` call; ``chunk_positions``
     rows of hidden states go through the LM head at once in ``prompt_topk``.
@@ -47,17 +95,11 @@ class HFBackend(Backend):
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 8, chunk_positions: int = 1024,
                  device: str | None = None, dtype: str = "auto", chat_template: str | None = None):
-        import torch
-
-        if isinstance(model, str):
-            from transformers import AutoModelForCausalLM
-
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            if dtype == "auto":
-                dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-            model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device)
+        name = str(model) if isinstance(model, (str, Path)) else str(getattr(model, "name_or_path", "") or "")
+        if isinstance(model, (str, Path)):
+            model = load_causal_lm(model, device, dtype)
         self.model = model.eval()
-        self.model_name = str(getattr(model, "name_or_path", "") or "")
+        self.model_name = name
         self._tokenizer, self.chat_template = tokenizer, chat_template
         self.batch_size, self.chunk_positions = batch_size, chunk_positions
 
@@ -69,9 +111,7 @@ class HFBackend(Backend):
     def tokenizer(self):
         """The given tokenizer, else the model directory's (loaded on first use: top-k capture needs none)."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+            self._tokenizer = load_tokenizer(self.model_name)
         if self.chat_template:
             self._tokenizer.chat_template = self.chat_template
         return self._tokenizer

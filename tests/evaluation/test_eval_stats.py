@@ -19,7 +19,11 @@ def test_pass_at_1_is_the_mean_of_per_prompt_rates():
     assert est.clusters == 3 and est.samples == 11
     assert est.mean == pytest.approx(statistics.fmean(rates))
     half = sps.t.ppf(0.975, 2) * statistics.stdev(rates) / math.sqrt(3)
-    assert (est.low, est.high) == pytest.approx((est.mean - half, est.mean + half))
+    assert (est.low, est.high) == pytest.approx((max(0, est.mean - half), min(1, est.mean + half)))
+    assert est.low == 0 and est.high == 1  # 3 prompts: the interval is clipped to where a rate lies
+    more = pass_at_1([[True, False]] * 5 + [[True, True]] * 5)  # rates 0.5 ×5, 1 ×5: inside [0, 1]
+    half = sps.t.ppf(0.975, 9) * statistics.stdev([0.5] * 5 + [1.0] * 5) / math.sqrt(10)
+    assert (more.low, more.high) == pytest.approx((0.75 - half, 0.75 + half)) and more.high < 1
 
 
 def test_the_interval_is_over_prompts_not_samples():
