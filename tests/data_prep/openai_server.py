@@ -13,7 +13,9 @@ text — the generation benchmark's server, measuring the client's scheduling, n
 ``--scripted FILE`` also skips the model: a JSON list of ``[substring, reply]`` pairs; a request
 whose messages contain a substring is answered with its reply (the first that matches; the pair
 with substring ``""`` matches everything): a judge whose verdicts a test chooses, over the same
-HTTP, retries (``--fail-first``) and error paths (``<<reject>>``, ``<<garbage>>``).
+HTTP, retries (``--fail-first``) and error paths (``<<reject>>``, ``<<garbage>>``). A reply may be
+a list: the k-th request with the same messages gets ``random.Random(f"{k}:{messages}").choice``
+of it (a scripted teacher whose n samples differ, reproducibly whatever the request order).
 
 Run: python openai_server.py MODEL_DIR --port P [--api-key-env VAR] [--split-reasoning] ...
 """
@@ -132,6 +134,7 @@ def scripted_app(path: str, fail_first: int = 0):
     rules = json.loads(open(path, encoding="utf-8").read())
     app = FastAPI()
     state = {"requests": 0, "served": 0, "bodies": []}
+    asked: dict[str, int] = {}
 
     @app.get("/stats")
     def stats():
@@ -152,6 +155,9 @@ def scripted_app(path: str, fail_first: int = 0):
         reply = next((r for sub, r in rules if sub in said), None)
         if reply is None:
             return JSONResponse({"error": {"message": "no scripted reply matches"}}, status_code=400)
+        if isinstance(reply, list):
+            k = asked[said] = asked.get(said, -1) + 1
+            reply = random.Random(f"{k}:{said}").choice(reply)
         state["served"] += 1
         n = int(body.get("n", 1))
         return {"id": f"cmpl-{state['requests']}", "object": "chat.completion", "model": body.get("model"),

@@ -179,20 +179,10 @@ def test_llm_judge_end_to_end_over_http(tmp_path, judge_server):
 
 # --- a reward model ---------------------------------------------------------------------------
 
-def build_reward_model(out_dir, num_labels: int = 1, seed: int = 0):
-    """A tiny Qwen2 sequence-classification model on the tiny tokenizer (random weights, seeded)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+def build_reward_model(out_dir, num_labels: int = 1):
+    from distill_plugin.testing.tiny import build_reward_model as build
 
-    from distill_plugin.testing.tiny import build_model, build_tokenizer
-
-    tok = build_tokenizer()
-    config = build_model(None, tok, hidden_size=32, seed=seed).config
-    config.num_labels = num_labels
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(config)
-    model.save_pretrained(str(out_dir))
-    tok.save_pretrained(str(out_dir))
+    build(out_dir, num_labels=num_labels)
     return out_dir
 
 
