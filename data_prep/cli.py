@@ -85,7 +85,8 @@ def _one_line(e: BaseException) -> str:
 
     if isinstance(e, ValidationError):  # a bad option value: name the key
         err = e.errors(include_url=False)[0]
-        return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+        where = ".".join(map(str, err["loc"]))
+        return f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}"
     if isinstance(e, OSError) and e.filename is not None:
         return f"{e.filename}: {e.strerror or e}"
     return " ".join(str(e).split()) or type(e).__name__
@@ -106,6 +107,15 @@ def _run(step):
 def _report(stage) -> None:
     """Run a stage, print its summary."""
     typer.echo(_run(stage).summary())
+
+
+def _backend_options(backend: str, batch_size: int, base_url: str, api_key_env: str, concurrency: int,
+                     timeout: float, max_retries: int, tensor_parallel_size: int) -> dict:
+    """The engine's own options from the command line (``make_backend``'s keyword arguments)."""
+    return {"hf": {"batch_size": batch_size},
+            "openai": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
+                       "timeout_s": timeout, "max_retries": max_retries},
+            "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
 
 
 @app.command("generate")
@@ -148,10 +158,8 @@ def generate_cmd(
     style = PromptStyle(system_prompt=system_prompt, prefill_think=prefill_think)
     if suffix is not None:
         style.suffix = suffix or None
-    opts = {"hf": {"batch_size": batch_size},
-            "openai": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
-                       "timeout_s": timeout, "max_retries": max_retries},
-            "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
+    opts = _backend_options(backend, batch_size, base_url, api_key_env, concurrency, timeout, max_retries,
+                            tensor_parallel_size)
     cfg = _run(lambda: GenerateConfig(  # a bad value (-n 0) is a one-line error too
         backend=backend, model=model, prompt=style, chunk_size=chunk_size, limit=limit, strict=strict,
         max_errors=max_errors, retry_errors=retry_errors,
@@ -213,36 +221,92 @@ def filter_cmd(
     max_tokens: Optional[int] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Count --max-tokens with this tokenizer.")] = None,
     near_dup_threshold: float = 0.8,
-    no_dedup: bool = False,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop duplicate and near-duplicate prompts.")] = True,
+    require_think: Annotated[bool, typer.Option("--require-think/--no-require-think", help="Drop generations without a closing </think> (--no-require-think for a teacher that does not think).")] = True,
     keep_unverifiable: bool = False,
     keep_incorrect: bool = False,
+    min_score: Annotated[Optional[float], typer.Option(help="Drop generations the judge scored below this.")] = None,
+    top_fraction: Annotated[Optional[float], typer.Option(help="Keep the best-scored fraction (0-1] of the generations.")] = None,
+    top_scope: Annotated[str, typer.Option(help="--top-fraction per prompt or over the whole file: prompt | overall")] = "overall",
+    pass_rate: Annotated[Optional[str], typer.Option(help="'lo:hi': keep prompts whose teacher pass rate is within [lo, hi] (e.g. 0.1:0.9 drops what every sample or no sample solves).")] = None,
+    pass_score: Annotated[Optional[float], typer.Option(help="A judged generation passes at this score (default --min-score).")] = None,
     strict: Strict = False,
 ):
-    """Drop contaminated/duplicate prompts and truncated/incorrect/over-length generations."""
+    """Drop contaminated/duplicate prompts, prompts of the wrong difficulty, and truncated/incorrect/over-length/low-scored generations."""
     from .filters import FilterConfig, filter_rows
 
     _setup_logging()
-    _report(lambda: filter_rows(ver, out, FilterConfig(
+    cfg = _run(lambda: FilterConfig(
         decontaminate=[str(p) for p in decontaminate or []], ngram=ngram, max_tokens=max_tokens,
-        tokenizer=tokenizer, near_dup_threshold=near_dup_threshold, dedup=not no_dedup,
-        keep_unverifiable=keep_unverifiable, require_correct=not keep_incorrect, strict=strict)))
+        tokenizer=tokenizer, near_dup_threshold=near_dup_threshold, dedup=dedup, require_think=require_think,
+        keep_unverifiable=keep_unverifiable, require_correct=not keep_incorrect, min_score=min_score,
+        top_fraction=top_fraction, top_scope=top_scope, pass_rate=pass_rate, pass_score=pass_score, strict=strict))
+    _report(lambda: filter_rows(ver, out, cfg))
 
 
 @app.command("export")
 def export_cmd(
     kept: Path,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Training JSONL file.")],
-    select: Annotated[str, typer.Option(help="first_correct | shortest_correct | all_correct | first | shortest | all")] = "first_correct",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Training JSONL file, or a folder of shards (with --split, --format parquet or --shard-size).")],
+    select: Annotated[str, typer.Option(help="first_correct | shortest_correct | all_correct | first | shortest | all | highest_score")] = "first_correct",
     reasoning_field: Annotated[bool, typer.Option(help="Put reasoning in a separate `reasoning_content` field.")] = False,
     check_template: Annotated[Optional[str], typer.Option(help="Student tokenizer: fail if its chat template strips the reasoning.")] = None,
+    split: Annotated[float, typer.Option(help="Eval fraction, split by prompt id (stable across runs; 0: no eval split).")] = 0.0,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl | parquet")] = "jsonl",
+    shard_size: Annotated[Optional[str], typer.Option(help="Bytes per shard, e.g. 200MB (default: one shard per split).")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="The student's tokenizer: token-length table (p50/p95/max) per split.")] = None,
     strict: Strict = False,
 ):
     """Write {"messages", "id", "source"} rows with <think>…</think> kept in the assistant turn."""
     from .export import ExportConfig, export
 
     _setup_logging()
-    _report(lambda: export(kept, out, ExportConfig(select=select, reasoning_field=reasoning_field,
-                                                   check_template=check_template, strict=strict)))
+    cfg = _run(lambda: ExportConfig(select=select, reasoning_field=reasoning_field, check_template=check_template,
+                                    split=split, format=fmt, shard_size=shard_size, tokenizer=tokenizer,
+                                    strict=strict))
+    rep = _run(lambda: export(kept, out, cfg))
+    typer.echo(rep.summary())
+    if "length_table" in rep.extra:
+        typer.echo(rep.extra["length_table"])
+
+
+@app.command("judge")
+def judge_cmd(
+    gen: Annotated[list[Path], typer.Argument(help="Generation (or verified) folder(s) or file(s).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
+    judge_model: Annotated[Optional[str], typer.Option(help="LLM judge: served model name (openai) or local dir / hub name (hf, vllm).")] = None,
+    reward_model: Annotated[Optional[str], typer.Option(help="Or a sequence-classification reward model (dir or hub name).")] = None,
+    rubric: Annotated[str, typer.Option(help="'default' (MT-Bench single-answer grading, 1-10, with the reference answer when the row has one) or a rubric file (.yml or .txt).")] = "default",
+    backend: Annotated[str, typer.Option(help="LLM judge: hf | openai | vllm")] = "openai",
+    temperature: float = 0.0,
+    max_tokens: Annotated[int, typer.Option(help="LLM judge: tokens per reply.")] = 1024,
+    seed: Optional[int] = None,
+    base_url: Annotated[str, typer.Option(help="openai backend: server URL ending in /v1.")] = "http://127.0.0.1:8000/v1",
+    api_key_env: Annotated[str, typer.Option(help="openai backend: env variable holding the API key.")] = "OPENAI_API_KEY",
+    concurrency: int = 16,
+    timeout: Annotated[float, typer.Option(help="openai backend: seconds per request.")] = 600.0,
+    max_retries: int = 5,
+    batch_size: Annotated[int, typer.Option(help="hf backend / reward model: sequences per forward.")] = 8,
+    max_length: Annotated[int, typer.Option(help="Reward model: longer (prompt, answer) pairs get no score (status too_long).")] = 4096,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm backend.")] = 1,
+    chunk_size: Annotated[int, typer.Option(help="Judge requests handed to a local backend per call.")] = 64,
+    shard: Annotated[Optional[str], typer.Option(help="'i/n': only this worker's share (0-based i).")] = None,
+    max_errors: Annotated[Optional[float], typer.Option(help="Failed rows allowed before the run stops: N, or a fraction (0-1) of the rows to do. Default: no limit.")] = None,
+    retry_errors: Annotated[bool, typer.Option(help="Retry rows an earlier run recorded as failed (_errors*.jsonl).")] = False,
+    strict: Strict = False,
+):
+    """Score every generation with an LLM judge or a reward model (resumable; --shard i/n splits the work)."""
+    from .judge import JudgeConfig, judge
+
+    _setup_logging()
+    cfg = _run(lambda: JudgeConfig(
+        backend=backend, model=judge_model, reward_model=reward_model, rubric=rubric, chunk_size=chunk_size,
+        sampling=SamplingParams(n=1, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed),
+        backend_options=_backend_options(backend, batch_size, base_url, api_key_env, concurrency, timeout,
+                                         max_retries, tensor_parallel_size),
+        batch_size=batch_size, max_length=max_length, max_errors=max_errors, retry_errors=retry_errors,
+        strict=strict))
+    _report(lambda: judge([str(p) for p in gen], out, cfg, shard=shard))
 
 
 @app.command("evaluate")

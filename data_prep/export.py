@@ -8,24 +8,32 @@ Row: ``{"messages": [system?, user, assistant], "id", "source"}``. The assistant
 R1-Distill-style chat templates drop everything up to ``</think>`` from assistant turns, so a
 student trained with them never sees the reasoning. :func:`check_reasoning_kept` renders a few
 rows through the student's template and raises :class:`ReasoningStrippedError` if it is lost.
+
+Output: one JSONL file (``-o train.jsonl``), or, with ``split`` > 0, ``shard_size`` or ``format:
+parquet``, a folder of ``train-*``/``eval-*`` shards split by prompt id
+(:mod:`data_prep.dataset_out`), with the token-length table of each split when ``tokenizer`` (the
+student's) is given.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
+from .dataset_out import (SPLITS, LengthTable, ShardWriter, check_folder_output, parquet_schema, parse_size,
+                          remove_stale_shards, split_of)
 from .guards import preflight, record_settings
 from .io import SkipLog, write_jsonl_atomic
 from .report import StageReport
 from .schema import join_reasoning
 from .verify import unique_rows
 
-Select = Literal["first_correct", "shortest_correct", "all_correct", "first", "shortest", "all"]
+Select = Literal["first_correct", "shortest_correct", "all_correct", "first", "shortest", "all", "highest_score"]
 
 
 class ReasoningStrippedError(RuntimeError):
@@ -38,12 +46,29 @@ class ExportConfig(BaseModel):
     keep_prompt_suffix: bool = True  # user turn exactly as the teacher saw it (system + suffix)
     check_template: str | None = None  # student tokenizer (dir or hub name) to check
     check_rows: int = 3
+    split: float = Field(0.0, ge=0, lt=1)  # eval fraction, by prompt id (0: no eval split)
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    shard_size: int | str | None = None  # e.g. "200MB": bytes per shard (None: one shard per split)
+    tokenizer: str | None = None  # the student's: token-length table per split
     strict: bool = False
+
+    @field_validator("shard_size")
+    @classmethod
+    def _size(cls, v):
+        return parse_size(v)
+
+    @property
+    def to_folder(self) -> bool:
+        return self.split > 0 or self.format == "parquet" or self.shard_size is not None
 
 
 def select_generations(gens: list[dict], how: Select) -> list[dict]:
-    """Pick generations; ``*_correct`` only consider ``correct is True``."""
+    """Pick generations; ``*_correct`` only consider ``correct is True``; ``highest_score`` the
+    scored ones (the first of equal best)."""
     pool = [g for g in gens if g.get("correct") is True] if how.endswith("_correct") else list(gens)
+    if how == "highest_score":
+        scored = [g for g in gens if g.get("score") is not None]
+        return [max(scored, key=lambda g: g["score"])] if scored else []
     if not pool:
         return []
     if how.startswith("first"):
@@ -55,7 +80,11 @@ def select_generations(gens: list[dict], how: Select) -> list[dict]:
 
 
 def assistant_message(gen: dict, reasoning_field: bool) -> dict:
+    """The assistant turn; a generation without reasoning (a teacher that does not think) is its
+    answer alone, without an empty ``<think></think>``."""
     reasoning, content = gen.get("reasoning", ""), gen.get("content", "")
+    if not reasoning and not gen.get("think_closed"):
+        return {"role": "assistant", "content": content}
     if reasoning_field:
         return {"role": "assistant", "content": content, "reasoning_content": reasoning}
     return {"role": "assistant", "content": join_reasoning(reasoning, content)}
@@ -117,11 +146,11 @@ def check_reasoning_kept(tokenizer, rows: list[dict], k: int = 3) -> int:
     return checked
 
 
-def _head(rows: Iterator[dict], k: int, limit: int = 1000) -> list[dict]:
-    """The first rows of ``rows``: until ``k`` of them have reasoning, or ``limit`` rows."""
+def _head(rows: Iterator[tuple[str, dict]], k: int, limit: int = 1000) -> list[tuple[str, dict]]:
+    """The first (split, row) of ``rows``: until ``k`` of them have reasoning, or ``limit`` rows."""
     head, with_reasoning = [], 0
-    for row in rows:
-        head.append(row)
+    for split, row in rows:
+        head.append((split, row))
         with_reasoning += bool(reasoning_of(row))
         if with_reasoning >= k or len(head) >= limit:
             break
@@ -133,10 +162,14 @@ def export(inputs, out_path: str | Path, cfg: ExportConfig) -> StageReport:
     anything is renamed into place, so a failed check leaves no output)."""
     out_path = Path(out_path)
     files = preflight(inputs, out_path)
-    record_settings(out_path.parent, "export", cfg.model_dump(exclude={"strict", "check_rows"}), resumable=False)
+    if cfg.to_folder:
+        check_folder_output(out_path)
+    report_dir = out_path if cfg.to_folder else out_path.parent
+    record_settings(report_dir, "export", cfg.model_dump(exclude={"strict", "check_rows"}), resumable=False)
     skips, report = SkipLog(cfg.strict), StageReport("export")
+    prompts = Counter()  # prompts per split
 
-    def training_rows() -> Iterator[dict]:
+    def training_rows() -> Iterator[tuple[str, dict]]:
         for row in unique_rows(files, skips, report):
             produced = to_training_rows(row, cfg)
             if not produced:
@@ -146,16 +179,53 @@ def export(inputs, out_path: str | Path, cfg: ExportConfig) -> StageReport:
             for g in select_generations(row["generations"], cfg.select):
                 if g.get("completion_tokens") is not None:
                     report.token_lengths.append(g["completion_tokens"])
-            yield from produced
+            split = split_of(str(row["id"]), cfg.split) if cfg.split else "train"
+            prompts[split] += 1
+            yield from ((split, r) for r in produced)
 
     rows = training_rows()
     if cfg.check_template:
         head = _head(rows, cfg.check_rows)
-        n = check_reasoning_kept(cfg.check_template, head, cfg.check_rows)
+        n = check_reasoning_kept(cfg.check_template, [r for _, r in head], cfg.check_rows)
         report.extra["template_check"] = {"tokenizer": cfg.check_template, "rows_checked": n, "ok": True}
         rows = chain(head, rows)
-    written = write_jsonl_atomic(out_path, rows)
+    lengths = LengthTable(cfg.tokenizer) if cfg.tokenizer else None
+    if cfg.to_folder:
+        written = write_splits(rows, out_path, cfg, report, lengths, prompts)
+    else:
+        written = write_jsonl_atomic(out_path, (_measured(lengths, s, r) for s, r in rows))
+    if lengths is not None:
+        report.extra["token_lengths_by_split"] = lengths.as_dict()
+        report.extra["length_table"] = lengths.markdown()
     report.extra.update(training_rows=written, select=cfg.select)
     report.input_skips = skips.as_dict()
-    report.write(out_path.parent)
+    report.write(report_dir)
     return report
+
+
+def _measured(lengths: LengthTable | None, split: str, row: dict) -> dict:
+    if lengths is not None:
+        lengths.add(split, row)
+    return row
+
+
+def write_splits(rows: Iterator[tuple[str, dict]], out_dir: Path, cfg: ExportConfig, report: StageReport,
+                 lengths: LengthTable | None, prompts: Counter) -> int:
+    """The (split, row) pairs into the split's shards; all shards renamed into place at the end."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    schema = parquet_schema(cfg.reasoning_field) if cfg.format == "parquet" else None
+    writers = {s: ShardWriter(out_dir, s, cfg.format, cfg.shard_size, schema) for s in SPLITS}
+    try:
+        for split, row in rows:
+            writers[split].write(_measured(lengths, split, row))
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    paths = {s: w.finish() for s, w in writers.items()}
+    stale = remove_stale_shards(out_dir, [p for ps in paths.values() for p in ps])
+    report.extra["splits"] = {s: {"prompts": prompts[s], "rows": writers[s].rows,
+                                  "files": [p.name for p in paths[s]]} for s in SPLITS}
+    report.extra.update(eval_fraction=cfg.split, format=cfg.format, shard_bytes=cfg.shard_size,
+                        removed_stale_shards=stale)
+    return sum(w.rows for w in writers.values())

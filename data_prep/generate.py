@@ -45,9 +45,9 @@ class GenerateConfig(BaseModel):
     source: str = ""  # default "source" when rows have none (else the input file stem)
 
 
-def shard_path(out_dir: str | Path, shard: tuple[int, int]) -> Path:
+def shard_path(out_dir: str | Path, shard: tuple[int, int], stem: str = "generations") -> Path:
     i, n = shard
-    name = "generations.jsonl" if n == 1 else f"generations-{i:05d}-of-{n:05d}.jsonl"
+    name = f"{stem}.jsonl" if n == 1 else f"{stem}-{i:05d}-of-{n:05d}.jsonl"
     return Path(out_dir) / name
 
 
@@ -79,34 +79,69 @@ def generate(inputs, out_dir: str | Path, cfg: GenerateConfig, shard: str | None
     skips = SkipLog(cfg.strict)
     report = StageReport("generate")
     rows = load_prompts(inputs, cfg, skips, report)
+    todo = pending(rows, out_dir, shard_t, "generations", cfg.retry_errors, report)
+    finish = Counter()
+    report.input_skips = skips.as_dict()
+    report.extra["finish_reasons"] = finish  # filled as the run goes
+    run_with_error_log(report, out_dir, shard_t, todo, cfg.max_errors,
+                       lambda: backend or make_backend(cfg.backend, cfg.model, **cfg.backend_options),
+                       lambda be, errors: run_backend(be, todo, cfg, out_path, report, finish, errors))
+    return report
+
+
+def pending(rows: list[dict], out_dir: Path, shard_t: tuple[int, int], stem: str, retry_errors: bool,
+            report: StageReport) -> list[dict]:
+    """The rows of this shard still to do: not in any ``<out_dir>/<stem>*.jsonl``, nor recorded as
+    failed before (unless ``retry_errors``). Cuts a torn last line off this shard's file
+    (:func:`shard_path`) on every run, work left or not (only this one: other shards may be writing)."""
     mine = [r for r in rows if shard_of(r["id"], shard_t[1]) == shard_t[0]]
-    repair_torn_tail(out_path)  # on every run, work left or not (only this shard's file: others may be writing)
-    done = done_ids(out_dir.glob("generations*.jsonl")) if out_dir.exists() else set()
-    failed = set() if cfg.retry_errors else errored_ids(out_dir) - done
-    skip = done | failed
-    todo = [r for r in mine if r["id"] not in skip]
+    repair_torn_tail(shard_path(out_dir, shard_t, stem))
+    done = done_ids(out_dir.glob(f"{stem}*.jsonl")) if out_dir.exists() else set()
+    failed = set() if retry_errors else errored_ids(out_dir) - done
+    todo = [r for r in mine if r["id"] not in done | failed]
     report.extra.update(shard=f"{shard_t[0]}/{shard_t[1]}", prompts_in_shard=len(mine),
                         already_done=sum(r["id"] in done for r in mine),
                         skipped_failed_before=sum(r["id"] in failed for r in mine))
-    log.info("generate: %d prompts in shard, %d already done, %d failed before (--retry-errors to retry), %d to do",
-             len(mine), report.extra["already_done"], report.extra["skipped_failed_before"], len(todo))
-    finish, stopped = Counter(), None
-    errors = ErrorLog(error_path(out_dir, shard_t), cfg.max_errors, len(todo))
+    log.info("%s: %d prompts in shard, %d already done, %d failed before (--retry-errors to retry), %d to do",
+             report.stage, len(mine), report.extra["already_done"], report.extra["skipped_failed_before"], len(todo))
+    return todo
+
+
+def run_with_error_log(report: StageReport, out_dir: Path, shard_t: tuple[int, int], todo: list,
+                       max_errors: float | None, open_backend, work) -> None:
+    """``work(backend, errors)`` over ``todo`` with the per-prompt error log (``_errors*.jsonl``,
+    ``max_errors``); the backend is opened only when there is work and always closed. Writes the
+    report (``_report.<stage>[.shard<i>].json``) and re-raises :class:`TooManyErrors` after it."""
+    stopped = None
+    errors = ErrorLog(error_path(out_dir, shard_t), max_errors, len(todo), stage=report.stage)
     if todo:
-        backend = backend or make_backend(cfg.backend, cfg.model, **cfg.backend_options)
+        backend = open_backend()
         try:
-            run_backend(backend, todo, cfg, out_path, report, finish, errors)
+            work(backend, errors)
         except TooManyErrors as e:
             stopped = e
         finally:
             backend.close()
             errors.close()
-    report.input_skips = skips.as_dict()
-    report.extra.update(finish_reasons=dict(finish), errors=errors.as_dict(), stopped=str(stopped) if stopped else None)
+    report.extra.update(errors=errors.as_dict(), stopped=str(stopped) if stopped else None)
     report.write(out_dir, "" if shard_t[1] == 1 else f".shard{shard_t[0]}")
     if stopped:
         raise stopped
-    return report
+
+
+def drive(backend: Backend, requests, sampling: SamplingParams, chunk_size: int, on_done, on_error) -> None:
+    """Hand ``requests`` (an iterator of prompts) to ``backend``; ``on_done(i, completions)`` and
+    ``on_error(i, error)`` get the request's index in ``requests``. Over HTTP one call keeps
+    ``concurrency`` requests in flight until the end; local engines get ``chunk_size`` at a time."""
+    requests = iter(requests)
+    if backend.name == "openai":
+        backend.generate(requests, sampling, on_done, on_error)
+        return
+    start = 0
+    while chunk := list(itertools.islice(requests, chunk_size)):
+        backend.generate(chunk, sampling, lambda i, c, start=start: on_done(start + i, c),
+                         lambda i, e, start=start: on_error(start + i, e))
+        start += len(chunk)
 
 
 def run_backend(backend: Backend, todo: list[dict], cfg: GenerateConfig, out_path: Path, report: StageReport,
@@ -117,8 +152,8 @@ def run_backend(backend: Backend, todo: list[dict], cfg: GenerateConfig, out_pat
     requests = (cfg.prompt.request(cfg.prompt.messages(r["prompt"])) for r in todo)  # lazy, in todo order
     bar = tqdm(total=len(todo), desc="generate", unit="prompt")
     with JsonlAppender(out_path) as sink, bar:
-        def on_done(i: int, completions, offset: int = 0) -> None:
-            row = todo[offset + i]
+        def on_done(i: int, completions) -> None:
+            row = todo[i]
             gens = [Generation.from_completion(c, cfg.prompt).as_dict() for c in completions]
             if len(gens) != cfg.sampling.n:
                 raise RuntimeError(f"{row['id']}: backend returned {len(gens)} of {cfg.sampling.n} samples")
@@ -130,17 +165,11 @@ def run_backend(backend: Backend, todo: list[dict], cfg: GenerateConfig, out_pat
             report.rows_out += 1
             bar.update(1)
 
-        def on_error(i: int, error, offset: int = 0) -> None:
-            errors.record(todo[offset + i]["id"], error)
+        def on_error(i: int, error) -> None:
+            errors.record(todo[i]["id"], error)
             bar.update(1)
 
-        if backend.name == "openai":  # one call: `concurrency` requests stay in flight until the end
-            backend.generate(requests, cfg.sampling, on_done, on_error)
-            return
-        for start in range(0, len(todo), cfg.chunk_size):
-            chunk = list(itertools.islice(requests, cfg.chunk_size))
-            backend.generate(chunk, cfg.sampling, lambda i, c, start=start: on_done(i, c, start),
-                             lambda i, e, start=start: on_error(i, e, start))
+        drive(backend, requests, cfg.sampling, cfg.chunk_size, on_done, on_error)
 
 
 def merge(in_dir: str | Path, out_path: str | Path) -> StageReport:

@@ -40,8 +40,8 @@ def errored_ids(out_dir: str | Path) -> set[str]:
 class ErrorLog:
     """Appends failures to the error file (opened on the first one) and enforces ``max_errors``."""
 
-    def __init__(self, path: Path, max_errors: float | None, todo: int, keep: int = 20):
-        self.path, self.max_errors, self.keep = path, max_errors, keep
+    def __init__(self, path: Path, max_errors: float | None, todo: int, keep: int = 20, stage: str = "generate"):
+        self.path, self.max_errors, self.keep, self.stage = path, max_errors, keep, stage
         self.limit = None if max_errors is None else (max_errors * todo if max_errors < 1 else max_errors)
         self.count = 0
         self.by_status: Counter[str] = Counter()
@@ -57,7 +57,7 @@ class ErrorLog:
         self.by_status[str(error.status)] += 1
         if len(self.examples) < self.keep:
             self.examples.append(entry)
-        log.warning("generate: prompt %s failed (%s): %s", row_id, error.status, error)
+        log.warning("%s: prompt %s failed (%s): %s", self.stage, row_id, error.status, error)
         if self.limit is not None and self.count > self.limit:
             raise TooManyErrors(f"{self.count} prompts failed, more than --max-errors {self.max_errors:g}: "
                                 f"stopped (finished rows are kept); failures in {self.path}")

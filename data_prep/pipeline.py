@@ -1,7 +1,8 @@
 """``distill-data run pipeline.yml``: the four stages from one YAML file, resumable.
 
 Layout under ``workdir``: ``gen/`` (generation shards), ``ver/verified.jsonl``, ``kept/kept.jsonl``,
-the export file (``export.output``, default ``<workdir>/train.jsonl``) and ``report.json``.
+the export (``export.output``, default ``<workdir>/train.jsonl``, or the folder ``<workdir>/data``
+with ``export.split``/``format: parquet``/``shard_size``) and ``report.json``.
 Generation and verification append row by row and skip finished ids, so re-running the same
 command after a crash continues where it stopped; filter and export are cheap, deterministic and
 rewritten atomically on every run. Relative paths in the YAML are relative to the YAML's folder.
@@ -139,7 +140,8 @@ def load_config(path: str | Path) -> PipelineConfig:
     cfg.workdir = _abs(base, cfg.workdir)
     cfg.filter.decontaminate = [_abs(base, p) for p in cfg.filter.decontaminate]
     cfg.export.output = _abs(base, cfg.export.output)
-    for obj, key in ((cfg.generate, "model"), (cfg.filter, "tokenizer"), (cfg.export, "check_template")):
+    for obj, key in ((cfg.generate, "model"), (cfg.filter, "tokenizer"), (cfg.export, "check_template"),
+                     (cfg.export, "tokenizer")):
         val = getattr(obj, key)
         if val and (base / val).exists():  # a local path; hub names are left alone
             setattr(obj, key, str(base / val))
@@ -162,13 +164,13 @@ def run_pipeline(cfg: PipelineConfig | str | Path, backend=None) -> dict:
         return {k: v.as_dict() for k, v in reports.items()}
     reports["verify"] = verify(gen_dir, ver_dir, cfg.verify)
     reports["filter"] = filter_rows(ver_dir, kept_dir / "kept.jsonl", cfg.filter)
-    out = Path(cfg.export.output or work / "train.jsonl")
+    out = Path(cfg.export.output or work / ("data" if cfg.export.to_folder else "train.jsonl"))
     reports["export"] = export(kept_dir, out, ExportConfig(**cfg.export.model_dump(exclude={"output"})))
     for rep in reports.values():
         log.info(rep.summary())
     combined = {
         "stages": {k: v.as_dict() for k, v in reports.items()},
-        "all_reports": collect([gen_dir, ver_dir, kept_dir, out.parent]),
+        "all_reports": collect([gen_dir, ver_dir, kept_dir, out if cfg.export.to_folder else out.parent]),
         "overall_kept_fraction": (reports["export"].rows_out / reports["verify"].rows_out
                                   if reports["verify"].rows_out else None),
         "output": str(out),

@@ -2,8 +2,9 @@
 
 * :class:`PromptRow`: the canonical prompt record ``generate`` builds from an input row
   (:func:`data_prep.schema.canonical_row` maps the field names first).
-* :class:`GenerationRow`: a prompt record plus its ``generations``: what ``verify``, ``filter`` and
-  ``export`` read (``verify`` adds ``verdict``/``correct``).
+* :class:`GenerationRow`: a prompt record plus its ``generations``: what ``verify``, ``judge``,
+  ``filter`` and ``export`` read (``verify`` adds ``verdict``/``correct`` and the row's
+  ``n_correct``/``n_checked``/``pass_rate``; ``judge`` adds ``score`` and ``judge``).
 
 Rows are validated, not converted: a stage keeps the row as it was read (unknown fields pass
 through) and only learns whether it is well-formed. :func:`row_error` gives the first problem as
@@ -13,7 +14,7 @@ Input should be a valid string``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,6 +37,13 @@ class PromptRow(_Row):
     source: str = ""
 
 
+class Judgement(_Row):
+    """What ``distill-data judge`` kept beside a generation's ``score``."""
+
+    status: Literal["ok", "no_score", "ambiguous", "out_of_range", "too_long"]
+    reasoning: str | None = None  # the LLM judge's reply (its explanation); None for a reward model
+
+
 class Generation(_Row):
     text: str
     reasoning: str = ""
@@ -46,11 +54,16 @@ class Generation(_Row):
     completion_tokens: int | None = None
     correct: bool | None = None
     verdict: str | None = None
+    score: float | None = None  # None: judged but unscored (see judge.status)
+    judge: Judgement | None = None
 
 
 class GenerationRow(PromptRow):
     messages: list[Message] | None = None
     generations: list[Generation]
+    n_checked: int | None = None
+    pass_rate: float | None = Field(None, ge=0, le=1)
+    judge_meta: dict | None = None
 
 
 def row_error(model: type[BaseModel], row: dict) -> str | None:

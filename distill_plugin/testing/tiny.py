@@ -205,6 +205,25 @@ def build_model(
     return model
 
 
+def build_reward_model(out_dir: str | Path | None = None, tokenizer=None, hidden_size: int = 32,
+                       num_labels: int = 1, seed: int = 0):
+    """A randomly initialised Qwen2 sequence-classification model (a reward model when
+    ``num_labels`` is 1) on the tiny tokenizer: ``distill-data judge --reward-model`` in tests and
+    examples."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = tokenizer or build_tokenizer()
+    config = build_model(None, tokenizer, hidden_size=hidden_size, seed=seed).config
+    config.num_labels = num_labels
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    if out_dir is not None:
+        model.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+    return model
+
+
 def build_pair(root: str | Path, teacher_hidden: int = 64, student_hidden: int = 32, **kw) -> tuple[Path, Path]:
     """Write a tiny teacher and student (sharing the tokenizer) under ``root``; return their paths."""
     root = Path(root)

@@ -10,6 +10,12 @@ context length), one containing ``<<garbage>>`` a 200 whose body is not JSON.
 ``--synthetic-latency MEAN`` skips the model: each request sleeps a log-normal latency (mean MEAN
 seconds, sigma ``--latency-sigma``, seeded by the request number: a long tail) and answers a fixed
 text — the generation benchmark's server, measuring the client's scheduling, not a model.
+``--scripted FILE`` also skips the model: a JSON list of ``[substring, reply]`` pairs; a request
+whose messages contain a substring is answered with its reply (the first that matches; the pair
+with substring ``""`` matches everything): a judge whose verdicts a test chooses, over the same
+HTTP, retries (``--fail-first``) and error paths (``<<reject>>``, ``<<garbage>>``). A reply may be
+a list: the k-th request with the same messages gets ``random.Random(f"{k}:{messages}").choice``
+of it (a scripted teacher whose n samples differ, reproducibly whatever the request order).
 
 Run: python openai_server.py MODEL_DIR --port P [--api-key-env VAR] [--split-reasoning] ...
 """
@@ -29,9 +35,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def build_app(model_dir, fail_first=0, slow_request=-1, slow_seconds=0.0, split_reasoning=False,
-              api_key=None, synthetic_latency=0.0, latency_sigma=1.0):
+              api_key=None, synthetic_latency=0.0, latency_sigma=1.0, scripted=None):
     if synthetic_latency:
         return synthetic_app(synthetic_latency, latency_sigma)
+    if scripted:
+        return scripted_app(scripted, fail_first)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     app = FastAPI()
@@ -119,6 +127,48 @@ def build_app(model_dir, fail_first=0, slow_request=-1, slow_seconds=0.0, split_
     return app
 
 
+def scripted_app(path: str, fail_first: int = 0):
+    """Answers each request with the reply of the first ``[substring, reply]`` its messages contain."""
+    import json
+
+    rules = json.loads(open(path, encoding="utf-8").read())
+    app = FastAPI()
+    state = {"requests": 0, "served": 0, "bodies": []}
+    asked: dict[str, int] = {}
+
+    @app.get("/stats")
+    def stats():
+        return state
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        state["requests"] += 1
+        if state["requests"] <= fail_first:
+            return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        body = await request.json()
+        said = "\n".join(str(m.get("content")) for m in body["messages"])
+        state["bodies"].append(body)
+        if "<<reject>>" in said:
+            return JSONResponse({"error": {"message": "prompt too long", "type": "BadRequestError"}}, status_code=400)
+        if "<<garbage>>" in said:
+            return PlainTextResponse("upstream proxy error")
+        reply = next((r for sub, r in rules if sub in said), None)
+        if reply is None:
+            return JSONResponse({"error": {"message": "no scripted reply matches"}}, status_code=400)
+        if isinstance(reply, list):
+            k = asked[said] = asked.get(said, -1) + 1
+            reply = random.Random(f"{k}:{said}").choice(reply)
+        state["served"] += 1
+        n = int(body.get("n", 1))
+        return {"id": f"cmpl-{state['requests']}", "object": "chat.completion", "model": body.get("model"),
+                "choices": [{"index": i, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+                            for i in range(n)],
+                "usage": {"prompt_tokens": len(said), "completion_tokens": len(reply) * n,
+                          "total_tokens": len(said) + len(reply) * n}}
+
+    return app
+
+
 def synthetic_app(mean: float, sigma: float):
     """Answers after a seeded log-normal latency with mean ``mean`` seconds; no model."""
     app = FastAPI()
@@ -157,9 +207,10 @@ if __name__ == "__main__":
     ap.add_argument("--api-key-env", default=None)
     ap.add_argument("--synthetic-latency", type=float, default=0.0)
     ap.add_argument("--latency-sigma", type=float, default=1.0)
+    ap.add_argument("--scripted", default=None)
     a = ap.parse_args()
     key = os.environ.get(a.api_key_env) if a.api_key_env else None
     torch.set_num_threads(1)
     app = build_app(a.model_dir, a.fail_first, a.slow_request, a.slow_seconds, a.split_reasoning, key,
-                    a.synthetic_latency, a.latency_sigma)
+                    a.synthetic_latency, a.latency_sigma, a.scripted)
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
