@@ -158,6 +158,16 @@ def check_resources(cfg, config: DistillConfig) -> None:
         tokenizer = student_tokenizer(cfg)
     except Exception:
         tokenizer = None
+    if config.teacher_server is not None:  # --- teacher_server (issue #16): reachable, model, k, tokenizer ---
+        if tokenizer is not None:
+            from .teachers.server import ServerTopKSource
+
+            served = ServerTopKSource(config.teacher_server, tokenizer, config.check_tokenizer)
+            try:
+                served.connect()
+            finally:
+                served.close()
+        return
     if config.teacher is not None:
         resolve_teacher(config)
         if config.check_tokenizer and tokenizer is not None:

@@ -24,7 +24,8 @@ LABELS = "labels"
 NUM_ITEMS = "num_items_in_batch"
 TOPK_IDS = "teacher_topk_ids"  # LongTensor [B, T, k]
 TOPK_LOGPROBS = "teacher_topk_logprobs"  # FloatTensor [B, T, k], -inf where absent
-NON_MODEL_KEYS = (LABELS, NUM_ITEMS, TOPK_IDS, TOPK_LOGPROBS)  # never passed to model.forward
+TEACHER_REQUEST = "teacher_server_request"  # a read-ahead batch's pending server answer (teachers.server)
+NON_MODEL_KEYS = (LABELS, NUM_ITEMS, TOPK_IDS, TOPK_LOGPROBS, TEACHER_REQUEST)  # never passed to model.forward
 IGNORE_INDEX = -100
 
 

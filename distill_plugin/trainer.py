@@ -179,10 +179,20 @@ class DistillTrainerMixin:
         prefix = "eval_" if split == "eval" else ""
         return {f"{prefix}{name}": round(v, 6) for name, v in zip(self.distill_metrics, values)}
 
+    # --- teacher_server (issue #16): the source reads the training batches ahead (its requests in
+    # flight while the student trains) and reports how long training blocked on it ---
+    def get_batch_samples(self, epoch_iterator, *args, **kwargs):
+        read_ahead = getattr(self.teacher_source, "read_ahead", None)
+        if read_ahead is not None:
+            epoch_iterator = read_ahead(epoch_iterator, self.args.gradient_accumulation_steps)
+        return super().get_batch_samples(epoch_iterator, *args, **kwargs)
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.distill_config is not None:
             if "loss" in logs:
                 logs.update(self._flush("train"))
+                if hasattr(self.teacher_source, "pop_metrics"):
+                    logs.update(self.teacher_source.pop_metrics(self.args.gradient_accumulation_steps))
             elif "eval_loss" in logs:
                 logs.update(self._flush("eval"))
         super().log(logs, *args, **kwargs)
