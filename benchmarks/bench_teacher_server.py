@@ -110,13 +110,10 @@ def main() -> None:
             for prefetch in (0, 1):
                 set_faults(url, delay_s=delay / 1000)
                 server = TeacherServerConfig(url=url, model="tiny-teacher", top_k=args.top_k, prefetch_steps=prefetch)
-                source = ServerTopKSource(server, tokenizer)
-                try:
+                with ServerTopKSource(server, tokenizer) as source:
                     source.connect()
                     times = train(student_dir, source, DistillConfig(teacher_server=server), data, args.accum)
                     wait = source.pop_metrics(args.accum).get("teacher_wait_s", 0.0)
-                finally:
-                    source.close()
                 rows.append((f"served top-{args.top_k}, prefetch {prefetch}", f"{delay:g}", times, wait))
 
     print(f"\ntiny pair on CPU, micro-batch {args.micro_batch} x accumulation {args.accum}, "

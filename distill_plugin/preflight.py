@@ -162,11 +162,8 @@ def check_resources(cfg, config: DistillConfig) -> None:
         if tokenizer is not None:
             from .teachers.server import ServerTopKSource
 
-            served = ServerTopKSource(config.teacher_server, tokenizer, config.check_tokenizer)
-            try:
+            with ServerTopKSource(config.teacher_server, tokenizer, config.check_tokenizer) as served:
                 served.connect()
-            finally:
-                served.close()
         return
     if config.teacher is not None:
         resolve_teacher(config)

@@ -237,7 +237,14 @@ class ServerTopKSource:
         wait, self._wait_s, self._waited_batches = self._wait_s / steps, 0.0, 0
         return {"teacher_wait_s": round(wait, 4)}
 
+    def __enter__(self) -> "ServerTopKSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Close the HTTP client and stop the background loop (also on ``with`` exit)."""
         if self._loop.is_running():
             self._run(self._client.aclose())
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1,6 +1,7 @@
 """``axolotl.cli.train`` with the served tiny teacher (the project's server on a free 127.0.0.1 port):
-LoRA, sample packing, gradient accumulation 2, the read-ahead; and a server that tokenises
-differently stops the run before training with exit code 2 and one line naming the URL."""
+QLoRA (bitsandbytes on CPU, a 64-wide pair), sample packing, gradient accumulation 2, the
+read-ahead; and a server that tokenises differently stops the run before training with exit code 2
+and one line naming the URL."""
 
 from __future__ import annotations
 
@@ -16,27 +17,29 @@ pytestmark = pytest.mark.slow
 TWIN = REPO / "recipes/tiny/teacher_server_qlora.yml"
 
 
-def recipe(tmp_path, student, data, url):
-    twin = write_recipe(TWIN, tmp_path / "twin.yml")
+def recipe(tmp_path, student, data, url, **overrides):
     import yaml
 
-    server = yaml.safe_load(twin.read_text())["distill"]["teacher_server"]
+    server = yaml.safe_load(TWIN.read_text())["distill"]["teacher_server"]
     return write_recipe(
-        twin, tmp_path / "served.yml", base_model=str(student), distill={"teacher_server": {**server, "url": url}},
+        TWIN, tmp_path / "served.yml", base_model=str(student), distill={"teacher_server": {**server, "url": url}},
         datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
-        output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
+        output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"), **overrides,
     )
 
 
-def test_train_with_served_teacher(tmp_path, tiny_pair, arithmetic_data):
-    teacher, student = tiny_pair
+def test_train_qlora_with_served_teacher(tmp_path, arithmetic_data):
+    from distill_plugin.testing.tiny import build_pair
+
+    teacher, student = build_pair(tmp_path / "pair64", teacher_hidden=64, student_hidden=64)
     with serve(teacher, "--served-model-name", "tiny-teacher", "--max-logprobs", "16") as url:
-        output, logs = run_axolotl_train(recipe(tmp_path, student, arithmetic_data, url), cwd=tmp_path)
+        cfg = recipe(tmp_path, student, arithmetic_data, url, load_in_4bit=True, adapter="qlora")
+        output, logs = run_axolotl_train(cfg, cwd=tmp_path)
         served = faults(url)["completions"]
     assert "teacher = served http://127.0.0.1" in output and "top-16 via prompt_logprobs" in output
     assert len(logs) == 6
     for entry in logs:
-        assert entry["kd_loss"] > 0 and entry["ce_loss"] > 0 and entry["teacher_wait_s"] >= 0, entry
+        assert entry["kd_loss"] > 0 and entry["ce_loss"] > 0 and entry["grad_norm"] > 0 and entry["teacher_wait_s"] >= 0, entry
     # 6 steps × 2 packed micro-batches of several documents, plus read-ahead and the start-up probes
     assert served > 12, served
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()

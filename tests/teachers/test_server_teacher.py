@@ -111,12 +111,9 @@ def test_loss_equals_offline_topk_loss(tiny_pair, tokenizer, url, layout):
         batch, docs = packed_batch(tokenizer)
         packs = [[0, 1, 2]]
     mask = supervised_mask(batch["labels"])
-    served = source(url, tokenizer)
-    try:
+    with source(url, tokenizer) as served:
         assert "prompt_logprobs" in served.connect()
         server = served.signals(batch, mask)[TopKLogprobs]
-    finally:
-        served.close()
     offline = StoredTopKSource(1.0).signals(offline_targets(teacher_dir, tokenizer, docs, packs, batch["input_ids"].shape[1]), mask)[TopKLogprobs]
     assert server.capture_temperature == offline.capture_temperature == 1.0
     assert server.ids.shape == (int(mask.sum()), K)
@@ -141,15 +138,12 @@ def test_503_and_stall_are_retried(tokenizer, url):
     batch = padded_batch(tokenizer)
     mask = supervised_mask(batch["labels"])
     set_faults(url, fail=[2, 3], stall=[4], stall_seconds=5.0)
-    served = source(url, tokenizer, timeout_s=1.5, max_concurrency=1)
-    try:
+    with source(url, tokenizer, timeout_s=1.5, max_concurrency=1) as served:
         served.connect()
         retried = served.signals(batch, mask)[TopKLogprobs]
         assert served.backend.stats["retries"] >= 3
         counters = faults(url)
         clean = served.signals(batch, mask)[TopKLogprobs]
-    finally:
-        served.close()
     assert counters["failed"] == 2 and counters["stalled"] == 1
     assert torch.equal(retried.ids, clean.ids) and torch.equal(retried.logprobs, clean.logprobs)
 
@@ -157,19 +151,13 @@ def test_503_and_stall_are_retried(tokenizer, url):
 def test_echo_fallback_gives_the_same_targets(tokenizer, url):
     batch = padded_batch(tokenizer, seed=3)
     mask = supervised_mask(batch["labels"])
-    native = source(url, tokenizer)
-    try:
+    with source(url, tokenizer) as native:
         native.connect()
         via_native = native.signals(batch, mask)[TopKLogprobs]
-    finally:
-        native.close()
     set_faults(url, no_prompt_logprobs=True)
-    echo = source(url, tokenizer)
-    try:
+    with source(url, tokenizer) as echo:
         assert "via echo" in echo.connect()
         via_echo = echo.signals(batch, mask)[TopKLogprobs]
-    finally:
-        echo.close()
     assert faults(url)["refused_prompt_logprobs"] == 1
     assert torch.equal(via_echo.ids, via_native.ids)
     torch.testing.assert_close(via_echo.logprobs, via_native.logprobs)
@@ -178,44 +166,34 @@ def test_echo_fallback_gives_the_same_targets(tokenizer, url):
 def test_limit_below_k_and_wrong_model_are_refused(tokenizer, url):
     for k, model, expected in [(K + 1, MODEL, rf"top_k: .*127\.0\.0\.1.*max allowed: {K}.*--max-logprobs {K + 1}"),
                                (K, "Qwen/not-served", r"model: .*127\.0\.0\.1.*/models serves \['tiny-teacher'\]")]:
-        served = source(url, tokenizer, k=k, model=model)
-        try:
+        with source(url, tokenizer, k=k, model=model) as served:
             with pytest.raises(ServerSetupError, match=expected):
                 served.connect()
-        finally:
-            served.close()
 
 
 def test_unreachable_server_names_the_url(tokenizer):
     from served_teacher import free_port
 
-    served = ServerTopKSource(TeacherServerConfig(url=f"http://127.0.0.1:{free_port()}/v1", model=MODEL), tokenizer,
-                              max_retries=1, backoff_s=0.01)
-    try:
+    with ServerTopKSource(TeacherServerConfig(url=f"http://127.0.0.1:{free_port()}/v1", model=MODEL), tokenizer,
+                              max_retries=1, backoff_s=0.01) as served:
         with pytest.raises(ServerSetupError, match=r"teacher_server.url: http://127\.0\.0\.1:\d+/v1/models: giving up"):
             served.connect()
-    finally:
-        served.close()
 
 
 def test_mismatched_tokenizer_is_refused(tiny_pair, tokenizer, tmp_path):
     """A teacher whose tokenizer orders the same bytes differently: same size, other ids."""
     other = teacher_with_other_tokenizer(tiny_pair[0], tmp_path / "other")
     with serve(other, "--served-model-name", MODEL) as base:
-        served = source(base, tokenizer)
-        try:
+        with source(base, tokenizer) as served:
             with pytest.raises(ServerSetupError, match=r"127\.0\.0\.1.* tokenises differently from the student: token id"):
                 served.connect()
-        finally:
-            served.close()
 
 
 def test_read_ahead_keeps_the_next_steps_in_flight(tiny_pair, tokenizer, url):
     """Two micro-batches per step, one step ahead: after the first step is taken, the next two
     batches' requests have been sent; batches come out in order, every one with its answer."""
     batches = [padded_batch(tokenizer, 2, seed=s) for s in range(5)]
-    served = source(url, tokenizer, prefetch_steps=1)
-    try:
+    with source(url, tokenizer, prefetch_steps=1) as served:
         served.connect()
         ahead = served.read_ahead(iter(batches), batches_per_step=2)
         assert served.read_ahead(ahead.source, 2) is ahead  # the same epoch: the same queue
@@ -227,5 +205,3 @@ def test_read_ahead_keeps_the_next_steps_in_flight(tiny_pair, tokenizer, url):
             signal = served.signals(batch, supervised_mask(batch["labels"]))[TopKLogprobs]
             assert torch.isfinite(signal.logprobs[:, 0]).all()
         assert set(served.pop_metrics(batches_per_step=2)) == {"teacher_wait_s"}
-    finally:
-        served.close()
