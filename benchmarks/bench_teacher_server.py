@@ -63,7 +63,9 @@ def train(student_dir, source, config: DistillConfig, data: list[dict], accum: i
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     terms = config.loss_terms()
     # as DistillTrainerMixin.get_batch_samples wires it (prefetch_steps 0: the iterator itself)
-    stream = source.read_ahead(iter(data), accum) if hasattr(source, "read_ahead") else iter(data)
+    # fresh batch dicts: a read-ahead stores its pending answer in the batch it read
+    fresh = iter([dict(batch) for batch in data])
+    stream = source.read_ahead(fresh, accum) if hasattr(source, "read_ahead") else fresh
     times = []
     for step in range(len(data) // accum):
         started = time.perf_counter()

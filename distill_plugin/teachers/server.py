@@ -194,6 +194,8 @@ class ServerTopKSource:
     def submit(self, batch: dict):
         """Start the teacher requests of ``batch`` (CPU or device tensors); a ``concurrent.futures.Future``
         of ``(ids [B, T, k], log-probs [B, T, k])`` on the CPU."""
+        if self.api is None:
+            raise RuntimeError(f"{self!r}: call connect() before asking for teacher signals")
         spans = documents(batch["input_ids"], batch[LABELS], batch.get("attention_mask"), batch.get("position_ids"))
         return asyncio.run_coroutine_threadsafe(self._score(spans, *batch["input_ids"].shape), self._loop)
 

@@ -26,11 +26,19 @@ from served_teacher import faults, serve, set_faults, teacher_with_other_tokeniz
 
 K = 8
 MODEL = "tiny-teacher"
+KEY_ENV, KEY = "DISTILL_TEST_TEACHER_KEY", "sk-test-3f9a1c"  # the module's server wants this key
 
 
 def source(url, tokenizer, k=K, model=MODEL, **options) -> ServerTopKSource:
-    fields = {"url": url, "model": model, "top_k": k, **options}
+    fields = {"url": url, "model": model, "top_k": k, "api_key_env": KEY_ENV, **options}
     return ServerTopKSource(TeacherServerConfig(**fields), tokenizer, backoff_s=0.05)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def api_key():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KEY_ENV, KEY)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +49,7 @@ def tokenizer(tiny_pair):
 @pytest.fixture(scope="module")
 def server(tiny_pair):
     """One served tiny teacher for the module, its limit at K (vLLM's ``--max-logprobs``)."""
-    with serve(tiny_pair[0], "--served-model-name", MODEL, "--max-logprobs", str(K)) as base:
+    with serve(tiny_pair[0], "--served-model-name", MODEL, "--max-logprobs", str(K), "--api-key-env", KEY_ENV) as base:
         yield base
 
 
@@ -205,3 +213,15 @@ def test_read_ahead_keeps_the_next_steps_in_flight(tiny_pair, tokenizer, url):
             signal = served.signals(batch, supervised_mask(batch["labels"]))[TopKLogprobs]
             assert torch.isfinite(signal.logprobs[:, 0]).all()
         assert set(served.pop_metrics(batches_per_step=2)) == {"teacher_wait_s"}
+
+
+def test_api_key_is_sent_and_never_shown(tokenizer, url, caplog):
+    with source(url, tokenizer, api_key_env=None) as anonymous:
+        with pytest.raises(ServerSetupError, match=r"teacher_server.url: http://127\.0\.0\.1:\d+/v1/models: HTTP 401"):
+            anonymous.connect()
+    with source(url, tokenizer, api_key_env="DISTILL_TEST_UNSET_VARIABLE") as unset:
+        with pytest.raises(ServerSetupError, match="api_key_env: environment variable DISTILL_TEST_UNSET_VARIABLE is not set"):
+            unset.connect()
+    with source(url, tokenizer) as served:
+        described = served.connect()
+        assert KEY not in described + repr(served) + repr(served.backend) + caplog.text
