@@ -48,6 +48,7 @@ class Scorer:
         self.head = output_head(model)
         # final_hidden_states swaps the lm_head out during a forward: one forward at a time.
         self.lock = threading.Lock()
+        self._texts: dict[int, str] = {}
 
     @torch.inference_mode()
     def score(self, ids: list[int], k: int) -> tuple[list, int]:
@@ -69,7 +70,10 @@ class Scorer:
         return rows[:-1], greedy  # the last position predicts the token after the prompt
 
     def text(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+        """A token's text (``decoded_token``), cached: every answer names k+1 tokens per position."""
+        if token not in self._texts:
+            self._texts[token] = self.tokenizer.decode([token])
+        return self._texts[token]
 
 
 def prompt_logprobs(scorer: Scorer, ids: list[int], rows: list) -> list:
