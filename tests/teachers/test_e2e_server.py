@@ -56,3 +56,18 @@ def test_server_with_another_tokenizer_stops_the_run(tmp_path, tiny_pair, arithm
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1 and url in errors[0] and "tokenises differently" in errors[0], errors
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_two_processes_each_ask_for_their_own_batches(tmp_path, tiny_pair, arithmetic_data):
+    """DDP (2 CPU processes, gloo): every rank connects and sends its own batches' requests."""
+    from axolotl_runs import run_axolotl_train_two_processes
+
+    teacher, student = tiny_pair
+    with serve(teacher, "--served-model-name", "tiny-teacher", "--max-logprobs", "16") as url:
+        cfg = recipe(tmp_path, student, arithmetic_data, url, max_steps=3)
+        output, logs = run_axolotl_train_two_processes(cfg, tmp_path)
+        served = faults(url)["completions"]
+    assert "teacher = served http://127.0.0.1" in output, output[-3000:]  # logged by the main process
+    assert len(logs) == 3 and all(e["kd_loss"] > 0 and e["grad_norm"] > 0 for e in logs), logs
+    # each rank: 2 start-up probes (preflight, trainer) and ≥ 1 request per micro-batch (3 steps × 2)
+    assert served >= 2 * (2 + 3 * 2), served
