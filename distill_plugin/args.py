@@ -22,8 +22,10 @@ MAX_TEMPERATURE = 20.0
 # Fields that only mean something for one teacher source or divergence: set away from their default
 # where they do nothing, they are refused (a user who sets them expects an effect).
 ONLINE_ONLY = ("teacher_dtype", "teacher_load_in_4bit", "teacher_load_in_8bit", "teacher_attn_implementation",
-               "teacher_device", "teacher_revision", "check_tokenizer", "teacher_placement")
-OFFLINE_ONLY = ("topk", "topk_tail")
+               "teacher_device", "teacher_revision", "teacher_placement")
+CHECKED_TOKENIZER = ("check_tokenizer",)  # an online or a served teacher
+OFFLINE_ONLY = ("topk",)
+SPARSE_ONLY = ("topk_tail",)  # the top-k loss: stored (`teacher_logits`) or served (`teacher_server`)
 # On-policy distillation (GKD): sampling settings, meaningful only when something is sampled.
 GENERATION_ONLY = ("max_new_tokens", "generation_temperature", "generation_top_p", "generation_backend")
 DIVERGENCE_ONLY = {"beta": ("jsd",), "skew": ("skew_forward_kl", "skew_reverse_kl")}
@@ -33,8 +35,36 @@ CROSS_TOKENIZER_ONLY = ("teacher_tokenizer", "uld_top_k")
 Divergence = Literal[DIVERGENCES]
 
 
+# --- teacher_server (issue #16) ---
+class TeacherServerConfig(BaseModel):
+    """``distill.teacher_server``: a teacher in an OpenAI-compatible inference server (vLLM, SGLang,
+    ``python -m distill_plugin.serve``) scoring each batch's tokens (``teachers.server``).
+
+    The server's prompt log-probs are of the raw logits (T = 1: vLLM applies no temperature to
+    them), so they enter the top-k loss at capture temperature 1 and are re-tempered there. The API
+    key is read from the environment variable named here, sent only in the Authorization header,
+    never logged or stored.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(description="Base URL of the server's OpenAI API, e.g. `http://10.0.0.2:8000/v1`.")
+    model: str = Field(description="Model name the server serves (checked against its `/models`).")
+    top_k: int = Field(
+        20, gt=0, description="Teacher log-probs per position; at most the server's limit (vLLM: `--max-logprobs`, default 20)."
+    )
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (none: no key sent).")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds per request before it is retried (5xx and timeouts are retried with backoff).")
+    max_concurrency: int = Field(8, gt=0, description="Requests in flight at once, per process.")
+    prefetch_steps: int = Field(
+        1, ge=0, description="Optimizer steps of batches whose teacher requests are sent ahead of training; 0 = on demand."
+    )
+# --- end teacher_server ---
+
+
 class DistillConfig(BaseModel):
-    """Distillation settings. Exactly one teacher source: ``teacher`` (online) or ``teacher_logits``.
+    """Distillation settings. Exactly one teacher source: ``teacher`` (online), ``teacher_logits``
+    (stored top-k) or ``teacher_server`` (top-k from an inference server).
 
     Every field's ``description`` is the README's ``distill:`` reference (``scripts/gen_config_table.py``).
     """
@@ -43,10 +73,13 @@ class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     teacher: str | None = Field(
-        None, description="Online teacher: local path or hub id. Exactly one of `teacher` / `teacher_logits`."
+        None, description="Online teacher: local path or hub id. Exactly one of `teacher` / `teacher_logits` / `teacher_server`."
     )
     teacher_logits: str | None = Field(
         None, description="Directory written by `distill-data logits` (offline top-k KD)."
+    )
+    teacher_server: TeacherServerConfig | None = Field(
+        None, description="A served teacher's top-k log-probs (top-k KD over HTTP); keys below."
     )
     teacher_dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
         "bfloat16", description="Dtype the online teacher is loaded in (compute dtype when quantised)."
@@ -85,10 +118,10 @@ class DistillConfig(BaseModel):
     )
 
     topk_tail: TailMode = Field(
-        "bucket", description="Offline top-k: add a (k+1)-th tail bucket on both sides, or renormalise over the top-k."
+        "bucket", description="Top-k KD (stored or served): add a (k+1)-th tail bucket on both sides, or renormalise over the top-k."
     )
     topk: int | None = Field(None, gt=0, description="Offline KD: use the first k of the stored top-K (default: all).")
-    check_tokenizer: bool = Field(True, description="Refuse an online teacher whose tokenizer differs from the student's.")
+    check_tokenizer: bool = Field(True, description="Refuse an online or served teacher whose tokenizer differs from the student's.")
 
     # Hidden-state KD (README "Hidden-state KD"); needs the online `teacher`.
     hidden_weight: float = Field(0.0, ge=0.0, description="Weight of the hidden-state component `hidden`; 0 = off.")
@@ -103,8 +136,12 @@ class DistillConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if (self.teacher is None) == (self.teacher_logits is None) and not (self.teacher and self.hidden_weight):
-            raise ValueError("distill: set exactly one of `teacher` (online KD) or `teacher_logits` (offline top-k KD)")
+        if self.teacher_server is not None and (self.teacher is not None or self.teacher_logits is not None):
+            raise ValueError("distill: `teacher_server` is the only teacher source when set; remove `teacher` / `teacher_logits`")
+        if (self.teacher is None) == (self.teacher_logits is None) and not (self.teacher and self.hidden_weight) \
+                and self.teacher_server is None:
+            raise ValueError("distill: set exactly one of `teacher` (online KD), `teacher_logits` (offline top-k KD) "
+                             "or `teacher_server` (top-k KD from a server)")
         if self.teacher_load_in_4bit and self.teacher_load_in_8bit:
             raise ValueError("distill: `teacher_load_in_4bit` and `teacher_load_in_8bit` are mutually exclusive")
         if self.teacher_placement != "replicate" and self.teacher_device is not None:
@@ -118,8 +155,12 @@ class DistillConfig(BaseModel):
 
     def _refuse_settings_without_effect(self) -> None:
         # With hidden-state KD both sources can be set (logits from the store, hidden states online).
-        unused = [(name, "an offline teacher (`teacher_logits`)") for name in ONLINE_ONLY if self.teacher is None]
-        unused += [(name, "an online teacher (`teacher`)") for name in OFFLINE_ONLY if self.teacher_logits is None]
+        other = "a served teacher (`teacher_server`)" if self.teacher_server else "an offline teacher (`teacher_logits`)"
+        unused = [(name, other) for name in ONLINE_ONLY if self.teacher is None]
+        unused += [(name, other) for name in CHECKED_TOKENIZER if self.teacher is None and self.teacher_server is None]
+        source = "a served teacher (`teacher_server`, whose `top_k` sets k)" if self.teacher_server else "an online teacher (`teacher`)"
+        unused += [(name, source) for name in OFFLINE_ONLY if self.teacher_logits is None]
+        unused += [(name, source) for name in SPARSE_ONLY if self.teacher_logits is None and self.teacher_server is None]
         unused += [(name, f"divergence {self.divergence!r}; it is used by {', '.join(users)}")
                    for name, users in DIVERGENCE_ONLY.items() if self.divergence not in users]
         for name, why in unused:

@@ -112,12 +112,20 @@ class DistillPlugin(BasePlugin):
 
         return offline_collator_cls_and_kwargs(cfg, is_eval, store_path=config.teacher_logits, k=config.topk)
 
+    @exits_on_setup_error
     def post_trainer_create(self, cfg, trainer) -> None:
         config = distill_config_of(cfg)
         if config is None or not hasattr(trainer, "setup_distillation"):
             return
         tokenizer = trainer.processing_class
         sources = []
+        if config.teacher_server is not None:  # --- teacher_server (issue #16) ---
+            from .teachers.server import ServerTopKSource
+
+            served = ServerTopKSource(config.teacher_server, tokenizer, config.check_tokenizer)
+            LOG.info("distill_plugin: teacher = served %s; prefetch %d step(s); vocab %d shared tokens",
+                     served.connect(), config.teacher_server.prefetch_steps, len(tokenizer))
+            sources.append(served)
         if config.teacher_logits is not None:
             from .offline.store import check_compatible, read_meta
             from .teachers import StoredTopKSource

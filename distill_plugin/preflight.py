@@ -199,6 +199,13 @@ def check_resources(cfg, config: DistillConfig) -> None:
         tokenizer = student_tokenizer(cfg)
     except Exception:
         tokenizer = None
+    if config.teacher_server is not None:  # --- teacher_server (issue #16): reachable, model, k, tokenizer ---
+        if tokenizer is not None:
+            from .teachers.server import ServerTopKSource
+
+            with ServerTopKSource(config.teacher_server, tokenizer, config.check_tokenizer) as served:
+                served.connect()
+        return
     if config.teacher is not None:
         resolve_teacher(config)
         if config.cross_tokenizer != "off":

@@ -32,7 +32,9 @@ TEACHER_ATTENTION_MASK = "teacher_attention_mask"
 ALIGNED_STUDENT = "aligned_student_positions"
 ALIGNED_TEACHER = "aligned_teacher_positions"
 CROSS_TOKENIZER_KEYS = (TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK, ALIGNED_STUDENT, ALIGNED_TEACHER)
-NON_MODEL_KEYS = (LABELS, NUM_ITEMS, TOPK_IDS, TOPK_LOGPROBS, *CROSS_TOKENIZER_KEYS)  # never passed to model.forward
+TEACHER_REQUEST = "teacher_server_request"  # a read-ahead batch's pending server answer (teachers.server)
+# never passed to model.forward
+NON_MODEL_KEYS = (LABELS, NUM_ITEMS, TOPK_IDS, TOPK_LOGPROBS, *CROSS_TOKENIZER_KEYS, TEACHER_REQUEST)
 IGNORE_INDEX = -100
 
 

@@ -129,6 +129,9 @@ class DistillTrainerMixin:
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
         """The step's micro-batches, generated when the step samples (its decision is drawn once here,
         for all of them); the Trainer counts ``num_items_in_batch`` over what this returns."""
+        read_ahead = getattr(self.teacher_source, "read_ahead", None)
+        if read_ahead is not None:  # a served teacher: the next steps' requests go out now
+            epoch_iterator = read_ahead(epoch_iterator, self.args.gradient_accumulation_steps)
         if self.on_policy is not None:
             epoch_iterator = self.on_policy.batches(self.state.global_step, epoch_iterator, self.model)
         return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
@@ -208,12 +211,16 @@ class DistillTrainerMixin:
         prefix = "eval_" if split == "eval" else ""
         return {f"{prefix}{name}": round(v, 6) for name, v in zip(self.distill_metrics, values)}
 
+    # --- teacher_server (issue #16): the source reads the training batches ahead (its requests in
+    # flight while the student trains) and reports how long training blocked on it ---
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.distill_config is not None:
             if "loss" in logs:
                 logs.update(self._flush("train"))
                 if self.on_policy is not None:
                     logs.update(self.on_policy.logs(self.state.global_step))
+                if hasattr(self.teacher_source, "pop_metrics"):
+                    logs.update(self.teacher_source.pop_metrics(self.args.gradient_accumulation_steps))
             elif "eval_loss" in logs:
                 logs.update(self._flush("eval"))
         super().log(logs, *args, **kwargs)

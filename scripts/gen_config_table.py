@@ -42,13 +42,30 @@ def render(model=None) -> str:
     """The markdown table, one row per field of ``model`` (default ``DistillConfig``)."""
     if model is None:
         from distill_plugin.args import DistillConfig as model
-    rows = ["| key | allowed | default | meaning |", "|---|---|---|---|"]
+    return "\n".join(["| key | allowed | default | meaning |", "|---|---|---|---|", *field_rows(model)])
+
+
+def nested_model(field):
+    """The pydantic model a field holds (``X | None`` included), or None."""
+    from pydantic import BaseModel
+
+    args = typing.get_args(field.annotation) or (field.annotation,)
+    return next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def field_rows(model, prefix: str = "") -> list[str]:
+    """One row per field; a nested block (``teacher_server``) is followed by rows ``block.key``."""
+    rows = []
     for name, field in model.model_fields.items():
         if not field.description:
             raise ValueError(f"{model.__name__}.{name} has no description")
-        default = "—" if field.default is None else _code(field.default)
-        rows.append(f"| `{name}` | {allowed(field)} | {default} | {field.description} |")
-    return "\n".join(rows)
+        default = "required" if field.is_required() else "—" if field.default is None else _code(field.default)
+        nested = nested_model(field)
+        kind = "block" if nested else allowed(field)
+        rows.append(f"| `{prefix}{name}` | {kind} | {default} | {field.description} |")
+        if nested:
+            rows += field_rows(nested, f"{prefix}{name}.")
+    return rows
 
 
 def replace_block(text: str, table: str, path: Path, begin: str = BEGIN, end: str = END) -> str:

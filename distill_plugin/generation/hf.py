@@ -16,8 +16,8 @@ import numpy as np
 from .base import Backend, Completion, OnDone, OnError, Prompt, SamplingParams, TopK, is_token_ids, render_chat
 
 
-def topk_of_head(hidden, head, k: int, temperature: float, chunk: int, vocab_size: int | None = None):
-    """``topk(log_softmax(lm_head(hidden) / T))`` in fp32 over rows of ``hidden [n, H]``, chunk by chunk,
+def head_logprobs(hidden, head, temperature: float, chunk: int, vocab_size: int | None = None):
+    """Yield ``(start, log_softmax(lm_head(hidden[start:start+chunk]) / T))`` in fp32, chunk by chunk,
     so at most ``[chunk, V]`` logits exist at once. ``vocab_size`` cuts the head to its first rows
     (the tokenizer's vocabulary): padding rows take no probability mass and are never returned."""
     import torch
@@ -25,12 +25,20 @@ def topk_of_head(hidden, head, k: int, temperature: float, chunk: int, vocab_siz
 
     from distill_plugin.losses.kd import softcap
 
-    ids, vals = [], []
+    weight = head.weight[:vocab_size]
+    bias = None if head.bias is None else head.bias[:vocab_size]
     for start in range(0, hidden.shape[0], chunk):
-        weight = head.weight[:vocab_size]
-        bias = None if head.bias is None else head.bias[:vocab_size]
         logits = softcap(F.linear(hidden[start:start + chunk], weight, bias).float(), head.softcap)
-        v, i = torch.log_softmax(logits / temperature, dim=-1).topk(k, dim=-1)
+        yield start, torch.log_softmax(logits / temperature, dim=-1)
+
+
+def topk_of_head(hidden, head, k: int, temperature: float, chunk: int, vocab_size: int | None = None):
+    """``topk(log_softmax(lm_head(hidden) / T))`` over rows of ``hidden [n, H]`` (``head_logprobs``)."""
+    import torch
+
+    ids, vals = [], []
+    for _, logp in head_logprobs(hidden, head, temperature, chunk, vocab_size):
+        v, i = logp.topk(k, dim=-1)
         ids.append(i.cpu())
         vals.append(v.cpu())
     if not ids:

@@ -84,13 +84,11 @@ class OpenAIHTTPBackend(Backend):
 
     async def _generate(self, prompts: Iterable[Prompt], s: SamplingParams, on_done: OnDone,
                         on_error: OnError | None) -> None:
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         sem = asyncio.Semaphore(self.concurrency)
         per_request = max(1, min(self.n_per_request, s.n))
         sizes = [per_request] * (s.n // per_request) + ([s.n % per_request] if s.n % per_request else [])
         queue = enumerate(prompts)  # shared by the workers: each takes the next prompt when free
-        async with httpx.AsyncClient(headers=headers, limits=limits, timeout=httpx.Timeout(self.timeout_s)) as client:
+        async with self.client() as client:
             async def worker():
                 for i, prompt in queue:
                     try:
@@ -109,20 +107,31 @@ class OpenAIHTTPBackend(Backend):
                 for w in workers:
                     w.cancel()
 
+    def client(self) -> httpx.AsyncClient:
+        """An async client with the key's header, ``concurrency`` connections and the timeout."""
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        return httpx.AsyncClient(headers=headers, limits=limits, timeout=httpx.Timeout(self.timeout_s))
+
     async def _post(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, prompt: Prompt,
                     s: SamplingParams, n: int) -> list[Completion]:
         url, body = self.request(prompt, s, n)
+        return self.parse(url, await self.send(client, sem, url, body), n)
+
+    async def send(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, url: str, body: dict | None) -> httpx.Response:
+        """POST ``body`` (GET when None) to ``url`` under ``sem``, retrying timeouts, connection errors
+        and ``RETRY_STATUS`` with backoff; the 200 response, else a ``GenerationError`` naming the URL."""
         for attempt in range(self.max_retries + 1):
             delay = min(self.backoff_max_s, self.backoff_s * 2 ** attempt) * (0.5 + random.random() / 2)
             try:
                 async with sem:
                     self.stats["requests"] += 1
-                    resp = await client.post(url, json=body)
+                    resp = await (client.get(url) if body is None else client.post(url, json=body))
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 why = status = type(e).__name__
             else:
                 if resp.status_code == 200:
-                    return self.parse(url, resp, n)
+                    return resp
                 if resp.status_code not in RETRY_STATUS:
                     raise GenerationError(f"{url}: HTTP {resp.status_code}: {server_message(resp)}", resp.status_code)
                 why, status = f"HTTP {resp.status_code}: {server_message(resp)}", resp.status_code
