@@ -176,7 +176,7 @@ def train_twin(recipe: Path, twin_root: Path, tmp_path: Path) -> Run:
         # Captured with the twin's own config: Axolotl's tokenisation, packing and sequence_len.
         capture_teacher(fixtures.teacher or twin_root / "teacher", fixtures.teacher_logits, config=path, k=16, progress=False)
     train = run_axolotl_train_two_processes if twin.processes == 2 else run_axolotl_train
-    output, logs = train(path, cwd=tmp_path)
+    output, logs = train(path, cwd=tmp_path, timeout=1100)  # ~1 min alone; 10+ on a machine shared 8 ways
     out = Path(twin.config["output_dir"])
     probe = json.loads((out / "probe.json").read_text())
     assert len(logs) == twin.config["max_steps"], logs
