@@ -96,6 +96,7 @@ class DistillTrainerMixin:
         self._distill_sums = {"train": None, "eval": None}
         self._distill_counts = {"train": 0, "eval": 0}
         self._setup_on_policy(config, teacher_source)
+        self._distill_steps = 0  # optimizer steps since the last train log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.teacher_source is None:
@@ -197,14 +198,21 @@ class DistillTrainerMixin:
         sums = self._distill_sums[split]
         self._distill_sums[split] = parts if sums is None else sums + parts
         self._distill_counts[split] += 1
+        # The Trainer sets sync_gradients on the last micro-batch of each optimizer step, including
+        # the shorter last step of an epoch whose batch count is not a multiple of the accumulation.
+        if split == "train" and self.accelerator.sync_gradients:
+            self._distill_steps += 1
 
     def _flush(self, split: str) -> dict[str, float]:
         count = self._distill_counts[split]
         if not count:
             return {}
         # Training components are fractions of the step's total: sum over the step's micro-batches,
-        # average over the optimizer steps since the last log. Eval batches are each normalised.
-        per = count / self.args.gradient_accumulation_steps if split == "train" else count
+        # average over the optimizer steps since the last log (counted, not count / accumulation: an
+        # epoch's last step may hold fewer micro-batches). Eval batches are each normalised.
+        per = max(self._distill_steps, 1) if split == "train" else count
+        if split == "train":
+            self._distill_steps = 0
         values = self._distill_sums[split].to(self.accelerator.device).reshape(1, -1) / max(per, 1e-12)
         values = self.accelerator.gather_for_metrics(values).reshape(-1, len(self.distill_metrics)).mean(0).tolist()
         self._distill_sums[split], self._distill_counts[split] = None, 0

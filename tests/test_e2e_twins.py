@@ -58,15 +58,20 @@ def check_loss(run: Run):
 
 
 def check_loss_sum(run: Run):
-    """loss = kd_scale·kd + ce_weight·ce + hidden_weight·hidden, kd_scale = kd_weight·T² (temperature_squared)."""
+    """loss = kd_scale·kd + ce_weight·ce + hidden_weight·hidden, kd_scale = kd_weight·T² (temperature_squared),
+    on the unrounded log history of the last checkpoint (the console shows 4 digits; the components
+    are kept to 6 decimals, hence the 1e-5 tolerance)."""
     from distill_plugin.args import DistillConfig
 
     d = DistillConfig.model_validate(run.config["distill"])
     kd_scale = d.kd_weight * (d.temperature**2 if d.temperature_squared else 1.0)
-    for e in run.logs:
+    (state,) = sorted(run.out.glob("checkpoint-*/trainer_state.json"))[-1:]
+    history = [e for e in json.loads(state.read_text())["log_history"] if "kd_loss" in e]
+    assert len(history) == len(run.logs)
+    for e in history:
         expected = kd_scale * e["kd_loss"] + d.ce_weight * e.get("ce_loss", 0.0) + d.hidden_weight * e.get("hidden_loss", 0.0)
-        assert e["loss"] == pytest.approx(expected, rel=2e-3, abs=1e-3), (e, kd_scale, d.ce_weight, d.hidden_weight)
-    assert kd_scale * run.logs[0]["kd_loss"] > 0.05 * run.logs[0]["loss"]  # the KD term is not negligible
+        assert e["loss"] == pytest.approx(expected, rel=1e-6, abs=1e-5), (e, kd_scale, d.ce_weight, d.hidden_weight)
+    assert kd_scale * history[0]["kd_loss"] > 0.05 * history[0]["loss"]  # the KD term is not negligible
 
 
 def check_eval(run: Run):
@@ -132,6 +137,7 @@ def check_projectors(run: Run):
     from distill_plugin.hidden.projector import PROJECTOR_FILE
 
     assert (run.out / PROJECTOR_FILE).exists()
+    assert run.probe["projectors_moved"] > 0, run.probe  # they train, next to a frozen base under (Q)LoRA
     saved = tensor_names(run.out, "model*.safetensors") | tensor_names(run.out, "adapter_model.safetensors")
     assert saved and not any("maps." in n or "projector" in n for n in saved)
 
@@ -194,7 +200,7 @@ def train_twin(recipe: Path, twin_root: Path, tmp_path: Path) -> Run:
         # Captured with the twin's own config: Axolotl's tokenisation, packing and sequence_len.
         capture_teacher(fixtures.teacher or twin_root / "teacher", fixtures.teacher_logits, config=path, k=16, progress=False)
     train = run_axolotl_train_two_processes if twin.processes == 2 else run_axolotl_train
-    output, logs = train(path, cwd=tmp_path)
+    output, logs = train(path, cwd=tmp_path, timeout=1100)  # ~1 min alone; 10+ on a machine shared 8 ways
     out = Path(twin.config["output_dir"])
     probe = json.loads((out / "probe.json").read_text())
     assert len(logs) == twin.config["max_steps"], logs

@@ -143,6 +143,19 @@ def test_components_are_logged_and_training_changes_them(tiny_pair, tmp_path):
         assert h["loss"] == pytest.approx(0.7 * 4 * h["kd_loss"] + 0.3 * h["ce_loss"], rel=1e-3)
 
 
+def test_short_last_step_of_an_epoch_is_not_doubled(tiny_pair, tmp_path):
+    """3 micro-batches, accumulation 2: the epoch's second step holds one micro-batch. Its logged
+    components are that step's (found by a twin: they were divided by count / accumulation = 0.5)."""
+    tok, teacher, student = load_pair(tiny_pair)
+    trainer = make_trainer(tmp_path, tok, teacher, student, uneven_rows()[:3], 1, 2)
+    trainer.args.max_steps = 2
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 2
+    for h in steps:
+        assert h["loss"] == pytest.approx(0.7 * 4 * h["kd_loss"] + 0.3 * h["ce_loss"], rel=1e-5)
+
+
 def test_output_head_is_found_through_peft(tiny_pair):
     from peft import LoraConfig, get_peft_model
 

@@ -8,7 +8,9 @@ At the end of training, process 0 writes into ``output_dir``:
     ``world_size``; ``student_4bit`` / ``teacher_4bit``: whether the model holds bitsandbytes 4-bit
     linears; ``batches`` and ``packed_batches``: training micro-batches seen, and those in which a row
     holds several documents (``position_ids`` restart at 0, 1 inside the row, which padding never does);
-    ``trainable``: how many trainable parameters the student has, and how many in all.
+    ``trainable``: how many trainable parameters the student has, and how many in all;
+    ``projectors_moved``: the largest change of a distillation module's weight (the hidden-state
+    projectors, which live outside the model) between the start and the end of training, or None.
 ``probe_logits.pt``
     ``input_ids`` (a fixed chat, tokenised by the run's tokenizer) and the student's fp32 logits on
     them, in eval mode, with the final weights: what a reload of the saved output must reproduce.
@@ -59,6 +61,14 @@ class _Probe(TrainerCallback):
             return step(model, inputs, *args, **kwargs)
 
         trainer.training_step = recording_step
+        self.start = None
+
+    def distill_weights(self) -> list[torch.Tensor]:
+        modules = getattr(self.trainer, "distill_modules", None)
+        return [p.detach().clone() for p in modules.parameters()] if modules is not None else []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.distill_weights()
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         trainer = self.trainer
@@ -76,6 +86,8 @@ class _Probe(TrainerCallback):
             "batches": self.batches,
             "packed_batches": self.packed,
             "trainable": [sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)],
+            "projectors_moved": max(((a - b).abs().max().item() for a, b in zip(self.distill_weights(), self.start or [])),
+                                    default=None),
         }
         (out / "probe.json").write_text(json.dumps(report))
         torch.save(logits, out / "probe_logits.pt")
