@@ -15,7 +15,7 @@ import pytest
 from axolotl_runs import REPO, run_axolotl_train, run_axolotl_train_two_processes, write_recipe
 
 pytestmark = pytest.mark.slow
-TWIN = REPO / "recipes" / "tiny" / "fsdp2_kd.yml"
+TWIN = REPO / "tests" / "configs" / "fsdp2_kd.yml"
 
 
 def recipe(tmp_path: Path, tiny_pair, data, name: str, **overrides) -> Path:

@@ -1,5 +1,5 @@
 """Axolotl trains on the Parquet shards of ``distill-data export`` (train shards as ``datasets:``,
-eval shards as ``test_datasets:``), through ``recipes/tiny/open_sft_parquet.yml``."""
+eval shards as ``test_datasets:``), through ``tests/configs/open_sft_parquet.yml``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from data_prep.export import ExportConfig, export
 from dp_helpers import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "recipes" / "tiny" / "open_sft_parquet.yml"
+RECIPE = ROOT / "tests" / "configs" / "open_sft_parquet.yml"
 
 
 def open_rows(n: int = 40) -> list[dict]:

@@ -14,7 +14,7 @@ from axolotl_runs import REPO, SUBPROCESS_ENV, run_axolotl_train, write_recipe
 from served_teacher import faults, serve, teacher_with_other_tokenizer
 
 pytestmark = pytest.mark.slow
-TWIN = REPO / "recipes/tiny/teacher_server_qlora.yml"
+TWIN = REPO / "tests/configs/teacher_server_tiny.yml"
 
 
 def recipe(tmp_path, student, data, url, **overrides):
