@@ -41,7 +41,9 @@ class Example:
 
 
 def examples_from_axolotl_config(config: str | Path, **overrides) -> tuple[list[Example], object, dict]:
-    """Tokenise the training set of an Axolotl YAML exactly as ``axolotl.cli.train`` will.
+    """Tokenise the training and evaluation sets of an Axolotl YAML exactly as ``axolotl.cli.train``
+    will (the eval split of ``val_set_size`` / ``test_datasets`` too: the offline loss looks every
+    batch's rows up in the store, evaluation batches included).
 
     Returns ``(examples, tokenizer, info)`` with ``info = {"sequence_len", "base_model"}``.
     """
@@ -55,7 +57,8 @@ def examples_from_axolotl_config(config: str | Path, **overrides) -> tuple[list[
     tokenizer = load_tokenizer(cfg)
     examples = [
         Example(list(map(int, row["input_ids"])), list(map(int, row["labels"])), row.get("id"))
-        for row in meta.train_dataset
+        for dataset in (meta.train_dataset, meta.eval_dataset) if dataset is not None
+        for row in dataset
     ]
     return examples, tokenizer, {"sequence_len": cfg.sequence_len, "base_model": cfg.base_model}
 
