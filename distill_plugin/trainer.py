@@ -214,7 +214,9 @@ class DistillTrainerMixin:
         if split == "train":
             self._distill_steps = 0
         values = self._distill_sums[split].to(self.accelerator.device).reshape(1, -1) / max(per, 1e-12)
-        values = self.accelerator.gather_for_metrics(values).reshape(-1, len(self.distill_metrics)).mean(0).tolist()
+        # gather, not gather_for_metrics: at the end of a dataloader the latter keeps only `remainder`
+        # rows (it takes them for duplicated samples), which dropped other ranks' values at an epoch's last step.
+        values = self.accelerator.gather(values).reshape(-1, len(self.distill_metrics)).mean(0).tolist()
         self._distill_sums[split], self._distill_counts[split] = None, 0
         prefix = "eval_" if split == "eval" else ""
         return {f"{prefix}{name}": round(v, 6) for name, v in zip(self.distill_metrics, values)}
