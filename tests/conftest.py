@@ -48,3 +48,18 @@ def twin_root(tmp_path_factory):
     from distill_plugin.testing.tiny import prepare_tiny_run
 
     return prepare_tiny_run(tmp_path_factory.mktemp("twins"))
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_on_closed_streams():
+    """A handler bound to a stream that a finished test closed (Axolotl's logging set-up binds one to the
+    ``sys.stderr`` of the moment, e.g. a CLI runner's) would print "--- Logging error ---" tracebacks
+    into later tests' output; drop such handlers before each test."""
+    import logging
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
+    yield
