@@ -18,10 +18,9 @@ from typer.core import TyperGroup
 from distill_plugin.generation import SamplingParams
 
 from .guards import prepare_generate, preflight
+from .cli_options import EngineOptions, PromptOptions, option_groups
 from .io import InputError
-from .schema import FieldMap
 from .logits import import_axolotl_kd, logits
-from .trajectory import PromptStyle
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -109,64 +108,31 @@ def _report(stage) -> None:
     typer.echo(_run(stage).summary())
 
 
-def _backend_options(backend: str, batch_size: int, base_url: str, api_key_env: str, concurrency: int,
-                     timeout: float, max_retries: int, tensor_parallel_size: int) -> dict:
-    """The engine's own options from the command line (``make_backend``'s keyword arguments)."""
-    return {"hf": {"batch_size": batch_size},
-            "openai": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency,
-                       "timeout_s": timeout, "max_retries": max_retries},
-            "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
-
-
 @app.command("generate")
+@option_groups
 def generate_cmd(
     prompts: Annotated[list[Path], typer.Argument(help="Prompt JSONL file(s) or folder(s).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
     model: Annotated[str, typer.Option(help="Teacher: local dir / hub name (hf, vllm) or served model name (openai).")],
     backend: Annotated[str, typer.Option(help="hf | openai | vllm")] = "hf",
-    n: Annotated[int, typer.Option("-n", help="Samples per prompt.")] = 4,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    max_tokens: int = 16384,
-    seed: Optional[int] = None,
-    system_prompt: Optional[str] = None,
-    suffix: Annotated[Optional[str], typer.Option(help="Appended to the user turn (default: R1's 'reason step by step … \\boxed{}'); '' for none.")] = None,
-    prefill_think: Annotated[bool, typer.Option(help="Start the assistant turn with '<think>\\n'.")] = False,
-    field_id: Optional[str] = None,
-    field_prompt: Optional[str] = None,
-    field_answer: Optional[str] = None,
-    field_tests: Optional[str] = None,
-    field_choices: Optional[str] = None,
-    base_url: Annotated[str, typer.Option(help="openai backend: server URL ending in /v1.")] = "http://127.0.0.1:8000/v1",
-    api_key_env: Annotated[str, typer.Option(help="openai backend: env variable holding the API key.")] = "OPENAI_API_KEY",
-    concurrency: int = 16,
-    timeout: Annotated[float, typer.Option(help="openai backend: seconds per request.")] = 600.0,
-    max_retries: int = 5,
     batch_size: Annotated[int, typer.Option(help="hf backend: prompts per generate() call.")] = 8,
-    tensor_parallel_size: Annotated[int, typer.Option(help="vllm backend.")] = 1,
-    chunk_size: Annotated[int, typer.Option(help="Prompts handed to the backend per call.")] = 64,
     shard: Annotated[Optional[str], typer.Option(help="'i/n': only this worker's share (0-based i).")] = None,
-    limit: Optional[int] = None,
     max_errors: Annotated[Optional[float], typer.Option(help="Failed prompts allowed before the run stops: N, or a fraction (0-1) of the prompts to do. Default: no limit.")] = None,
     retry_errors: Annotated[bool, typer.Option(help="Retry prompts an earlier run recorded as failed (_errors*.jsonl).")] = False,
     strict: Strict = False,
+    *,
+    prompting: PromptOptions,
+    engine: EngineOptions,
 ):
     """Sample n teacher trajectories per prompt (resumable; --shard i/n splits the work)."""
     from .generate import GenerateConfig, generate
 
     _setup_logging()
-    style = PromptStyle(system_prompt=system_prompt, prefill_think=prefill_think)
-    if suffix is not None:
-        style.suffix = suffix or None
-    opts = _backend_options(backend, batch_size, base_url, api_key_env, concurrency, timeout, max_retries,
-                            tensor_parallel_size)
     cfg = _run(lambda: GenerateConfig(  # a bad value (-n 0) is a one-line error too
-        backend=backend, model=model, prompt=style, chunk_size=chunk_size, limit=limit, strict=strict,
-        max_errors=max_errors, retry_errors=retry_errors,
-        sampling=SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
-        fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests,
-                        choices=field_choices),
-        backend_options=opts))
+        backend=backend, model=model, prompt=prompting.style(), chunk_size=prompting.chunk_size,
+        limit=prompting.limit, strict=strict, max_errors=max_errors, retry_errors=retry_errors,
+        sampling=prompting.sampling(), fields=prompting.fields(),
+        backend_options=engine.backend_options(backend, batch_size)))
     inputs = [str(p) for p in prompts]
 
     def run():
@@ -271,6 +237,7 @@ def export_cmd(
 
 
 @app.command("judge")
+@option_groups
 def judge_cmd(
     gen: Annotated[list[Path], typer.Argument(help="Generation (or verified) folder(s) or file(s).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
@@ -281,19 +248,15 @@ def judge_cmd(
     temperature: float = 0.0,
     max_tokens: Annotated[int, typer.Option(help="LLM judge: tokens per reply.")] = 1024,
     seed: Optional[int] = None,
-    base_url: Annotated[str, typer.Option(help="openai backend: server URL ending in /v1.")] = "http://127.0.0.1:8000/v1",
-    api_key_env: Annotated[str, typer.Option(help="openai backend: env variable holding the API key.")] = "OPENAI_API_KEY",
-    concurrency: int = 16,
-    timeout: Annotated[float, typer.Option(help="openai backend: seconds per request.")] = 600.0,
-    max_retries: int = 5,
     batch_size: Annotated[int, typer.Option(help="hf backend / reward model: sequences per forward.")] = 8,
     max_length: Annotated[int, typer.Option(help="Reward model: longer (prompt, answer) pairs get no score (status too_long).")] = 4096,
-    tensor_parallel_size: Annotated[int, typer.Option(help="vllm backend.")] = 1,
     chunk_size: Annotated[int, typer.Option(help="Judge requests handed to a local backend per call.")] = 64,
     shard: Annotated[Optional[str], typer.Option(help="'i/n': only this worker's share (0-based i).")] = None,
     max_errors: Annotated[Optional[float], typer.Option(help="Failed rows allowed before the run stops: N, or a fraction (0-1) of the rows to do. Default: no limit.")] = None,
     retry_errors: Annotated[bool, typer.Option(help="Retry rows an earlier run recorded as failed (_errors*.jsonl).")] = False,
     strict: Strict = False,
+    *,
+    engine: EngineOptions,
 ):
     """Score every generation with an LLM judge or a reward model (resumable; --shard i/n splits the work)."""
     from .judge import JudgeConfig, judge
@@ -302,14 +265,14 @@ def judge_cmd(
     cfg = _run(lambda: JudgeConfig(
         backend=backend, model=judge_model, reward_model=reward_model, rubric=rubric, chunk_size=chunk_size,
         sampling=SamplingParams(n=1, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed),
-        backend_options=_backend_options(backend, batch_size, base_url, api_key_env, concurrency, timeout,
-                                         max_retries, tensor_parallel_size),
+        backend_options=engine.backend_options(backend, batch_size),
         batch_size=batch_size, max_length=max_length, max_errors=max_errors, retry_errors=retry_errors,
         strict=strict))
     _report(lambda: judge([str(p) for p in gen], out, cfg, shard=shard))
 
 
 @app.command("evaluate")
+@option_groups
 def evaluate_cmd(
     heldout: Annotated[list[Path], typer.Argument(help="Held-out JSONL file(s): prompts with answers (or chats ending in an assistant turn).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (report.json, report.md, report.png).")],
@@ -319,47 +282,25 @@ def evaluate_cmd(
     task: Annotated[str, typer.Option(help="math | code | mcq")] = "math",
     fit_on: Annotated[str, typer.Option(help="teacher | data: the completions KL and CE are measured on.")] = "teacher",
     backend: Annotated[str, typer.Option(help="hf | openai | vllm")] = "hf",
-    n: Annotated[int, typer.Option("-n", help="Samples per prompt.")] = 4,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    max_tokens: int = 16384,
-    seed: Optional[int] = None,
-    system_prompt: Optional[str] = None,
-    suffix: Annotated[Optional[str], typer.Option(help="Appended to the user turn (default: R1's 'reason step by step … \\boxed{}'); '' for none.")] = None,
-    prefill_think: Annotated[bool, typer.Option(help="Start the assistant turn with '<think>\\n'.")] = False,
-    field_id: Optional[str] = None,
-    field_prompt: Optional[str] = None,
-    field_answer: Optional[str] = None,
-    field_tests: Optional[str] = None,
-    field_choices: Optional[str] = None,
-    base_url: Annotated[str, typer.Option(help="openai backend: server URL ending in /v1.")] = "http://127.0.0.1:8000/v1",
-    api_key_env: Annotated[str, typer.Option(help="openai backend: env variable holding the API key.")] = "OPENAI_API_KEY",
-    concurrency: int = 16,
     batch_size: Annotated[int, typer.Option(help="hf backend: prompts per generate() call.")] = 8,
-    tensor_parallel_size: Annotated[int, typer.Option(help="vllm backend.")] = 1,
-    chunk_size: Annotated[int, typer.Option(help="Prompts handed to the backend per call.")] = 64,
-    limit: Optional[int] = None,
     max_errors: Annotated[Optional[float], typer.Option(help="Failed prompts allowed per model: N, or a fraction (0-1).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Verification processes (default: all cores).")] = None,
     fit_batch_size: Annotated[int, typer.Option(help="Sequences per teacher-fit forward.")] = 8,
     device: Annotated[Optional[str], typer.Option(help="Teacher-fit device (default: cuda if available).")] = None,
+    *,
+    prompting: PromptOptions,
+    engine: EngineOptions,
 ):
     """Accuracy (pass@1, 95% CI), length, truncation and KL to the teacher of each model (resumable)."""
     from .evaluate import EvaluateConfig, evaluate
     from .verify import VerifyConfig
 
     _setup_logging()
-    style = PromptStyle(system_prompt=system_prompt, prefill_think=prefill_think)
-    if suffix is not None:
-        style.suffix = suffix or None
-    opts = {"hf": {"batch_size": batch_size},
-            "openai": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency},
-            "vllm": {"tensor_parallel_size": tensor_parallel_size}}.get(backend, {})
     cfg = _run(lambda: EvaluateConfig(
-        models=model, teacher=teacher, baseline=baseline, backend=backend, prompt=style, limit=limit, chunk_size=chunk_size,
-        sampling=SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
-        fields=FieldMap(id=field_id, prompt=field_prompt, answer=field_answer, tests=field_tests, choices=field_choices),
-        backend_options=opts, max_errors=max_errors, fit_on=fit_on, fit_batch_size=fit_batch_size, device=device,
+        models=model, teacher=teacher, baseline=baseline, backend=backend, prompt=prompting.style(),
+        limit=prompting.limit, chunk_size=prompting.chunk_size, sampling=prompting.sampling(),
+        fields=prompting.fields(), backend_options=engine.backend_options(backend, batch_size),
+        max_errors=max_errors, fit_on=fit_on, fit_batch_size=fit_batch_size, device=device,
         verify=VerifyConfig(task=task, **({"workers": workers} if workers else {}))))
     _run(lambda: evaluate([str(p) for p in heldout], out, cfg))
     typer.echo((out / "report.md").read_text() + f"\nreport: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.png'}")
