@@ -65,7 +65,6 @@ class StudentTokenizer:
     """A student vocabulary: ``build()`` returns the tokenizer; ``architecture`` is the tiny model class
     that keeps it on reload (``testing.tiny.build_model``: a Qwen2 config always reloads a Qwen2 tokenizer)."""
 
-    label: str
     build: Callable[[], object]
     architecture: str = "qwen2"
 
@@ -73,9 +72,9 @@ class StudentTokenizer:
 def sp_tokenizer():
     """Tokenizer B for the benchmark: ``testing.tiny.build_sp_tokenizer`` with the assistant header
     ``<|assistant|>`` *not* followed by a newline. With the newline, BPE merges it with the answer's
-    first ``<`` (``\n<`` is a merge), so a prompt ending in ``\n`` is a tokenisation the student never
-    saw in training (Axolotl tokenises the whole conversation); ending the generation prompt on a
-    special token makes the prompt's ids a prefix of the trained ids (``test_bench_quality`` checks it)."""
+    first ``<`` (newline + ``<`` is a merge), so a prompt ending in a newline is a tokenisation the
+    student never saw in training (Axolotl tokenises the whole conversation); ending the generation
+    prompt on a special token makes the prompt's ids a prefix of the trained ids (a test checks it)."""
     from ..testing.tiny import SP_CHAT_TEMPLATE, build_sp_tokenizer
 
     header, prompt = "{{- '<|' + message['role'] + '|>\n' }}", "{{- '<|assistant|>\n' }}"
@@ -94,8 +93,8 @@ def _byte_tokenizer():
 # "a" is the teacher's (shared by every same-tokenizer row); "b" is genuinely different (own merges,
 # ▁ marker, byte fallback, 519 ids vs 261, a Phi-3-like chat template).
 TOKENIZERS: dict[str, StudentTokenizer] = {
-    "a": StudentTokenizer("byte-level BPE (the teacher's)", _byte_tokenizer),
-    "b": StudentTokenizer("SentencePiece-style BPE", sp_tokenizer, architecture="llama"),
+    "a": StudentTokenizer(_byte_tokenizer),
+    "b": StudentTokenizer(sp_tokenizer, architecture="llama"),
 }
 
 

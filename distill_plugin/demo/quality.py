@@ -314,12 +314,12 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, jobs * threads))
     t0 = time.perf_counter()
+    baselines = baseline_rows(rows)  # before any work: a row without its baseline is refused
     out = claim(out)
     sh = Shared(out / "shared", device)
     console.rule("[bold]1. shared: data, teacher, method preparation")
     built = build_shared(sh, s, console)
     methods = sorted({m for m, _ in rows.values()})
-    baselines = baseline_rows(rows)
     prep = prepare_all(sh, s, methods, console)
     scorer = Scorer(sh, split)
     with console.status(f"evaluating the teacher on the {split} split"):
