@@ -10,6 +10,7 @@ held-out exact match, KL(teacher ‖ student), the fraction of the SFT→teacher
     python benchmarks/bench_quality.py --tune                # the sweep on tuning seed 0 (valid split)
     python benchmarks/bench_quality.py --budget              # SFT and KD at ½× and 2× steps, seed 0
     python benchmarks/bench_quality.py --quick --method sft --method fkl    # a minute or two
+    python benchmarks/bench_quality.py --method uld_hybrid   # cross-tokenizer: + its baseline sft_b
     python benchmarks/bench_quality.py --device cuda         # larger scale on a GPU machine
 
 Settings are chosen on the tuning seed (``--tune``: scored on a validation split disjoint from the
@@ -50,6 +51,13 @@ def budget_rows(s: Settings) -> dict[str, tuple[str, Settings]]:
     return rows
 
 
+def method_rows(methods: list[str], s: Settings) -> dict[str, tuple[str, Settings]]:
+    """One row per method, preceded by the baselines they need and were not asked for: the gap
+    closed is measured from each method's baseline (plain SFT on its student's tokenizer)."""
+    missing = [METHODS[m].baseline for m in methods if METHODS[m].baseline not in methods]
+    return {m: (m, s) for m in dict.fromkeys(missing + methods)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("bench_quality_out"))
@@ -68,10 +76,8 @@ def main() -> None:
         rows = {**(tune_rows(s) if a.tune else {"sft": ("sft", s)}), **(budget_rows(s) if a.budget else {})}
         seeds, split = a.seed or [TUNING_SEED], "valid"
     else:
-        rows = {m: (m, s) for m in (a.method or METHODS)}
+        rows = method_rows(a.method or list(METHODS), s)
         seeds, split = a.seed or list(QUICK_SEEDS if a.quick else EVAL_SEEDS), "heldout"
-        if "sft" not in rows:
-            rows = {"sft": ("sft", s), **rows}  # the gap closed is measured from SFT
     if TUNING_SEED in seeds and not a.tune:
         print(f"note: seed {TUNING_SEED} is the tuning seed; its rows are not an independent evaluation")
     stem = "_".join(["results"] + [k for k in ("tune", "budget") if getattr(a, k)])

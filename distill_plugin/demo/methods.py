@@ -4,14 +4,19 @@ A :class:`Method` says what its student trains on (``data``: ground truth, or a 
 step wrote), which ``distill:`` block its recipe gets (``None`` = plain SFT, Axolotl's own trainer),
 and an optional ``prepare`` run once per benchmark and shared by every seed (the teacher's
 trajectories, a logit store), timed and cached under ``OUT/shared/<name>``. Every student gets the
-same init (per seed), steps, batch, lr and seed; only these differ. A new method is one entry in
-:data:`METHODS`, e.g. on-policy GKD::
+same init (per seed and student tokenizer), steps, batch, lr and seed; only these differ. A new
+method is one entry in :data:`METHODS`, e.g. on-policy GKD::
 
     "gkd": Method("on-policy GKD (JSD)", distill=lambda sh, s: {**logit_kd(sh, s, "jsd"),
                                                               "on_policy_fraction": 0.5}),
 
-(a served teacher would add an ``around`` context that runs its HTTP server during training, a
-cross-tokenizer teacher a ``prepare`` that trains one with :func:`quality.train_teacher`).
+(a served teacher would add an ``around`` context that runs its HTTP server during training).
+
+Cross-tokenizer rows (#15) keep the shared teacher (tokenizer A, byte-level BPE) and change the
+*student's* tokenizer instead (``tokenizer="b"``: the SentencePiece-style one, :data:`TOKENIZERS`), so
+the teacher and its training are the same for every row. Such a student starts from an init built
+with its own vocabulary, so the gap it closes is measured against plain SFT on that same tokenizer
+(``baseline="sft_b"``: same init, data and budget), not against the tokenizer-A SFT student.
 
 ``distill-data`` runs as the real CLI in subprocesses (``python -m data_prep.cli``), as a user would.
 """
@@ -56,8 +61,48 @@ class Shared:
 
 
 @dataclass(frozen=True)
+class StudentTokenizer:
+    """A student vocabulary: ``build()`` returns the tokenizer; ``architecture`` is the tiny model class
+    that keeps it on reload (``testing.tiny.build_model``: a Qwen2 config always reloads a Qwen2 tokenizer)."""
+
+    build: Callable[[], object]
+    architecture: str = "qwen2"
+
+
+def sp_tokenizer():
+    """Tokenizer B for the benchmark: ``testing.tiny.build_sp_tokenizer`` with the assistant header
+    ``<|assistant|>`` *not* followed by a newline. With the newline, BPE merges it with the answer's
+    first ``<`` (newline + ``<`` is a merge), so a prompt ending in a newline is a tokenisation the
+    student never saw in training (Axolotl tokenises the whole conversation); ending the generation
+    prompt on a special token makes the prompt's ids a prefix of the trained ids (a test checks it)."""
+    from ..testing.tiny import SP_CHAT_TEMPLATE, build_sp_tokenizer
+
+    header, prompt = "{{- '<|' + message['role'] + '|>\n' }}", "{{- '<|assistant|>\n' }}"
+    assert header in SP_CHAT_TEMPLATE and prompt in SP_CHAT_TEMPLATE, "testing.tiny's SP template changed"
+    template = SP_CHAT_TEMPLATE.replace(header, "{{- '<|' + message['role'] + '|>' }}"
+                                                "{%- if message['role'] != 'assistant' -%}{{- '\n' }}{%- endif -%}")
+    return build_sp_tokenizer(chat_template=template.replace(prompt, "{{- '<|assistant|>' }}"))
+
+
+def _byte_tokenizer():
+    from ..testing.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+# "a" is the teacher's (shared by every same-tokenizer row); "b" is genuinely different (own merges,
+# ▁ marker, byte fallback, 519 ids vs 261, a Phi-3-like chat template).
+TOKENIZERS: dict[str, StudentTokenizer] = {
+    "a": StudentTokenizer(_byte_tokenizer),
+    "b": StudentTokenizer(sp_tokenizer, architecture="llama"),
+}
+
+
+@dataclass(frozen=True)
 class Method:
-    """One row of the table (see the module docstring)."""
+    """One row of the table (see the module docstring). ``tokenizer``: the student's (a key of
+    :data:`TOKENIZERS`; KL(T‖S) is only defined when it is the teacher's, "a"); ``baseline``: the
+    method whose student of the same seed is the gap closed's 0 (plain SFT on the same tokenizer)."""
 
     label: str
     distill: Callable[[Shared, object], dict | None] = lambda sh, s: None
@@ -67,6 +112,8 @@ class Method:
     prepare_keys: tuple[str, ...] = ()
     # Entered around the method's training runs (e.g. a teacher server); None = nothing.
     around: Callable[[Shared, object], AbstractContextManager] | None = None
+    tokenizer: str = "a"
+    baseline: str = "sft"
 
 
 def distill_data(*args: str, cwd: Path) -> None:
@@ -138,6 +185,22 @@ def gkd(sh: Shared, s) -> dict:
             "max_new_tokens": sampled_answer_budget(s), "generation_temperature": 1.0}
 
 
+def cross_tokenizer(sh: Shared, s, mode: str) -> dict:
+    """Cross-tokenizer KD from the shared teacher (tokenizer A) to a tokenizer-B student: the collator
+    aligns both tokenisations at common character offsets and each aligned span compares the two
+    next-token distributions. ``hybrid`` (TRL GOLD's choice, and ``recipes/uld_llama_to_qwen.yml``'s):
+    forward KL on the ids both vocabularies spell alike (here 256: the single characters and bytes,
+    digits and ``+ = ;`` among them) plus ULD on the rest (B's merges such as ``+1=``, A's specials);
+    ``uld``: ULD alone, the sorted-probability L1 that ignores which token is which (Boizard et al.),
+    for comparison: is token identity worth having when the vocabularies overlap this much? Same
+    temperature and weights as the same-tokenizer logit rows; full sorted vocabularies (``uld_top_k``
+    unset: 261 and 519 ids)."""
+    block = {**logit_kd(sh, s, "forward_kl"), "cross_tokenizer": mode}
+    if mode == "uld":
+        block.pop("divergence")  # used by hybrid's exact part only (the plugin refuses it with uld)
+    return block
+
+
 def logit_kd(sh: Shared, s, divergence: str) -> dict:
     """The online logit-KD block with the tuned temperature and weights."""
     return {"teacher": str(sh.teacher), "divergence": divergence, "temperature": s.temperature,
@@ -160,6 +223,12 @@ METHODS: dict[str, Method] = {
     "hidden": Method("hidden-state KD (+CE)", distill=lambda sh, s: {
         "teacher": str(sh.teacher), "kd_weight": 0.0, "ce_weight": 1.0, "hidden_weight": s.hidden_weight,
         "hidden_loss": "cosine", "hidden_layers": f"uniform:{s.student_layers}", "hidden_projector": "linear"}),
+    # Cross-tokenizer (#15): a tokenizer-B student, its own SFT baseline, the shared tokenizer-A teacher.
+    "sft_b": Method("SFT (ground truth), student tokenizer B", tokenizer="b", baseline="sft_b"),
+    "uld_hybrid": Method("cross-tokenizer KD, hybrid (exact KL + ULD), student tokenizer B", tokenizer="b",
+                         baseline="sft_b", distill=lambda sh, s: cross_tokenizer(sh, s, "hybrid")),
+    "uld": Method("cross-tokenizer KD, ULD only, student tokenizer B", tokenizer="b", baseline="sft_b",
+                  distill=lambda sh, s: cross_tokenizer(sh, s, "uld")),
 }
 
 

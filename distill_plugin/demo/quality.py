@@ -5,17 +5,19 @@
 1. ``OUT/shared`` (built once, reused while its settings match): the addition data (``digits``-digit,
    train / valid / held-out, disjoint by problem id), the tiny tokenizer, and a teacher trained with
    the demo's torch loop (``core.train_causal_lm``); then each method's ``prepare`` (``methods.py``).
-2. Per seed ``N`` (``OUT/seed_N``): a student init (random, seeded by ``N``) and one recipe per method
-   (``recipe.student_recipe``: same init, data budget, steps, batch, lr and Axolotl seed ``N``; only the
-   data file and the ``distill:`` block differ); all recipes of all seeds run through
-   ``python -m axolotl.cli.train``, ``jobs`` at a time.
-3. Every student and the teacher are scored on the held-out split (``valid`` when tuning): greedy exact
-   match of the integer after ``</think>``, token-mean KL(teacher ‖ student) and CE on the ground-truth
-   assistant tokens (T = 1).
+2. Per seed ``N`` (``OUT/seed_N``): a student init per (size, student tokenizer) (random, seeded by
+   ``N``) and one recipe per method (``recipe.student_recipe``: same init, data budget, steps, batch,
+   lr and Axolotl seed ``N``; only the data file and the ``distill:`` block differ); all recipes of all
+   seeds run through ``python -m axolotl.cli.train``, ``jobs`` at a time.
+3. Every student and the teacher are scored on the held-out split (``valid`` when tuning), each with
+   its own tokenizer and chat template: greedy exact match of the integer after ``</think>``, CE on
+   the ground-truth assistant tokens and token-mean KL(teacher ‖ student) (T = 1; only for students on
+   the teacher's tokenizer: across vocabularies a token-level KL is undefined, reported as ``None``/–).
 4. Per method over the seeds (``seeds.spread``): mean ± standard error of exact match, KL, the fraction
-   of the SFT→teacher gap closed (per seed: ``(EM − EM_SFT) / (EM_teacher − EM_SFT)``, SFT of the same
-   seed), and the wall time of one student's ``axolotl.cli.train`` process (plus the shared prepare
-   step, once). Printed, and written to ``OUT/results.json`` and ``OUT/results.md``.
+   of the baseline→teacher gap closed (per seed: ``(EM − EM_base) / (EM_teacher − EM_base)``, with the
+   same seed's student of the method's ``baseline``: SFT on the same tokenizer), and the wall time of
+   one student's ``axolotl.cli.train`` process (plus the shared prepare step, once). Printed, and
+   written to ``OUT/results.json`` and ``OUT/results.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from .methods import METHODS, Shared, prepare_all
+from .methods import METHODS, TOKENIZERS, Shared, prepare_all
 from .recipe import student_recipe
 from .run import fresh, train_students
 from .seeds import spread
@@ -150,71 +152,94 @@ def build_shared(sh: Shared, s: Settings, console) -> dict:
 
 
 def student_runs(out: Path, sh: Shared, rows: dict[str, tuple[str, Settings]], seed: int) -> dict:
-    """Write the seed's student init and one recipe per row; returns ``{run: (row, recipe, steps)}``."""
-    from ..testing.tiny import build_model, build_tokenizer
+    """Write the seed's student inits (one per size and student tokenizer, the same for every row that
+    shares them) and one recipe per row; returns ``{run: (row, recipe, steps)}``."""
+    from ..testing.tiny import build_model
 
     runs = {}
     sdir = out / f"seed_{seed}"
     fresh(sdir).mkdir(parents=True)
     for row, (method, s) in rows.items():
-        init = sdir / f"student_init_{s.student_hidden}x{s.student_layers}"
-        if not init.exists():
-            build_model(init, build_tokenizer(), hidden_size=s.student_hidden, num_layers=s.student_layers,
-                        num_heads=4, seed=seed)
-        s = replace(s, seed=seed)
         m = METHODS[method]
+        init = sdir / f"student_init_{s.student_hidden}x{s.student_layers}_{m.tokenizer}"
+        if not init.exists():
+            vocab = TOKENIZERS[m.tokenizer]
+            build_model(init, vocab.build(), hidden_size=s.student_hidden, num_layers=s.student_layers,
+                        num_heads=4, seed=seed, architecture=vocab.architecture)
+        s = replace(s, seed=seed)
         recipe = student_recipe(sdir / "recipes" / f"{row}.yml", s, base_model=init, data=m.data(sh),
                                 output_dir=sdir / row, prepared=sdir / "prepared" / row, distill=m.distill(sh, s))
         runs[f"s{seed}_{row}"] = (row, recipe, s.student_steps)
     return runs
 
 
+TEACHER_TOKENIZER = "a"  # the shared teacher's (Shared.tokenizer)
+
+
 class Scorer:
-    """Scores on one split: greedy exact match of the integer after ``</think>``, and token-mean
-    KL(teacher ‖ student) and CE on the ground-truth completions (``evaluation.teacher_fit``, T = 1)."""
+    """Scores on one split: greedy exact match of the integer after ``</think>``, CE on the ground-truth
+    completions and token-mean KL(teacher ‖ student) (``evaluation.teacher_fit``, T = 1). Each model is
+    scored with its own tokenizer (prompt and completion rendered by its chat template, ``core.encode``);
+    the KL needs one vocabulary on both sides, so it is ``None`` for a student on another tokenizer."""
 
     def __init__(self, sh: Shared, split: str):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from . import core
-
-        self.tok = AutoTokenizer.from_pretrained(str(sh.tokenizer))
-        self.examples = [core.encode(self.tok, json.loads(line)) for line in sh.data(split).read_text().splitlines()]
+        self.rows = [json.loads(line) for line in sh.data(split).read_text().splitlines()]
         self.load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(sh.device).eval()
         self.teacher = self.load(sh.teacher)
+        self._encoded: dict[str, tuple] = {}
+        self.encoded(TEACHER_TOKENIZER, AutoTokenizer.from_pretrained(str(sh.tokenizer)))
 
-    def score(self, path: Path | None = None) -> dict:
-        """The teacher's scores (``path=None``) or those of the student saved at ``path``."""
+    def encoded(self, tokenizer: str, tok=None) -> tuple:
+        """``(tokenizer object, the split encoded with it)`` for a key of ``methods.TOKENIZERS`` (built once)."""
+        from . import core
+
+        if tokenizer not in self._encoded:
+            tok = tok or TOKENIZERS[tokenizer].build()
+            self._encoded[tokenizer] = tok, [core.encode(tok, row) for row in self.rows]
+        return self._encoded[tokenizer]
+
+    def score(self, path: Path | None = None, tokenizer: str = TEACHER_TOKENIZER) -> dict:
+        """The teacher's scores (``path=None``) or those of the student saved at ``path``, whose
+        tokenizer is ``tokenizer`` (a key of ``methods.TOKENIZERS``)."""
         from ..evaluation import teacher_fit
         from . import core
 
         model = self.teacher if path is None else self.load(path)
-        em, texts = core.exact_match(model, self.tok, self.examples)
-        fit = teacher_fit(model, [(e.prompt_ids, e.target_ids) for e in self.examples],
-                          None if path is None else self.teacher, pad_id=self.tok.pad_token_id,
-                          vocab_size=len(self.tok), batch_size=64)
-        return {"exact_match": em, "kl_to_teacher": fit.kl, "heldout_ce": fit.student_ce,
-                "params": core.count_params(model), "sample": texts[0]}
+        tok, examples = self.encoded(tokenizer)
+        em, texts = core.exact_match(model, tok, examples)
+        teacher = None if path is None or tokenizer != TEACHER_TOKENIZER else self.teacher
+        fit = teacher_fit(model, [(e.prompt_ids, e.target_ids) for e in examples], teacher,
+                          pad_id=tok.pad_token_id, vocab_size=len(tok), batch_size=64)
+        return {"exact_match": em, "kl_to_teacher": fit.kl,
+                "heldout_ce": fit.student_ce, "params": core.count_params(model), "sample": texts[0]}
 
 
 # ---------------------------------------------------------------------------------------------- summary
 
 
-def summarise(teacher: dict, rows: list[dict], row_names: list[str]) -> dict:
-    """Per row over the seeds: spread (mean, sd, se, min, max) of each metric and of the gap closed
-    (``evaluation.gap_closed`` against the same seed's SFT student; seeds where the teacher is no
-    better than that SFT student are left out)."""
+def summarise(teacher: dict, rows: list[dict], row_names: list[str], baselines: dict[str, str] | None = None) -> dict:
+    """Per row over the seeds: spread (mean, sd, se, min, max) of each metric (None where a metric is
+    undefined, e.g. KL across tokenizers) and of the gap closed (``evaluation.gap_closed`` against the
+    same seed's student of the row's baseline row, ``baselines[row]``, default ``"sft"``; seeds where
+    the teacher is no better than that baseline student are left out)."""
     from ..evaluation import gap_closed
 
-    sft = {r["seed"]: r["exact_match"] for r in rows if r["row"] == "sft"}
+    by_row_seed = {(r["row"], r["seed"]): r["exact_match"] for r in rows}
     summary = {}
     for name in row_names:
         mine = [r for r in rows if r["row"] == name]
-        stats = {k: spread([r[k] for r in mine]) for k in ("exact_match", "kl_to_teacher", "heldout_ce", "train_seconds")}
-        gaps = [gap_closed(r["exact_match"], sft.get(r["seed"]), teacher["exact_match"]) for r in mine]
+        stats = {}
+        for k in ("exact_match", "kl_to_teacher", "heldout_ce", "train_seconds"):
+            values = [r[k] for r in mine if r[k] is not None]
+            stats[k] = spread(values) if values else None
+        base = (baselines or {}).get(name, "sft")
+        gaps = [gap_closed(r["exact_match"], by_row_seed.get((base, r["seed"])), teacher["exact_match"]) for r in mine]
         gaps = [g for g in gaps if g is not None]
         stats["gap_closed"] = spread(gaps) if gaps else None
+        stats["baseline"] = base
         stats["per_seed_exact_match"] = {r["seed"]: r["exact_match"] for r in mine}
         summary[name] = stats
     return summary
@@ -233,10 +258,10 @@ def markdown(results: dict) -> str:
     lines = [
         f"{s['digits']}-digit addition, {results['split']} split ({results['split_size']} problems), "
         f"{len(seeds)} seed(s) {', '.join(map(str, seeds))}: mean ± standard error over the seeds; "
-        f"teacher {t['params']:,} params, students {results['student_params']:,} params, "
+        f"teacher {t['params']:,} params, students {student_sizes(results)}, "
         f"{s['student_steps']} steps × {s['student_batch']} for every student.",
         "",
-        "| method | exact match % | KL(T‖S) | SFT→teacher gap closed | train s / student | prepare s (once) |",
+        "| method | exact match % | KL(T‖S) | gap closed (from its SFT baseline) | train s / student | prepare s (once) |",
         "|---|---|---|---|---|---|",
         f"| teacher | {100 * t['exact_match']:.1f} | – | 1 | {results['teacher_seconds']:.0f} (once) | – |",
     ]
@@ -249,9 +274,19 @@ def markdown(results: dict) -> str:
     for name, stats in results["summary"].items():
         per_seed = ", ".join(f"{seed}: {100 * v:.1f}" for seed, v in stats["per_seed_exact_match"].items())
         lines.append(f"- {results['rows'][name]['label']}: {per_seed}")
+    if any(stats["kl_to_teacher"] is None for stats in results["summary"].values()):
+        lines += ["", "KL(T‖S) –: the student has another tokenizer than the teacher (a token-level KL needs one vocabulary)."]
     lines += ["", f"Wall time {results['wall_seconds']:.0f}s ({results['jobs']} students at a time, "
                   f"{results['threads']} thread(s) each)."]
     return "\n".join(lines) + "\n"
+
+
+def student_sizes(results: dict) -> str:
+    """``67,104 params`` or, with students on several tokenizers, the size on each (the embedding differs)."""
+    sizes = results["student_params"]
+    if len(set(sizes.values())) == 1:
+        return f"{next(iter(sizes.values())):,} params"
+    return ", ".join(f"{n:,} params (tokenizer {tok.upper()})" for tok, n in sizes.items())
 
 
 def claim(out: Path) -> Path:
@@ -279,6 +314,7 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, jobs * threads))
     t0 = time.perf_counter()
+    baselines = baseline_rows(rows)  # before any work: a row without its baseline is refused
     out = claim(out)
     sh = Shared(out / "shared", device)
     console.rule("[bold]1. shared: data, teacher, method preparation")
@@ -288,11 +324,12 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
     scorer = Scorer(sh, split)
     with console.status(f"evaluating the teacher on the {split} split"):
         teacher = scorer.score()
-    console.print(f"teacher: exact match {100 * teacher['exact_match']:.1f}% on {len(scorer.examples)} {split} problems")
+    console.print(f"teacher: exact match {100 * teacher['exact_match']:.1f}% on {len(scorer.rows)} {split} problems")
     results = {
-        "settings": asdict(s), "seeds": [], "split": split, "split_size": len(scorer.examples), "jobs": jobs,
+        "settings": asdict(s), "seeds": [], "split": split, "split_size": len(scorer.rows), "jobs": jobs,
         "threads": threads, "device": device,
-        "rows": {name: {"method": m, "label": row_label(name, m), "settings": asdict(rs)} for name, (m, rs) in rows.items()},
+        "rows": {name: {"method": m, "label": row_label(name, m), "tokenizer": METHODS[m].tokenizer,
+                        "baseline": baselines[name], "settings": asdict(rs)} for name, (m, rs) in rows.items()},
         "teacher": teacher, "teacher_seconds": built["teacher_seconds"], "prepare_seconds": prep, "runs": [],
     }
     with ExitStack() as stack:
@@ -306,19 +343,34 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
                                      threads, console, jobs=jobs,
                                      env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
             for name, (row, _, _) in runs.items():
+                tokenizer = METHODS[rows[row][0]].tokenizer
                 with console.status(f"evaluating {name}"):
-                    scores = scorer.score(out / f"seed_{seed}" / row)
-                assert all(math.isfinite(scores[k]) for k in ("exact_match", "kl_to_teacher", "heldout_ce")), scores
-                results["runs"].append({"seed": seed, "row": row, **scores, "train_seconds": round(seconds[name], 1)})
+                    scores = scorer.score(out / f"seed_{seed}" / row, tokenizer)
+                assert all(math.isfinite(scores[k]) for k in ("exact_match", "heldout_ce")), scores
+                assert (scores["kl_to_teacher"] is None) == (tokenizer != TEACHER_TOKENIZER), scores
+                assert scores["kl_to_teacher"] is None or math.isfinite(scores["kl_to_teacher"]), scores
+                results["runs"].append({"seed": seed, "row": row, "tokenizer": tokenizer, **scores,
+                                        "train_seconds": round(seconds[name], 1)})
             results["seeds"].append(seed)
-            results["summary"] = summarise(teacher, results["runs"], list(rows))
-            results["student_params"] = results["runs"][0]["params"]
+            results["summary"] = summarise(teacher, results["runs"], list(rows), baselines)
+            results["student_params"] = {r["tokenizer"]: r["params"] for r in results["runs"]}
             results["wall_seconds"] = round(time.perf_counter() - t0, 1)
             (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
             (out / f"{stem}.md").write_text(markdown(results))
     console.print(markdown(results))
     console.print(f"results -> {out / (stem + '.md')}, {out / (stem + '.json')}")
     return results
+
+
+def baseline_rows(rows: dict[str, tuple[str, Settings]]) -> dict[str, str]:
+    """Each row's baseline row: the row named after its method's ``baseline`` (the sweeps of
+    ``--tune``/``--budget`` share the one ``sft`` row); refused when the run does not train it
+    (``bench_quality.main`` adds the missing ones)."""
+    for name, (method, _) in rows.items():
+        if METHODS[method].baseline not in rows:
+            raise SystemExit(f"row {name!r} needs its baseline row {METHODS[method].baseline!r} "
+                             f"(plain SFT on its tokenizer); add --method {METHODS[method].baseline}")
+    return {name: METHODS[method].baseline for name, (method, _) in rows.items()}
 
 
 def row_label(name: str, method: str) -> str:
