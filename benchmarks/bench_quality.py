@@ -64,7 +64,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes (the test suite's run)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: the larger GPU scale")
     p.add_argument("--seed", type=int, action="append", help=f"repeatable; default {EVAL_SEEDS} ({QUICK_SEEDS} with --quick)")
-    p.add_argument("--method", action="append", choices=list(METHODS), help="repeatable; default: all")
+    p.add_argument("--method", action="append", choices=list(METHODS), help="repeatable; default: every method of the table")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--tune", action="store_true", help=f"run the sweep on tuning seed {TUNING_SEED}, valid split")
     p.add_argument("--budget", action="store_true", help=f"SFT and KD at ½× and 2× steps on seed {TUNING_SEED}, valid split")
@@ -76,7 +76,7 @@ def main() -> None:
         rows = {**(tune_rows(s) if a.tune else {"sft": ("sft", s)}), **(budget_rows(s) if a.budget else {})}
         seeds, split = a.seed or [TUNING_SEED], "valid"
     else:
-        rows = method_rows(a.method or list(METHODS), s)
+        rows = method_rows(a.method or [m for m in METHODS if METHODS[m].in_table], s)
         seeds, split = a.seed or list(QUICK_SEEDS if a.quick else EVAL_SEEDS), "heldout"
     if TUNING_SEED in seeds and not a.tune:
         print(f"note: seed {TUNING_SEED} is the tuning seed; its rows are not an independent evaluation")
