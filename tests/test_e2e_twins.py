@@ -5,11 +5,12 @@ The twins are derived from ``recipes/**/*.yml`` (``distill_plugin.testing.twins`
 later is picked up here; a check name ``twin_runs`` does not know fails. All twins share the
 session's tiny pair, data and prepared-data directory (``twin_root``). A twin whose engine cannot
 run on CPU (``twin.cpu_blocker``) is only validated (``tests/test_twins.py``), not trained here; a
-twin that needs more than the tiny pair is trained, and its promises checked, by the test
-``trained_elsewhere`` names.
+twin that another e2e test trains (``TRAINED_ELSEWHERE``) has its promises checked there.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,17 +23,32 @@ from twin_runs import CHECKS, check_promises, train_twin
 pytestmark = pytest.mark.slow
 
 
-def trained_elsewhere(cfg: dict) -> str | None:
-    """Recipes whose twin needs more than the shared tiny pair, trained by their own end-to-end test."""
-    if (cfg.get("distill") or {}).get("teacher_server"):
-        return "tests/teachers/test_e2e_server.py (starts the teacher's HTTP server)"
-    if str(cfg.get("fsdp_version")) == "2":
-        return "tests/test_e2e_fsdp2.py (two FSDP2 processes vs one, teacher replicated and sharded)"
-    return None
+# Recipes whose twin another e2e test trains, because it needs more than the shared tiny pair or
+# because that test's run already is the twin's (one axolotl.cli.train run per feature): there it is
+# trained through ``twin_runs.train_twin`` and its promises checked (``check_promises``).
+TRAINED_ELSEWHERE = {
+    "teacher_server_qlora.yml": "tests/teachers/test_e2e_server.py",  # starts the teacher's HTTP server
+    "multi_gpu/fsdp2_qwen7b_from_32b.yml": "tests/test_e2e_fsdp2.py",  # two FSDP2 processes vs one
+    "multi_gpu/fsdp2_qwen7b_from_32b_teacher_sharded.yml": "tests/test_e2e_fsdp2.py",
+    "r1_distill_qwen7b.yml": "tests/data_prep/test_recipes.py",  # on the data pipeline's export
+    "uld_llama_to_qwen.yml": "tests/test_e2e_uld.py",  # a trained cross-tokenizer teacher, 36 steps, learning checks
+}
+SMOKE = {"gkd_on_policy.yml"}  # also run on the second stack (-m e2e_smoke)
 
 
-RECIPES = [p for p in sorted((REPO / "recipes").rglob("*.yml"))
-           if not cpu_blocker(cfg := yaml.safe_load(p.read_text())) and not trained_elsewhere(cfg)]
+def name(recipe: Path) -> str:
+    return str(recipe.relative_to(REPO / "recipes"))
+
+
+RECIPES = [pytest.param(p, id=name(p), marks=[pytest.mark.e2e_smoke] if name(p) in SMOKE else [])
+           for p in sorted((REPO / "recipes").rglob("*.yml"))
+           if not cpu_blocker(yaml.safe_load(p.read_text())) and name(p) not in TRAINED_ELSEWHERE]
+
+
+def test_recipes_trained_elsewhere_are_trained_there():
+    for recipe, test in TRAINED_ELSEWHERE.items():
+        text = (REPO / test).read_text()
+        assert Path(recipe).name in text and "check_promises(" in text, (recipe, test)
 
 
 def test_every_promised_check_exists():
@@ -43,7 +59,7 @@ def test_every_promised_check_exists():
         assert not unknown, f"{recipe}: twin-checks {sorted(unknown)} are not implemented in tests/twin_runs.py"
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_twin_trains_and_keeps_its_promises(recipe, twin_root, tmp_path):
     run = train_twin(recipe, twin_root, tmp_path)
     check_promises(recipe, run)

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from axolotl_runs import override, run_axolotl_train, run_axolotl_train_two_processes
 from distill_plugin.testing.recipe_header import read_header, twin_checks
-from distill_plugin.testing.twins import Fixtures, derive_twin
+from distill_plugin.testing.twins import STEPS, Fixtures, derive_twin
 
 PROBE = "distill_plugin.testing.probe.ProbePlugin"
 
@@ -147,14 +147,18 @@ def check_ddp(run: Run):
 
 def check_on_policy(run: Run):
     """Each step's sampling decision is the schedule's for the run's seed (one draw per optimizer step);
-    steps whose completions were sampled log their mean length, and the run had at least one."""
+    steps whose completions were sampled log their mean length, the run had both kinds of step (unless
+    every step samples) and every step has a gradient."""
     from distill_plugin.args import DistillConfig
     from distill_plugin.onpolicy.schedule import StepSchedule
 
     d = DistillConfig.model_validate(run.config["distill"])
     decisions = StepSchedule(d.on_policy_fraction, run.config.get("seed") or 0).decisions(0, len(run.logs))
     assert any(decisions), "no on-policy step in the twin's run: the check would prove nothing"
+    if d.on_policy_fraction < 1:
+        assert not all(decisions), "a mixed schedule shows both kinds of step in the twin's run"
     for k, entry in enumerate(run.logs, start=1):
+        assert entry["kd_loss"] > 0 and entry["grad_norm"] > 0, (k, entry)  # sampled steps train too
         assert entry["on_policy"] == pytest.approx(sum(decisions[:k]) / k, abs=1e-4), (k, entry)
         sampled = decisions[k - 1] or d.seq_kd
         assert ("generated_length" in entry) == sampled, (k, entry)
@@ -196,13 +200,13 @@ def check_promises(recipe: Path, run: Run) -> None:
 
 
 def train_twin(recipe: Path, twin_root: Path, workdir: Path, overrides: dict | None = None, processes: int | None = None,
-               env: dict | None = None, **fixtures) -> Run:
-    """Derive ``recipe``'s twin under ``workdir`` (``fixtures`` replace ``Fixtures.under``'s), put
+               env: dict | None = None, steps: int = STEPS, **fixtures) -> Run:
+    """Derive ``recipe``'s twin of ``steps`` steps under ``workdir`` (``fixtures`` replace ``Fixtures.under``'s), put
     ``overrides`` on top (``axolotl_runs.override``: what a test compares needs, e.g. no FSDP for a
     one-process reference), train it in ``processes`` (default: the twin's) and read what it did."""
     workdir.mkdir(parents=True, exist_ok=True)
     fixtures = Fixtures.under(twin_root, workdir, **fixtures)
-    twin = derive_twin(recipe, fixtures)
+    twin = derive_twin(recipe, fixtures, steps=steps)
     twin.config["plugins"] = [*twin.config.get("plugins", []), PROBE]
     override(twin.config, **(overrides or {}))
     twin.changes += [f"{key}: set by the test" for key in overrides or {}]
@@ -217,4 +221,4 @@ def train_twin(recipe: Path, twin_root: Path, workdir: Path, overrides: dict | N
     out = Path(twin.config["output_dir"])
     probe = json.loads((out / "probe.json").read_text())
     assert len(logs) == twin.config["max_steps"], logs
-    return Run(twin.config, out, output, logs, probe, Path(fixtures.student))
+    return Run(twin.config, out, output, logs, probe, Path(twin.config["base_model"]))
