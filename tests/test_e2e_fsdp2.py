@@ -23,14 +23,15 @@ pytestmark = pytest.mark.slow
 REPLICATED = REPO / "recipes" / "multi_gpu" / "fsdp2_qwen7b_from_32b.yml"
 SHARDED = REPO / "recipes" / "multi_gpu" / "fsdp2_qwen7b_from_32b_teacher_sharded.yml"
 COMPARABLE = dict(sample_packing=False, curriculum_sampling=True, gradient_accumulation_steps=1, micro_batch_size=2)
+STEPS = 3  # three runs in this file: one step fewer than a twin's default (CI time)
 
 
 def test_fsdp2_two_processes_match_one_with_the_teacher_replicated_and_sharded(tmp_path, twin_root):
     one = dict(COMPARABLE, micro_batch_size=4, fsdp_version=None, fsdp_config=None, distill={"teacher_placement": "replicate"})
-    reference = train_twin(SHARDED, twin_root, tmp_path / "one", one, processes=1).logs
+    reference = train_twin(SHARDED, twin_root, tmp_path / "one", one, processes=1, steps=STEPS).logs
     same_teacher = {"distill": {"teacher_load_in_4bit": None}}
     for recipe, overrides in ((REPLICATED, same_teacher), (SHARDED, {})):
-        run = train_twin(recipe, twin_root, tmp_path / recipe.stem, {**COMPARABLE, **overrides})
+        run = train_twin(recipe, twin_root, tmp_path / recipe.stem, {**COMPARABLE, **overrides}, steps=STEPS)
         check_promises(recipe, run)
         for a, b in zip(reference, run.logs, strict=True):
             for key in ("loss", "grad_norm", "kd_loss", "ce_loss"):
