@@ -22,16 +22,20 @@ SUBPROCESS_ENV = {
 }
 
 
-def write_recipe(src: str | Path, dst: Path, **overrides) -> Path:
-    """Copy a recipe with top-level keys overridden (``distill`` entries are merged; an entry set to
+def override(cfg: dict, **overrides) -> dict:
+    """Top-level keys of ``cfg`` overridden in place (``distill`` entries are merged; an entry set to
     None is removed, so a setting one teacher source refuses can be taken out)."""
-    cfg = yaml.safe_load(Path(src).read_text())
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {k: v for k, v in {**cfg[key], **value}.items() if v is not None}
         else:
             cfg[key] = value
-    dst.write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+def write_recipe(src: str | Path, dst: Path, **overrides) -> Path:
+    """Copy a recipe with top-level keys overridden (``override``)."""
+    dst.write_text(yaml.safe_dump(override(yaml.safe_load(Path(src).read_text()), **overrides)))
     return dst
 
 
@@ -78,14 +82,14 @@ def run_axolotl_train(recipe: Path, cwd: Path, launcher: list[str] | None = None
     return output, parse_logs(output)
 
 
-def run_axolotl_train_two_processes(recipe: Path, cwd: Path, timeout: int = 600):
+def run_axolotl_train_two_processes(recipe: Path, cwd: Path, timeout: int = 600, env: dict | None = None):
     """``run_axolotl_train`` under ``torch.distributed.run`` with 2 CPU processes (gloo)."""
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     # ACCELERATE_USE_CPU makes each rank join a gloo process group on CPU.
-    return run_axolotl_train(recipe, cwd, launcher=launcher, timeout=timeout, env={"ACCELERATE_USE_CPU": "1"})
+    return run_axolotl_train(recipe, cwd, launcher=launcher, timeout=timeout, env={"ACCELERATE_USE_CPU": "1", **(env or {})})
 
 
 def assert_two_processes_match_one(make_recipe, cwd: Path, keys=("loss", "grad_norm", "kd_loss", "ce_loss")):

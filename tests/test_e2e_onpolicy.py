@@ -1,4 +1,7 @@
-"""On-policy distillation (λ = 0.5) end to end through ``axolotl.cli.train``: full fine-tune and LoRA."""
+"""On-policy distillation (λ = 0.5) end to end through ``axolotl.cli.train``: LoRA with gradient
+checkpointing, and sample packing refused. The full fine-tune is the recipe's own twin
+(``tests/test_e2e_twins.py[gkd_on_policy.yml]``: the schedule's decisions, both kinds of step, every
+step's KD loss and gradient, the saved model reloaded; ``twin_runs.check_on_policy``, ``check_reload``)."""
 
 from __future__ import annotations
 
@@ -30,13 +33,6 @@ def assert_gkd_logs(logs, steps=6):
         assert entry["kd_loss"] > 0 and entry["grad_norm"] > 0
         if decisions[k - 1]:
             assert 0 < entry["generated_length"] <= 16 and 0 < entry["generation_time_share"] < 1
-
-
-@pytest.mark.e2e_smoke
-def test_gkd_full_finetune(tmp_path, tiny_pair, arithmetic_data):
-    output, logs = run_axolotl_train(recipe_for(tmp_path, tiny_pair, arithmetic_data, "full"), cwd=tmp_path)
-    assert_gkd_logs(logs)
-    assert (tmp_path / "full" / "model.safetensors").exists()
 
 
 def test_gkd_lora_with_gradient_checkpointing(tmp_path, tiny_pair, arithmetic_data):

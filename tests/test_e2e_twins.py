@@ -1,232 +1,68 @@
 """Every recipe's tiny twin trains for a few steps through ``axolotl.cli.train`` and shows what its
-``# twin-checks:`` header promises.
+``# twin-checks:`` header promises (the checks: ``twin_runs.CHECKS``).
 
 The twins are derived from ``recipes/**/*.yml`` (``distill_plugin.testing.twins``), so a recipe added
-later is picked up here; a check name this file does not know fails its test. All twins share the
+later is picked up here; a check name ``twin_runs`` does not know fails. All twins share the
 session's tiny pair, data and prepared-data directory (``twin_root``). A twin whose engine cannot
-run on CPU (``twin.cpu_blocker``) is only validated (``tests/test_twins.py``), not trained here.
-The probe plugin (``distill_plugin.testing.probe``) records what the run really did.
+run on CPU (``twin.cpu_blocker``) is only validated (``tests/test_twins.py``), not trained here; a
+twin that another e2e test trains (``TRAINED_ELSEWHERE``) has its promises checked there.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors import safe_open
 
-from axolotl_runs import REPO, run_axolotl_train, run_axolotl_train_two_processes
+from axolotl_runs import REPO
 from distill_plugin.testing.recipe_header import read_header, twin_checks
-from distill_plugin.testing.twins import Fixtures, cpu_blocker, derive_twin
+from distill_plugin.testing.twins import cpu_blocker
+from twin_runs import CHECKS, check_promises, train_twin
 
 pytestmark = pytest.mark.slow
-PROBE = "distill_plugin.testing.probe.ProbePlugin"
 
 
-def trained_elsewhere(cfg: dict) -> str | None:
-    """Recipes whose twin needs more than the shared tiny pair, trained by their own end-to-end test."""
-    if (cfg.get("distill") or {}).get("teacher_server"):
-        return "tests/teachers/test_e2e_server.py (starts the teacher's HTTP server)"
-    if str(cfg.get("fsdp_version")) == "2":
-        return "tests/test_e2e_fsdp2.py (two FSDP2 processes vs one, teacher replicated and sharded)"
-    return None
-
-
-RECIPES = [p for p in sorted((REPO / "recipes").rglob("*.yml"))
-           if not cpu_blocker(cfg := yaml.safe_load(p.read_text())) and not trained_elsewhere(cfg)]
-
-
-@dataclass
-class Run:
-    config: dict
-    out: Path
-    output: str
-    logs: list[dict]
-    probe: dict
-    student: Path
-
-
-def component_names(run: Run) -> list[str]:
-    return [key for key in run.logs[0] if key.endswith("_loss")]
-
-
-def check_component(name):
-    def check(run: Run):
-        values = [entry.get(name) for entry in run.logs]
-        assert all(v is not None and math.isfinite(v) and v >= 0 for v in values), (name, run.logs)
-        if name == "kd_loss":
-            assert all(v > 0 for v in values), values
-    return check
-
-
-def check_loss(run: Run):
-    assert all(math.isfinite(e["loss"]) and e["loss"] > 0 for e in run.logs), run.logs
-
-
-def check_loss_sum(run: Run):
-    """loss = kd_scale·kd + ce_weight·ce + hidden_weight·hidden, kd_scale = kd_weight·T² (temperature_squared),
-    on the unrounded log history of the last checkpoint (the console shows 4 digits; the components
-    are kept to 6 decimals, hence the 1e-5 tolerance)."""
-    from distill_plugin.args import DistillConfig
-
-    d = DistillConfig.model_validate(run.config["distill"])
-    kd_scale = d.kd_weight * (d.temperature**2 if d.temperature_squared else 1.0)
-    (state,) = sorted(run.out.glob("checkpoint-*/trainer_state.json"))[-1:]
-    history = [e for e in json.loads(state.read_text())["log_history"] if "kd_loss" in e]
-    assert len(history) == len(run.logs)
-    for e in history:
-        expected = kd_scale * e["kd_loss"] + d.ce_weight * e.get("ce_loss", 0.0) + d.hidden_weight * e.get("hidden_loss", 0.0)
-        assert e["loss"] == pytest.approx(expected, rel=1e-6, abs=1e-5), (e, kd_scale, d.ce_weight, d.hidden_weight)
-    assert kd_scale * history[0]["kd_loss"] > 0.05 * history[0]["loss"]  # the KD term is not negligible
-
-
-def check_eval(run: Run):
-    evals = re.findall(r"\{'eval_loss'[^}]*\}", run.output)
-    assert evals, run.output[-3000:]
-    for name in component_names(run):
-        assert f"'eval_{name}'" in evals[-1], (name, evals[-1])
-
-
-def check_packing(run: Run):
-    assert run.config["sample_packing"] and 0 < run.probe["packed_batches"] <= run.probe["batches"], run.probe
-
-
-def tensor_names(directory: Path, pattern: str) -> set[str]:
-    names = set()
-    for file in directory.glob(pattern):
-        with safe_open(str(file), "pt") as f:
-            names |= set(f.keys())
-    return names
-
-
-def reloaded_logits(run: Run, input_ids) -> torch.Tensor:
-    """The saved output as a user loads it: the full model, or the adapter on its (4-bit) base."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    if (run.out / "adapter_config.json").exists():
-        kwargs = {}
-        if run.config.get("load_in_4bit"):
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.student, dtype=torch.float32, **kwargs), run.out)
-    else:
-        model, info = AutoModelForCausalLM.from_pretrained(run.out, dtype=torch.float32, output_loading_info=True)
-        assert not info["unexpected_keys"] and not info["missing_keys"], info
-    with torch.no_grad():
-        return model.eval()(input_ids=input_ids, use_cache=False).logits.float()
-
-
-def check_reload(run: Run):
-    """Comparable: the same input, eval mode (no dropout), fp32 compute, the final weights. The 4-bit
-    base is re-quantised from the same checkpoint (NF4 is deterministic), so it is the trained one."""
-    end = torch.load(run.out / "probe_logits.pt")
-    torch.testing.assert_close(reloaded_logits(run, end["input_ids"]), end["logits"], rtol=1e-5, atol=1e-5)
-
-
-def check_adapter(run: Run):
-    names = tensor_names(run.out, "adapter_model.safetensors")
-    assert names and all("lora_" in n for n in names), names
-    assert run.probe["trainable"][0] < run.probe["trainable"][1]  # a frozen base
-    check_reload(run)
-
-
-def check_4bit(run: Run):
-    assert run.probe["student_4bit"], run.probe
-
-
-def check_teacher_4bit(run: Run):
-    assert run.probe["teacher_4bit"], run.probe
-
-
-def check_projectors(run: Run):
-    from distill_plugin.hidden.projector import PROJECTOR_FILE
-
-    assert (run.out / PROJECTOR_FILE).exists()
-    assert run.probe["projectors_moved"] > 0, run.probe  # they train, next to a frozen base under (Q)LoRA
-    saved = tensor_names(run.out, "model*.safetensors") | tensor_names(run.out, "adapter_model.safetensors")
-    assert saved and not any("maps." in n or "projector" in n for n in saved)
-
-
-def check_stored_topk(run: Run):
-    assert re.search(r"teacher = offline top-\d+ logits", run.output), run.output[-3000:]
-
-
-def check_ddp(run: Run):
-    assert run.probe["world_size"] == 2, run.probe
-
-
-def check_on_policy(run: Run):
-    """Each step's sampling decision is the schedule's for the run's seed (one draw per optimizer step);
-    steps whose completions were sampled log their mean length, and the run had at least one."""
-    from distill_plugin.args import DistillConfig
-    from distill_plugin.onpolicy.schedule import StepSchedule
-
-    d = DistillConfig.model_validate(run.config["distill"])
-    decisions = StepSchedule(d.on_policy_fraction, run.config.get("seed") or 0).decisions(0, len(run.logs))
-    assert any(decisions), "no on-policy step in the twin's run: the check would prove nothing"
-    for k, entry in enumerate(run.logs, start=1):
-        assert entry["on_policy"] == pytest.approx(sum(decisions[:k]) / k, abs=1e-4), (k, entry)
-        sampled = decisions[k - 1] or d.seq_kd
-        assert ("generated_length" in entry) == sampled, (k, entry)
-        if sampled:
-            assert 0 < entry["generated_length"] <= d.max_new_tokens and 0 < entry["generation_time_share"] < 1
-
-
-def check_alignment(run: Run):
-    """Cross-tokenizer twins: the start-up line, and the KD components are > 0 (pairs were aligned)."""
-    assert run.output.count("alignment in use (cross_tokenizer") == 1, run.output[-3000:]
-    assert all(e["uld_loss"] > 0 for e in run.logs), run.logs
-
-
-CHECKS = {
-    "loss": check_loss, "kd_loss": check_component("kd_loss"), "ce_loss": check_component("ce_loss"),
-    "hidden_loss": check_component("hidden_loss"), "loss_sum": check_loss_sum, "eval": check_eval,
-    "packing": check_packing, "adapter": check_adapter, "reload": check_reload, "4bit": check_4bit,
-    "teacher_4bit": check_teacher_4bit, "projectors": check_projectors, "stored_topk": check_stored_topk,
-    "ddp": check_ddp, "on_policy": check_on_policy, "exact_loss": check_component("exact_loss"), "uld_loss": check_component("uld_loss"),
-    "alignment": check_alignment,
+# Recipes whose twin another e2e test trains, because it needs more than the shared tiny pair or
+# because that test's run already is the twin's (one axolotl.cli.train run per feature): there it is
+# trained through ``twin_runs.train_twin`` and its promises checked (``check_promises``).
+TRAINED_ELSEWHERE = {
+    "teacher_server_qlora.yml": "tests/teachers/test_e2e_server.py",  # starts the teacher's HTTP server
+    "multi_gpu/fsdp2_qwen7b_from_32b.yml": "tests/test_e2e_fsdp2.py",  # two FSDP2 processes vs one
+    "multi_gpu/fsdp2_qwen7b_from_32b_teacher_sharded.yml": "tests/test_e2e_fsdp2.py",
+    "r1_distill_qwen7b.yml": "tests/data_prep/test_recipes.py",  # on the data pipeline's export
+    "uld_llama_to_qwen.yml": "tests/test_e2e_uld.py",  # a trained cross-tokenizer teacher, 36 steps, learning checks
 }
+SMOKE = {"gkd_on_policy.yml"}  # also run on the second stack (-m e2e_smoke)
+
+
+def name(recipe: Path) -> str:
+    return str(recipe.relative_to(REPO / "recipes"))
+
+
+RECIPES = [pytest.param(p, id=name(p), marks=[pytest.mark.e2e_smoke] if name(p) in SMOKE else [])
+           for p in sorted((REPO / "recipes").rglob("*.yml"))
+           if not cpu_blocker(yaml.safe_load(p.read_text())) and name(p) not in TRAINED_ELSEWHERE]
+
+
+def test_recipes_trained_elsewhere_are_trained_there():
+    for recipe, test in TRAINED_ELSEWHERE.items():
+        text = (REPO / test).read_text()
+        assert Path(recipe).name in text and "check_promises(" in text, (recipe, test)
 
 
 def test_every_promised_check_exists():
     for recipe in sorted((REPO / "recipes").rglob("*.yml")):
-        cfg = yaml.safe_load(recipe.read_text())
-        if trained_elsewhere(cfg) or cpu_blocker(cfg):
-            continue  # checked by the test trained_elsewhere names, or not trainable here (validated only)
+        if cpu_blocker(yaml.safe_load(recipe.read_text())):
+            continue  # not trainable here (validated only)
         unknown = set(twin_checks(read_header(recipe))) - CHECKS.keys()
-        assert not unknown, f"{recipe}: twin-checks {sorted(unknown)} are not implemented in {__file__}"
+        assert not unknown, f"{recipe}: twin-checks {sorted(unknown)} are not implemented in tests/twin_runs.py"
 
 
-def train_twin(recipe: Path, twin_root: Path, tmp_path: Path) -> Run:
-    fixtures = Fixtures.under(twin_root, tmp_path)
-    twin = derive_twin(recipe, fixtures)
-    twin.config["plugins"] = [*twin.config.get("plugins", []), PROBE]
-    path = twin.write(tmp_path / "twin.yml")
-    if (twin.config.get("distill") or {}).get("teacher_logits"):
-        from distill_plugin.offline.capture import capture_teacher
-
-        # Captured with the twin's own config: Axolotl's tokenisation, packing and sequence_len.
-        capture_teacher(fixtures.teacher or twin_root / "teacher", fixtures.teacher_logits, config=path, k=16, progress=False)
-    train = run_axolotl_train_two_processes if twin.processes == 2 else run_axolotl_train
-    output, logs = train(path, cwd=tmp_path, timeout=1100)  # ~1 min alone; 10+ on a machine shared 8 ways
-    out = Path(twin.config["output_dir"])
-    probe = json.loads((out / "probe.json").read_text())
-    assert len(logs) == twin.config["max_steps"], logs
-    return Run(twin.config, out, output, logs, probe, Path(fixtures.student))
-
-
-@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(REPO / "recipes")) for p in RECIPES])
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_twin_trains_and_keeps_its_promises(recipe, twin_root, tmp_path):
     run = train_twin(recipe, twin_root, tmp_path)
-    for name in twin_checks(read_header(recipe)):
-        CHECKS[name](run)
+    check_promises(recipe, run)
     if run.config.get("adapter") and "distill" in run.config:
         # The plugin, not the twin, switched Axolotl's auto-enabled LoRA kernels off (no CUDA here).
         assert run.output.count("no CUDA device: switched off lora_mlp_kernel") == 1, run.output[-3000:]

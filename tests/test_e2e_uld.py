@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from axolotl_runs import REPO, run_axolotl_train
+from axolotl_runs import REPO
+from twin_runs import check_promises, train_twin
 
 pytestmark = pytest.mark.slow
 RECIPE = REPO / "recipes" / "uld_llama_to_qwen.yml"
@@ -62,31 +63,28 @@ def text_space_kl(student_path, teacher_path, rows) -> float:
     return total / count
 
 
-def test_cross_tokenizer_hybrid_teaches_the_student(tmp_path, cross_pair, arithmetic_data):
+def test_cross_tokenizer_hybrid_teaches_the_student(tmp_path, cross_pair, arithmetic_data, twin_root):
+    """The recipe's own twin (its student the one on the second tokenizer), trained 36 steps: its
+    ``# twin-checks:`` (the twin's one run in the suite, ``test_e2e_twins.TRAINED_ELSEWHERE``) and
+    the learning checks."""
     from distill_plugin.demo.task import make_split
 
     teacher, student = cross_pair
     start = time.monotonic()
     train_teacher(teacher)
     print(f"teacher trained in {time.monotonic() - start:.0f} s")
-    from distill_plugin.testing.twins import Fixtures, derive_twin
-
-    # The recipe's own tiny twin: its student is the one on the second tokenizer.
-    twin = derive_twin(RECIPE, Fixtures(student=student, teacher=teacher, data=arithmetic_data, workdir=tmp_path,
-                                        cross_student=student), steps=36)
-    assert any(c.startswith("base_model:") and "second tokenizer" in c for c in twin.changes), twin.changes
     # What a learning check needs beyond the twin: the recipe's lr (1e-5, for 1.5B parameters) does not
     # move a 32-wide student in 36 steps; an evaluation at the start and the end to compare.
-    twin.config.update(learning_rate=3e-3, val_set_size=0.25, eval_steps=18)
-    twin.config.pop("evals_per_epoch", None)
-    output, logs = run_axolotl_train(twin.write(tmp_path / "uld.yml"), cwd=tmp_path)
+    run = train_twin(RECIPE, twin_root, tmp_path, {"learning_rate": 3e-3, "val_set_size": 0.25, "eval_steps": 18},
+                     steps=36, teacher=teacher, data=arithmetic_data, cross_student=student, prepared=tmp_path / "prepared")
+    assert run.student == student  # derive_twin took the student on the second tokenizer
+    check_promises(RECIPE, run)  # exact_loss, uld_loss, ce_loss, eval, alignment
     assert len(re.findall(r"tokenizers differ \(261 vs 519 tokens\), alignment in use \(cross_tokenizer hybrid, "
-                          r"teacher uses its own chat template\)", output)) == 1, output[-4000:]
-    assert all({"exact_loss", "uld_loss", "ce_loss"} <= set(e) for e in logs) and len(logs) >= 30  # twin-checks
-    assert all(e["exact_loss"] > 0 and e["uld_loss"] > 0 for e in logs)
-    evals = [float(v) for v in re.findall(r"'eval_exact_loss': '?([-\d.e+]+)", output)]
+                          r"teacher uses its own chat template\)", run.output)) == 1, run.output[-4000:]
+    assert all(e["exact_loss"] > 0 and e["uld_loss"] > 0 for e in run.logs)
+    evals = [float(v) for v in re.findall(r"'eval_exact_loss': '?([-\d.e+]+)", run.output)]
     assert len(evals) >= 2 and evals[-1] < evals[0]  # held-out exact-match KL, first vs last evaluation
     heldout = make_split(24, seed=99)
-    before, after = text_space_kl(student, teacher, heldout), text_space_kl(twin.config["output_dir"], teacher, heldout)
+    before, after = text_space_kl(student, teacher, heldout), text_space_kl(run.out, teacher, heldout)
     print(f"held-out text-space KL to the teacher: untrained {before:.3f} -> trained {after:.3f}")
     assert after < 0.8 * before

@@ -157,3 +157,17 @@ def test_cli_writes_the_twin_and_prints_its_changes(twin_root, tmp_path):
     assert yaml.safe_load(out.read_text()) == twin.config
     for change in twin.changes:
         assert change in proc.stdout and f"#   {change}" in out.read_text()
+
+
+def test_served_teacher_twin_points_at_the_fixture_server(fixtures):
+    """Only the server's address and served name change; top_k, the API-key variable, timeouts stay."""
+    from dataclasses import replace
+
+    recipe = REPO / "recipes" / "teacher_server_qlora.yml"
+    raw = yaml.safe_load(recipe.read_text())["distill"]["teacher_server"]
+    server = {"url": "http://127.0.0.1:9999/v1", "model": "tiny-teacher"}
+    twin = derive_twin(recipe, replace(fixtures, teacher_server=server))
+    assert twin.config["distill"]["teacher_server"] == {**raw, **server}
+    assert f"distill.teacher_server.url: {raw['url']} → {server['url']} (fixture)" in twin.changes
+    with pytest.raises(ValueError, match=r"distill\.teacher_server is set, but the fixtures have no `teacher_server`"):
+        derive_twin(recipe, replace(fixtures, teacher_server=None))

@@ -6,8 +6,8 @@ At the end of training, process 0 writes into ``output_dir``:
 
 ``probe.json``
     ``world_size``; ``student_4bit`` / ``teacher_4bit``: whether the model holds bitsandbytes 4-bit
-    linears; ``batches`` and ``packed_batches``: training micro-batches seen, and those in which a row
-    holds several documents (``position_ids`` restart at 0, 1 inside the row, which padding never does);
+    linears; ``student_sharded`` / ``teacher_sharded``: whether FSDP2 sharded it (DTensor parameters);
+    ``batches`` and ``packed_batches``: training micro-batches seen, and those in which a row holds several documents (``position_ids`` restart at 0, 1 inside the row, which padding never does);
     ``trainable``: how many trainable parameters the student has, and how many in all;
     ``projectors_moved``: the largest change of a distillation module's weight (the hidden-state
     projectors, which live outside the model) between the start and the end of training, or None.
@@ -30,6 +30,13 @@ PROBE_TEXT = "<|im_start|>user\nWhat is 12 + 34?<|im_end|>\n<|im_start|>assistan
 
 def holds_4bit(model) -> bool:
     return model is not None and any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
+def holds_dtensor(model) -> bool:
+    """Whether FSDP2 (``fully_shard``) has sharded the model: its parameters are DTensors."""
+    from torch.distributed.tensor import DTensor
+
+    return model is not None and any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def packed_rows(position_ids: torch.Tensor) -> int:
@@ -83,6 +90,8 @@ class _Probe(TrainerCallback):
             "world_size": trainer.accelerator.num_processes,
             "student_4bit": holds_4bit(trainer.model),
             "teacher_4bit": holds_4bit(getattr(source, "model", None)),
+            "student_sharded": holds_dtensor(trainer.model),
+            "teacher_sharded": holds_dtensor(getattr(source, "model", None)),
             "batches": self.batches,
             "packed_batches": self.packed,
             "trainable": [sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)],

@@ -17,7 +17,9 @@ The rules, in order; every change is listed with its reason, and nothing else ch
   models     ``base_model`` (and ``base_model_config`` / ``tokenizer_config``) → ``fixtures.student``
              (``fixtures.cross_student``, on another tokenizer, when ``distill.cross_tokenizer`` is set);
              ``distill.teacher`` → ``fixtures.teacher``; ``distill.teacher_logits`` →
-             ``fixtures.teacher_logits``; any ``distill`` key in ``fixtures.distill`` → its value
+             ``fixtures.teacher_logits``; ``distill.teacher_server``'s ``url`` and ``model`` →
+             ``fixtures.teacher_server`` (a server of the tiny teacher; the rest of the block stays);
+             any ``distill`` key in ``fixtures.distill`` → its value
              (a server URL, another teacher...). A resource key (``RESOURCE_KEYS``) that the recipe
              sets and the fixtures lack is an error, never a twin that points at a hub id.
   data       ``datasets[i].path`` and ``test_datasets[i].path`` → ``fixtures.data`` (the entry's
@@ -64,7 +66,11 @@ VAL_SET_SIZE = 0.1
 MAX_NEW_TOKENS = 16  # on-policy twins: tokens sampled per completion
 
 # distill keys that name a resource (a model, a store, a server), and the Fixtures field standing in for it.
-RESOURCE_KEYS = {"teacher": "teacher", "teacher_logits": "teacher_logits"}
+RESOURCE_KEYS = {"teacher": "teacher", "teacher_logits": "teacher_logits", "teacher_server": "teacher_server"}
+# What ``Fixtures.under`` points a served-teacher twin at: the fixtures' teacher, served locally by
+#   python -m distill_plugin.serve ROOT/teacher --served-model-name tiny-teacher --max-logprobs 64 --port 8000
+# (tests pass the URL of their own loopback server instead).
+LOCAL_SERVER = {"url": "http://127.0.0.1:8000/v1", "model": "tiny-teacher"}
 FLASH = ("flash_attention_2", "flash_attention_3")
 TRITON_ONLY = {  # key → the plugin that carries it (removed with it)
     "cut_cross_entropy": "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",
@@ -97,15 +103,18 @@ class Fixtures:
     teacher_logits: str | Path | None = None  # an offline store (captured with the twin's own config)
     distill: Mapping[str, Any] = field(default_factory=dict)  # further distill-key stand-ins, e.g. a server URL
     cross_student: str | Path | None = None  # the student of a cross-tokenizer recipe (another tokenizer than the teacher's)
+    teacher_server: Mapping[str, Any] | None = None  # keys of distill.teacher_server to replace: the url and served name of the fixtures' teacher
 
     @classmethod
     def under(cls, root: str | Path, workdir: str | Path, **kwargs) -> "Fixtures":
         """What ``distill_plugin.testing.tiny.prepare_tiny_run(root)`` builds (``root/student``,
         ``root/teacher``, ``root/data.jsonl``; prepared data shared in ``root/prepared``), with this
-        twin's outputs (and its offline store, ``workdir/logits``) under ``workdir``."""
+        twin's outputs (and its offline store, ``workdir/logits``) under ``workdir``; a served teacher
+        at ``LOCAL_SERVER``."""
         root, workdir = Path(root), Path(workdir)
         defaults = dict(student=root / "student", teacher=root / "teacher", data=root / "data.jsonl", workdir=workdir,
-                        prepared=root / "prepared", teacher_logits=workdir / "logits", cross_student=root / "student_sp")
+                        prepared=root / "prepared", teacher_logits=workdir / "logits", cross_student=root / "student_sp",
+                        teacher_server=LOCAL_SERVER)
         return cls(**{**defaults, **kwargs})
 
 
@@ -185,7 +194,11 @@ def _models(edits: _Edits, fx: Fixtures, recipe: Path) -> None:
             continue
         if value is None:
             raise ValueError(f"{recipe}: distill.{key} is set, but the fixtures have no `{RESOURCE_KEYS.get(key, key)}` to stand in for it")
-        edits.set(distill, key, str(value) if isinstance(value, Path) else value, "fixture", f"distill.{key}")
+        if isinstance(value, Mapping) and isinstance(distill[key], dict):  # a block (teacher_server): only the named entries
+            for sub, item in value.items():
+                edits.set(distill[key], sub, item, "fixture", f"distill.{key}.{sub}")
+        else:
+            edits.set(distill, key, str(value) if isinstance(value, Path) else value, "fixture", f"distill.{key}")
 
 
 def _data(edits: _Edits, fx: Fixtures) -> None:

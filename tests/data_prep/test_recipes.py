@@ -10,15 +10,12 @@ tiny twin points at a local model, so it goes through the full `load_cfg` path.
 
 import copy
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dp_helpers import TRAINED, subprocess_env, write_jsonl
+from dp_helpers import TRAINED, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 R7B = ROOT / "recipes" / "r1_distill_qwen7b.yml"
@@ -86,16 +83,16 @@ def test_tiny_twin_loads_with_load_cfg(exported, twin_root):
 
 @pytest.mark.slow
 def test_tiny_twin_trains_on_pipeline_output(exported, twin_root):
+    """The 7B recipe's twin is trained here, on the pipeline's export (its one run in the suite:
+    ``tests/test_e2e_twins.py`` lists it in ``TRAINED_ELSEWHERE``), and keeps the recipe's promises."""
+    from twin_runs import check_promises, train_twin
+
     root, train = exported
     assert len(train.read_text().splitlines()) >= 8
-    yml = _tiny_cfg(root, twin_root / "student", train)
-    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(yml)], cwd=root,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    losses = [float(x) for x in re.findall(r"'loss': '?([0-9.]+)", log)]
-    assert len(losses) >= 3 and all(x == x and x > 0 for x in losses)
-    assert (root / "out" / "checkpoint-6" / "adapter_model.safetensors").exists()
+    run = train_twin(R7B, twin_root, root / "twin", data=train, prepared=root / "prep")
+    check_promises(R7B, run)  # loss, 4-bit student, adapter (reloaded on the 4-bit base), packing
+    assert all(e["loss"] == e["loss"] and e["loss"] > 0 for e in run.logs)
+    assert (run.out / f"checkpoint-{run.config['max_steps']}" / "adapter_model.safetensors").exists()
     # the reasoning is in the supervised tokens: decode the prepared labels Axolotl trained on
     from datasets import load_from_disk
     from transformers import AutoTokenizer

@@ -1,7 +1,9 @@
-"""``axolotl.cli.train`` with the served tiny teacher (the project's server on a free 127.0.0.1 port):
-QLoRA (bitsandbytes on CPU, a 64-wide pair), sample packing, gradient accumulation 2, the
-read-ahead; and a server that tokenises differently stops the run before training with exit code 2
-and one line naming the URL."""
+"""``axolotl.cli.train`` on the derived twin of ``recipes/teacher_server_qlora.yml``, its teacher the
+tiny teacher served by the project's server on a free 127.0.0.1 port: a 4-bit QLoRA student
+(bitsandbytes on CPU), sample packing, gradient accumulation, the read-ahead, the recipe's
+``# twin-checks:``; the same twin over two processes (each rank asks for its own batches); and a
+server that tokenises differently stops the run before training with exit code 2 and one line
+naming the URL."""
 
 from __future__ import annotations
 
@@ -10,64 +12,57 @@ import sys
 
 import pytest
 
-from axolotl_runs import REPO, SUBPROCESS_ENV, run_axolotl_train, write_recipe
-from served_teacher import faults, serve, teacher_with_other_tokenizer
+from axolotl_runs import REPO, SUBPROCESS_ENV
+from distill_plugin.testing.twins import Fixtures, derive_twin
+from served_teacher import faults, serve, set_faults, teacher_with_other_tokenizer
+from twin_runs import check_promises, train_twin
 
 pytestmark = pytest.mark.slow
-TWIN = REPO / "tests/configs/teacher_server_tiny.yml"
+RECIPE = REPO / "recipes" / "teacher_server_qlora.yml"
+NAME = "tiny-teacher"
+SERVE = ("--served-model-name", NAME, "--max-logprobs", "64")  # the recipe asks for the top 64
+KEY = {"TEACHER_API_KEY": "test-key"}  # the recipe reads its API key from this variable
 
 
-def recipe(tmp_path, student, data, url, **overrides):
-    import yaml
-
-    server = yaml.safe_load(TWIN.read_text())["distill"]["teacher_server"]
-    return write_recipe(
-        TWIN, tmp_path / "served.yml", base_model=str(student), distill={"teacher_server": {**server, "url": url}},
-        datasets=[{"path": str(data), "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}],
-        output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"), **overrides,
-    )
+@pytest.fixture(scope="module")
+def served(twin_root):
+    """The twins' teacher, served once for this module's runs (a server start costs a minute on a loaded CPU)."""
+    with serve(twin_root / "teacher", *SERVE) as url:
+        yield url
 
 
-def test_train_qlora_with_served_teacher(tmp_path, arithmetic_data):
-    from distill_plugin.testing.tiny import build_pair
+def train_served(served, twin_root, workdir, **kwargs):
+    set_faults(served)  # restarts the request count
+    run = train_twin(RECIPE, twin_root, workdir, env=KEY, teacher_server={"url": served, "model": NAME}, **kwargs)
+    return run, faults(served)["completions"]
 
-    teacher, student = build_pair(tmp_path / "pair64", teacher_hidden=64, student_hidden=64)
-    with serve(teacher, "--served-model-name", "tiny-teacher", "--max-logprobs", "16") as url:
-        cfg = recipe(tmp_path, student, arithmetic_data, url, load_in_4bit=True, adapter="qlora")
-        output, logs = run_axolotl_train(cfg, cwd=tmp_path)
-        served = faults(url)["completions"]
-    assert "teacher = served http://127.0.0.1" in output and "top-16 via prompt_logprobs" in output
-    assert len(logs) == 6
-    for entry in logs:
+
+def test_train_qlora_with_served_teacher(tmp_path, twin_root, served):
+    run, requests = train_served(served, twin_root, tmp_path)
+    check_promises(RECIPE, run)
+    assert "teacher = served http://127.0.0.1" in run.output and "top-64 via prompt_logprobs" in run.output
+    for entry in run.logs:
         assert entry["kd_loss"] > 0 and entry["ce_loss"] > 0 and entry["grad_norm"] > 0 and entry["teacher_wait_s"] >= 0, entry
-    # 6 steps × 2 packed micro-batches of several documents, plus read-ahead and the start-up probes
-    assert served > 12, served
-    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    # steps × accumulated packed micro-batches of several documents, plus read-ahead and the start-up probes
+    assert requests > run.config["max_steps"] * run.config["gradient_accumulation_steps"], requests
 
 
-def test_server_with_another_tokenizer_stops_the_run(tmp_path, tiny_pair, arithmetic_data):
-    teacher, student = tiny_pair
-    other = teacher_with_other_tokenizer(teacher, tmp_path / "other")
-    with serve(other, "--served-model-name", "tiny-teacher", "--max-logprobs", "16") as url:
-        cfg = recipe(tmp_path, student, arithmetic_data, url)
-        proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(cfg)], cwd=tmp_path, env=SUBPROCESS_ENV,
-                              capture_output=True, text=True, timeout=600)
+def test_two_processes_each_ask_for_their_own_batches(tmp_path, twin_root, served):
+    """DDP (2 CPU processes, gloo): every rank connects and sends its own batches' requests."""
+    run, requests = train_served(served, twin_root, tmp_path, overrides={"max_steps": 3}, processes=2)
+    assert "teacher = served http://127.0.0.1" in run.output, run.output[-3000:]  # logged by the main process
+    assert run.probe["world_size"] == 2 and all(e["kd_loss"] > 0 and e["grad_norm"] > 0 for e in run.logs), run.logs
+    # each rank: 2 start-up probes (preflight, trainer) and ≥ 1 request per micro-batch
+    assert requests >= 2 * (2 + 3 * run.config["gradient_accumulation_steps"]), requests
+
+
+def test_server_with_another_tokenizer_stops_the_run(tmp_path, twin_root):
+    other = teacher_with_other_tokenizer(twin_root / "teacher", tmp_path / "other")
+    with serve(other, *SERVE) as url:
+        twin = derive_twin(RECIPE, Fixtures.under(twin_root, tmp_path, teacher_server={"url": url, "model": NAME}))
+        proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(twin.write(tmp_path / "twin.yml"))], cwd=tmp_path,
+                              env={**SUBPROCESS_ENV, **KEY}, capture_output=True, text=True, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("distill_plugin: error:")]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1 and url in errors[0] and "tokenises differently" in errors[0], errors
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
-
-
-def test_two_processes_each_ask_for_their_own_batches(tmp_path, tiny_pair, arithmetic_data):
-    """DDP (2 CPU processes, gloo): every rank connects and sends its own batches' requests."""
-    from axolotl_runs import run_axolotl_train_two_processes
-
-    teacher, student = tiny_pair
-    with serve(teacher, "--served-model-name", "tiny-teacher", "--max-logprobs", "16") as url:
-        cfg = recipe(tmp_path, student, arithmetic_data, url, max_steps=3)
-        output, logs = run_axolotl_train_two_processes(cfg, tmp_path)
-        served = faults(url)["completions"]
-    assert "teacher = served http://127.0.0.1" in output, output[-3000:]  # logged by the main process
-    assert len(logs) == 3 and all(e["kd_loss"] > 0 and e["grad_norm"] > 0 for e in logs), logs
-    # each rank: 2 start-up probes (preflight, trainer) and ≥ 1 request per micro-batch (3 steps × 2)
-    assert served >= 2 * (2 + 3 * 2), served
