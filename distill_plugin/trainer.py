@@ -134,6 +134,8 @@ class DistillTrainerMixin:
         if read_ahead is not None:  # a served teacher: the next steps' requests go out now
             epoch_iterator = read_ahead(epoch_iterator, self.args.gradient_accumulation_steps)
         if self.on_policy is not None:
+            # self.model, not model_wrapped: DDP's forward may broadcast buffers on every call, and ranks
+            # whose samples end at different lengths make different numbers of calls (a deadlock).
             epoch_iterator = self.on_policy.batches(self.state.global_step, epoch_iterator, self.model)
         return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
     # --- end on-policy ---
