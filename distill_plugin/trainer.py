@@ -134,6 +134,8 @@ class DistillTrainerMixin:
         if read_ahead is not None:  # a served teacher: the next steps' requests go out now
             epoch_iterator = read_ahead(epoch_iterator, self.args.gradient_accumulation_steps)
         if self.on_policy is not None:
+            # self.model, not model_wrapped: DDP's forward may broadcast buffers on every call, and ranks
+            # whose samples end at different lengths make different numbers of calls (a deadlock).
             epoch_iterator = self.on_policy.batches(self.state.global_step, epoch_iterator, self.model)
         return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
     # --- end on-policy ---
@@ -178,6 +180,10 @@ class DistillTrainerMixin:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self._distill_parameters() and not load_projectors(self.distill_modules, resume_from_checkpoint):
             raise FileNotFoundError(f"distill_plugin: {resume_from_checkpoint} has no {PROJECTOR_FILE} to resume the projectors from")
+
+    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over all processes (on the accelerator's device for NCCL), back on the CPU."""
+        return self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum").cpu()
 
     def _distill_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.distill_modules.parameters()) if self.distill_modules is not None else []
@@ -228,7 +234,9 @@ class DistillTrainerMixin:
             if "loss" in logs:
                 logs.update(self._flush("train"))
                 if self.on_policy is not None:
-                    logs.update(self.on_policy.logs(self.state.global_step))
+                    # Summed over processes: each one sampled for its own prompts (a collective: every
+                    # process logs the train loss together, as _flush's gather above relies on too).
+                    logs.update(self.on_policy.logs(self.state.global_step, reduce_sum=self._sum_over_processes))
                 if hasattr(self.teacher_source, "pop_metrics"):
                     logs.update(self.teacher_source.pop_metrics(self.args.gradient_accumulation_steps))
             elif "eval_loss" in logs:

@@ -224,3 +224,24 @@ def test_completions_are_the_samplers_own(tiny_pair, tmp_path, who):
     assert got == want
     assert int(n_items) == sum(len(c) for c in want.values())
     assert logs[0]["on_policy"] == (1.0 if who == "student" else 0.0)
+
+
+@pytest.mark.slow  # two processes that each import the Trainer: ~55 s on the shared 2-core machine
+def test_two_processes_agree_on_decisions_count_and_logs(tiny_pair, tmp_path):
+    """DDP (2 gloo processes, the real Trainer): same decision per step on every rank and micro-batch,
+    each rank samples its own prompts, num_items_in_batch is the global count, the logs sum over
+    ranks, and a rank whose samples all stop at EOS at once does not hang the other (``onpolicy_ddp_worker.py``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from axolotl_runs import SUBPROCESS_ENV
+    from test_sharded import free_port
+
+    worker = Path(__file__).with_name("onpolicy_ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(worker), *map(str, tiny_pair), str(tmp_path)]
+    proc = subprocess.run(cmd, env={**SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    assert "OK rank=0" in output and "OK rank=1" in output, output[-3000:]

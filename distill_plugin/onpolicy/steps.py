@@ -10,16 +10,23 @@ summed over processes with ``average_tokens_across_devices``), so the loss stays
 step's real token count. The teacher source scores the new rows like any batch: the divergence is
 computed at every completion position by the existing fused chunked loss.
 
-Logged at each training log: ``on_policy`` (fraction of optimizer steps so far that sampled from
-the student), ``generated_length`` (mean tokens per sampled completion since the last log, stop
-token included; absent when nothing was sampled) and ``generation_time_share`` (seconds spent
-sampling / wall seconds since the last log, this process).
+Under DDP every process makes the same decision for a step without communicating (the schedule is
+a pure function of (seed, step), and every process's ``global_step`` is the same), samples for its
+own micro-batches' prompts on its unwrapped model (no collective inside generation, so processes
+whose samples stop at different lengths cannot deadlock), and the Trainer's count of the generated
+labels is then summed over processes, as for any batch.
+
+Logged at each training log, over all processes: ``on_policy`` (fraction of optimizer steps so far
+that sampled from the student), ``generated_completions`` (completions sampled since the last log),
+``generated_length`` (mean tokens per sampled completion since the last log, stop token included;
+absent when nothing was sampled) and ``generation_time_share`` (Σ seconds spent sampling / Σ wall
+seconds since the last log, sums over processes).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -79,14 +86,22 @@ class OnPolicySteps:
         self._seconds += time.perf_counter() - start
         return out
 
-    def logs(self, steps_done: int) -> dict[str, float]:
-        """The statistics of the module docstring; resets the window."""
+    def logs(self, steps_done: int, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+        """The statistics of the module docstring; resets the window.
+
+        ``reduce_sum`` sums a tensor over processes (the trainer's ``accelerator.reduce``); every
+        process must then call ``logs`` together. Each process samples only its own prompts, so
+        without the sum the log would show rank 0's share of the step only.
+        """
         now = time.perf_counter()
         wall = now - (self._since if self._since is not None else now)
+        window = torch.tensor([self._seconds, wall, self._tokens, self._completions], dtype=torch.float64)
+        seconds, wall, tokens, completions = (reduce_sum(window) if reduce_sum is not None else window).tolist()
         out = {"on_policy": round(self.schedule.fraction_so_far(steps_done), 4),
-               "generation_time_share": round(self._seconds / wall, 4) if wall > 0 else 0.0}
-        if self._completions:
-            out["generated_length"] = round(self._tokens / self._completions, 2)
+               "generated_completions": int(completions),
+               "generation_time_share": round(seconds / wall, 4) if wall > 0 else 0.0}
+        if completions:
+            out["generated_length"] = round(tokens / completions, 2)
         self._seconds = self._tokens = self._completions = 0
         self._since = now
         return out
