@@ -23,7 +23,7 @@ from distill_plugin.demo.task import final_answer, make_example, make_split, wor
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_quality import method_rows  # noqa: E402
+from bench_quality import method_rows, table_methods  # noqa: E402
 
 
 @pytest.mark.parametrize("digits", [2, 3, 4])
@@ -224,3 +224,10 @@ def check_quick_output(out: Path, output: str) -> None:
         assert len(re.findall(r"\{'loss': ", logged)) == QUICK.student_steps, name
     # The offline student trained on the store: its KD term is logged at every step.
     assert len(re.findall(r"'kd_loss': '?[\d.]+", (out / "logs" / "s1_topk.log").read_text())) == QUICK.student_steps
+
+
+def test_the_table_leaves_out_the_on_request_rows_and_keeps_every_baseline():
+    """ULD alone runs on request only (CE 0 gives it no token identity); every row's baseline is in."""
+    table = table_methods()
+    assert "uld" not in table and {"sft", "fkl", "topk", "gkd", "hidden", "uld_hybrid", "sft_b"} <= set(table)
+    assert all(METHODS[m].baseline in table for m in table)

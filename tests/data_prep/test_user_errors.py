@@ -207,3 +207,18 @@ def test_filter_and_export_record_their_settings(tmp_path):
     assert json.loads((tmp_path / "kept" / "_settings.filter.json").read_text())["ngram"] == 6
     assert cli("export", tmp_path / "kept", "-o", tmp_path / "out" / "train.jsonl", "--select", "all").exit_code == 0
     assert json.loads((tmp_path / "out" / "_settings.export.json").read_text())["select"] == "all"
+
+
+def test_shared_option_groups_reach_every_verb_that_declares_them():
+    """generate, judge and evaluate take their engine flags from one declaration
+    (data_prep/cli_options.py); generate and evaluate also share the prompt flags."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    flags = {name: {opt for p in group.commands[name].params for opt in p.opts}
+             for name in ("generate", "judge", "evaluate")}
+    engine = {"--base-url", "--api-key-env", "--concurrency", "--timeout", "--max-retries", "--tensor-parallel-size"}
+    prompting = {"-n", "--temperature", "--suffix", "--prefill-think", "--field-prompt", "--field-choices", "--limit"}
+    for name in flags:
+        assert engine <= flags[name], name
+    assert prompting <= flags["generate"] and prompting <= flags["evaluate"]
