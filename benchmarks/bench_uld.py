@@ -65,7 +65,7 @@ def bench_steps(root: Path, rows, steps: int, batch: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill_plugin.alignment.collator import CrossTokenizerCollator
-    from distill_plugin.alignment.tokens import vocab_agreement
+    from distill_plugin.alignment.tokens import next_byte_classes
     from distill_plugin.losses.chunked import supervised_mask
     from distill_plugin.losses.kd import KDSettings
     from distill_plugin.losses.terms import LogitTerms
@@ -89,10 +89,10 @@ def bench_steps(root: Path, rows, steps: int, batch: int) -> dict[str, float]:
                                        TeacherModelSource(teacher, len(tok_a)), LogitTerms(settings)),
     }
     for mode in ("uld", "hybrid"):
-        vmap = vocab_agreement(tok_b, tok_a) if mode == "hybrid" else None
+        classes = next_byte_classes(tok_b, tok_a) if mode == "hybrid" else None
         setups[f"cross tokenizer, {mode}"] = (
             load(student_sp_dir), cross, _student_features(tok_b, rows),
-            AlignedTeacherSource(teacher, len(tok_a), len(tok_b), vmap), CrossTokenizerTerms(settings, mode))
+            AlignedTeacherSource(teacher, len(tok_a), len(tok_b), classes), CrossTokenizerTerms(settings, mode))
     results = {}
     for name, (student, collate, features, source, term) in setups.items():
         times = []

@@ -206,7 +206,7 @@ class DistillConfig(BaseModel):
 
     # Cross-tokenizer KD (README "Cross-tokenizer distillation", issue #15); needs the online `teacher`.
     cross_tokenizer: Literal["off", "uld", "hybrid"] = Field(
-        "off", description="Teacher with another tokenizer: `uld` (sorted-probability L1 per aligned span) or `hybrid` (`divergence` on tokens both vocabularies spell alike + ULD on the rest)."
+        "off", description="Teacher with another tokenizer: `uld` (sorted-probability L1 per aligned span) or `hybrid` (`divergence` between the two next-byte distributions + ULD)."
     )
     teacher_tokenizer: str | None = Field(
         None, description="Cross-tokenizer: the teacher's tokenizer (path or hub id); default: the teacher checkpoint's own."

@@ -99,8 +99,8 @@ class AlignedLogits:
     and its head; ``index`` [N] gives, for each student row, its row in ``rows`` or −1.
 
     ``vocab_size`` / ``student_vocab_size`` are the two tokenizers' lengths (lm_head padding rows
-    are cut); ``vocab_map``
-    (``alignment.tokens.VocabMap``) pairs the ids whose strings agree, for the hybrid loss.
+    are cut); ``byte_classes`` (``alignment.tokens.NextByteClasses``) gives each id of both sides the
+    first byte it writes, for the hybrid loss.
     """
 
     rows: torch.Tensor
@@ -108,4 +108,4 @@ class AlignedLogits:
     index: torch.Tensor
     vocab_size: int | None = None
     student_vocab_size: int | None = None
-    vocab_map: object | None = None
+    byte_classes: object | None = None

@@ -188,7 +188,7 @@ CHECKS = {
     "hidden_loss": check_component("hidden_loss"), "loss_sum": check_loss_sum, "eval": check_eval,
     "packing": check_packing, "adapter": check_adapter, "reload": check_reload, "4bit": check_4bit,
     "teacher_4bit": check_teacher_4bit, "projectors": check_projectors, "stored_topk": check_stored_topk,
-    "ddp": check_ddp, "on_policy": check_on_policy, "exact_loss": check_component("exact_loss"), "uld_loss": check_component("uld_loss"),
+    "ddp": check_ddp, "on_policy": check_on_policy, "next_byte_loss": check_component("next_byte_loss"), "uld_loss": check_component("uld_loss"),
     "alignment": check_alignment, "fsdp2": check_fsdp2, "teacher_shard": check_teacher_shard,
 }
 

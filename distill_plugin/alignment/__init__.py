@@ -1,8 +1,8 @@
-"""Cross-tokenizer alignment: token bytes and the vocabulary agreement map (``tokens``), span
-alignment from byte offsets (``spans``), the teacher's own chat-template rendering (``templates``) and
-the collator that puts the teacher's tokens and the alignment in each batch (``collator``)."""
+"""Cross-tokenizer alignment: token bytes and each id's first byte (``tokens``), span alignment from
+byte offsets (``spans``), the teacher's own chat-template rendering (``templates``) and the collator
+that puts the teacher's tokens and the alignment in each batch (``collator``)."""
 
 from .spans import Region, aligned_pairs
-from .tokens import VocabMap, token_bytes, vocab_agreement
+from .tokens import NextByteClasses, next_byte_classes, token_bytes
 
-__all__ = ["Region", "VocabMap", "aligned_pairs", "token_bytes", "vocab_agreement"]
+__all__ = ["NextByteClasses", "Region", "aligned_pairs", "next_byte_classes", "token_bytes"]

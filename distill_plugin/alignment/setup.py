@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..teachers.loading import tokenizer_difference
 from .collator import load_teacher_tokenizer
-from .tokens import backend_json, vocab_agreement
+from .tokens import backend_json, next_byte_classes
 
 
 def teacher_tokenizer_path(config) -> tuple[str, str | None]:
@@ -26,9 +26,9 @@ def check_pair(student_tokenizer, config) -> str:
 
 
 def aligned_teacher_source(config, student_tokenizer, teacher, device):
-    """The ``AlignedTeacherSource`` of a loaded teacher model (the vocabulary map for ``hybrid``)."""
+    """The ``AlignedTeacherSource`` of a loaded teacher model (the first-byte classes for ``hybrid``)."""
     from ..teachers import AlignedTeacherSource
 
     teacher_tokenizer = load_teacher_tokenizer(*teacher_tokenizer_path(config))
-    vocab_map = vocab_agreement(student_tokenizer, teacher_tokenizer) if config.cross_tokenizer == "hybrid" else None
-    return AlignedTeacherSource(teacher, len(teacher_tokenizer), len(student_tokenizer), vocab_map, device=device)
+    classes = next_byte_classes(student_tokenizer, teacher_tokenizer) if config.cross_tokenizer == "hybrid" else None
+    return AlignedTeacherSource(teacher, len(teacher_tokenizer), len(student_tokenizer), classes, device=device)

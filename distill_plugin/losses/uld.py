@@ -1,4 +1,4 @@
-"""Cross-tokenizer distillation: Universal Logit Distillation (ULD) and the exact-match hybrid.
+"""Cross-tokenizer distillation: Universal Logit Distillation (ULD) and the next-byte hybrid.
 
 The student and the teacher tokenise the same text differently; ``alignment.spans`` pairs each
 student row i (position p, predicting token p+1) with the teacher position q that predicts the same
@@ -14,25 +14,32 @@ continuation of the same text (a common token boundary), or with none. For an al
     This is the Wasserstein-1 distance between the two distributions when the tokens are placed on
     a line by rank (Boizard et al., ULD): it needs no shared vocabulary, and it is invariant to
     which token holds which probability — it transfers the teacher's confidence profile, not token
-    identities (the CE term and the hybrid's exact part carry those).
+    identities (the CE term and the hybrid's next-byte part carry those).
 
-    hybrid (TRL GOLD-style): the vocabulary agreement map M (``alignment.tokens``) pairs ids whose
-    strings are equal. On M the configured divergence D compares the teacher and student
-    probabilities of the same strings, plus one tail bucket for the rest of the mass on each side:
-        exact_i  = D( [P_M, 1 − ΣP_M] ‖ [Q_M, 1 − ΣQ_M] )
-    and the ids outside M are compared by ULD on their (unrenormalised) probabilities:
-        uld_i    = Σ_j | sort↓(P_{∉M})_j − sort↓(Q_{∉M})_j |
+    hybrid: both distributions are also compared on the one event space they define alike, the
+    next byte of text. With b(v) the first byte id v writes (``alignment.tokens.next_byte_classes``):
+        P_B(c) = Σ_{v ∈ V_t: b(v) = c} P(v),    Q_B(c) = Σ_{v ∈ V_s: b(v) = c} Q(v)
+        next_byte_i = D(P_B ‖ Q_B)             D the configured divergence, 257 classes (256 + none)
+    plus uld_i on the full distributions.
     ce_i     = −log softmax(z_s)[target_i]            every supervised row, aligned or not (T = 1)
 
-    loss = (kd_weight · T^{2·[temperature_squared]} · Σ_{aligned i} (uld_i + exact_i)
+    loss = (kd_weight · T^{2·[temperature_squared]} · Σ_{aligned i} (uld_i + next_byte_i)
             + ce_weight · Σ_i ce_i) / N
+
+Why the next byte and not the ids both vocabularies spell alike (TRL GOLD's hybrid, and ours before):
+equal strings are different events when one side's tokens are finer. A byte-level teacher puts its
+mass on ``5`` ("the text goes on with 5"); the student's ``5`` means "the token 5, not the longer
+``5;`` my tokenizer writes for that text". Pulling the student's ``5`` up teaches it tokenisations
+it never reads: in the quality benchmark such students greedy-decoded ``+``, ``0``, ``=`` one
+character at a time where their tokenizer writes ``+4=``, and scored 0 % on every seed (SFT 13.9 %).
+The next-byte distribution moves mass between the student's tokens only by what they spell first.
 
 Normalisation: the sums run over *aligned spans* (one term per aligned row, whatever the span's
 length in tokens) and are divided, like the logit loss, by N = the optimizer step's supervised
 student-token count (``num_items_in_batch``), so gradient accumulation does not change the
 objective. With identical tokenizers every supervised row is its own span, and ``uld_loss`` is then
 the per-token mean, on the scale of the logit loss's ``kd_loss``. The logged components are
-Σ uld_i / N, Σ exact_i / N and Σ ce_i / N.
+Σ next_byte_i / N, Σ uld_i / N and Σ ce_i / N.
 
 Chunked like the logit loss (``chunked.fused_linear_loss``): per chunk of student rows the student
 logits [chunk, V_s] and the aligned teacher logits [≤chunk, V_t] are built, never [B, T, V] of
@@ -47,12 +54,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..alignment.tokens import NUM_BYTE_CLASSES
 from ..signals import AlignedLogits, StudentRows
 from .chunked import fused_linear_loss
-from .divergences import divergence
+from .divergences import LOG_FLOOR, divergence
 from .kd import KDSettings, combine, softcap
 from .terms import Component, TermOutput
-from .topk import log1mexp
 
 CROSS_TOKENIZER_MODES = ("uld", "hybrid")
 
@@ -71,23 +78,19 @@ def sorted_l1(teacher_p: torch.Tensor, student_p: torch.Tensor, top_k: int | Non
     return (teacher - student).abs().sum(-1)
 
 
-def with_tail(logp: torch.Tensor) -> torch.Tensor:
-    """[n, K] log-probs of part of a vocabulary → [n, K+1] with the remaining mass as a last bucket."""
-    return torch.cat([logp, log1mexp(torch.logsumexp(logp, -1, keepdim=True))], -1)
-
-
-def hybrid_rows(teacher_logp, student_logp, vocab_map, settings: KDSettings, top_k: int | None = None):
-    """``(exact_i, uld_i)`` per row: divergence on the agreeing ids (+ tail), ULD on the others."""
-    teacher = with_tail(teacher_logp[:, vocab_map.teacher])
-    student = with_tail(student_logp[:, vocab_map.student])
-    exact = divergence(teacher, student, settings.divergence, settings.beta, settings.skew)
-    uld = sorted_l1(teacher_logp[:, vocab_map.teacher_other].exp(), student_logp[:, vocab_map.student_other].exp(), top_k)
-    return exact, uld
+def next_byte_logprobs(logp: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """[n, V] log-probs → [n, 257]: log Σ_{v: classes[v] = c} p(v) per class c (a segment
+    logsumexp; an empty class is −inf, which ``divergence`` reads as probability 0)."""
+    index = classes[: logp.shape[-1]].expand(logp.shape[0], -1)
+    peak = logp.new_full((logp.shape[0], NUM_BYTE_CLASSES), float("-inf")).scatter_reduce(1, index, logp, "amax")
+    peak = peak.detach().clamp_min(LOG_FLOOR)
+    mass = torch.zeros_like(peak).scatter_add(1, index, (logp - peak.gather(1, index)).exp())
+    return mass.log() + peak
 
 
 class CrossTokenizerOutput(NamedTuple):
     loss: torch.Tensor  # differentiable weighted total
-    exact: torch.Tensor  # Σ exact_i / N (0 for plain ULD), detached
+    next_byte: torch.Tensor  # Σ next_byte_i / N (0 for plain ULD), detached
     uld: torch.Tensor  # Σ uld_i / N, detached
     ce: torch.Tensor  # Σ ce_i / N, detached
 
@@ -113,8 +116,8 @@ def cross_tokenizer_loss(
     """
     if mode not in CROSS_TOKENIZER_MODES:
         raise ValueError(f"cross_tokenizer must be one of {CROSS_TOKENIZER_MODES}, got {mode!r}")
-    if mode == "hybrid" and signal.vocab_map is None:
-        raise ValueError("the hybrid cross-tokenizer loss needs the vocabulary agreement map (AlignedLogits.vocab_map)")
+    if mode == "hybrid" and signal.byte_classes is None:
+        raise ValueError("the hybrid cross-tokenizer loss needs the first-byte classes (AlignedLogits.byte_classes)")
     normalizer = normalizer if normalizer is not None else max(student_rows.shape[0], 1)
     vocab_s = min(signal.student_vocab_size or student_weight.shape[0], student_weight.shape[0])
     head = signal.head
@@ -132,14 +135,17 @@ def cross_tokenizer_loss(
             z_t = softcap(F.linear(teacher_rows[index[aligned]], t_weight, t_bias).float(), head.softcap)
             teacher_logp = F.log_softmax(z_t * inv_t, dim=-1)
         student_logp = F.log_softmax(logits[aligned] * inv_t, dim=-1)
+        uld = sorted_l1(teacher_logp.exp(), student_logp.exp(), top_k)
         if mode == "hybrid":
-            exact, uld = hybrid_rows(teacher_logp, student_logp, signal.vocab_map, settings, top_k)
+            classes = signal.byte_classes
+            next_byte = divergence(next_byte_logprobs(teacher_logp, classes.teacher),
+                                   next_byte_logprobs(student_logp, classes.student),
+                                   settings.divergence, settings.beta, settings.skew)
         else:
-            uld = sorted_l1(teacher_logp.exp(), student_logp.exp(), top_k)
-            exact = torch.zeros_like(uld)
+            next_byte = torch.zeros_like(uld)
         chunk_targets = None if targets is None else targets[start:end]
-        objective, _, ce = combine(exact + uld, logits, chunk_targets, settings, normalizer)
-        return torch.stack([objective, exact.detach().sum() / normalizer, uld.detach().sum() / normalizer, ce])
+        objective, _, ce = combine(next_byte + uld, logits, chunk_targets, settings, normalizer)
+        return torch.stack([objective, next_byte.detach().sum() / normalizer, uld.detach().sum() / normalizer, ce])
 
     s_bias = student_bias[:vocab_s] if student_bias is not None else None
     loss, parts = fused_linear_loss(student_rows, student_weight[:vocab_s], chunk_loss, s_bias, chunk_size)
@@ -148,7 +154,7 @@ def cross_tokenizer_loss(
 
 @dataclass(frozen=True)
 class CrossTokenizerTerms:
-    """``uld`` (+ ``exact`` for hybrid), each weighted kd_weight·T², and ``ce`` (ce_weight), from one
+    """``uld`` (+ ``next_byte`` for hybrid), each weighted kd_weight·T², and ``ce`` (ce_weight), from one
     fused chunk pass over the student's supervised rows; consumes ``AlignedLogits``."""
 
     settings: KDSettings = KDSettings()
@@ -163,7 +169,7 @@ class CrossTokenizerTerms:
 
     @property
     def components(self) -> tuple[Component, ...]:
-        kd = (Component("exact", self.settings.kd_scale),) if self.mode == "hybrid" else ()
+        kd = (Component("next_byte", self.settings.kd_scale),) if self.mode == "hybrid" else ()
         return *kd, Component("uld", self.settings.kd_scale), Component("ce", self.settings.ce_weight)
 
     def __call__(self, student: StudentRows, signal: AlignedLogits) -> TermOutput:
@@ -172,5 +178,5 @@ class CrossTokenizerTerms:
             student.rows, head.weight, signal, student.targets, self.settings, self.mode, self.top_k,
             normalizer=1.0, chunk_size=self.chunk_size, student_bias=head.bias, student_softcap=head.softcap,
         )
-        parts = [out.exact, out.uld, out.ce] if self.mode == "hybrid" else [out.uld, out.ce]
+        parts = [out.next_byte, out.uld, out.ce] if self.mode == "hybrid" else [out.uld, out.ce]
         return TermOutput(out.loss, torch.stack(parts))

@@ -86,11 +86,12 @@ class AlignedTeacherSource(TeacherModelSource):
     """
 
     def __init__(self, model: torch.nn.Module, vocab_size: int | None, student_vocab_size: int | None,
-                 vocab_map=None, device: torch.device | str | None = None):
+                 byte_classes=None, device: torch.device | str | None = None):
         super().__init__(model, vocab_size, logits=True, device=device)
         self.student_vocab_size = student_vocab_size
         # moved to the loss's device once, not per batch
-        self.vocab_map = type(vocab_map)(*(t.to(self.device) for t in vocab_map)) if vocab_map is not None else None
+        self.byte_classes = (type(byte_classes)(*(t.to(self.device) for t in byte_classes))
+                             if byte_classes is not None else None)
 
     @property
     def produces(self) -> tuple[type, ...]:
@@ -121,7 +122,7 @@ class AlignedTeacherSource(TeacherModelSource):
         index[row_of[batch, positions]] = torch.arange(len(positions), device=mask.device)
         rows = hidden[batch.to(hidden.device), teacher_pos.to(hidden.device)[pair.to(hidden.device)]]
         return {AlignedLogits: AlignedLogits(rows.to(self.device), self._head, index.to(self.device),
-                                             self.vocab_size, self.student_vocab_size, self.vocab_map)}
+                                             self.vocab_size, self.student_vocab_size, self.byte_classes)}
 
 
 class StoredTopKSource:

@@ -32,7 +32,7 @@ def test_terms_follow_the_mode():
 
     (term,) = DistillConfig(teacher="t", cross_tokenizer="hybrid", divergence="jsd", uld_top_k=5).loss_terms()
     assert isinstance(term, CrossTokenizerTerms) and term.mode == "hybrid" and term.top_k == 5
-    assert [c.name for c in term.components] == ["exact", "uld", "ce"]
+    assert [c.name for c in term.components] == ["next_byte", "uld", "ce"]
 
 
 def test_preflight_cross_pair(tmp_path, cross_pair, arithmetic_data, capsys):

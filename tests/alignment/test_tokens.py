@@ -1,8 +1,8 @@
-"""Token bytes of both tokenizer families and the vocabulary agreement map of the tiny pair."""
+"""Token bytes of both tokenizer families and the first-byte classes of the tiny pair."""
 
 from __future__ import annotations
 
-from distill_plugin.alignment.tokens import token_bytes, vocab_agreement
+from distill_plugin.alignment.tokens import OTHER, next_byte_classes, token_bytes
 from distill_plugin.testing.tiny import SPECIAL_TOKENS, SP_SPECIAL_TOKENS, build_sp_tokenizer, build_tokenizer
 
 A, B = build_tokenizer(), build_sp_tokenizer()
@@ -19,23 +19,28 @@ def test_token_bytes_follow_each_convention():
         assert b"".join(table[i] for i in tok(text, add_special_tokens=False)["input_ids"]) == text.encode()
 
 
-def test_vocab_agreement_pairs_equal_strings_one_to_one():
-    m = vocab_agreement(B, A)  # student B, teacher A
-    a, b = token_bytes(A), token_bytes(B)
-    assert all(b[s] == a[t] for s, t in zip(m.student.tolist(), m.teacher.tolist()))
-    assert len(set(m.student.tolist())) == len(m.student) and len(set(m.teacher.tolist())) == len(m.teacher)
-    pairs = dict(zip(m.student.tolist(), m.teacher.tolist()))
-    vb, va = B.get_vocab(), A.get_vocab()
-    assert pairs[vb["a"]] == va["a"]  # the regular token "a", not its byte-fallback spelling <0x61>
-    assert vb["<0x61>"] not in pairs
-    assert pairs[vb["<0xC3>"]] == va["Ã"]  # a lone high byte: B only spells it as a fallback token
-    assert vb["▁qu"] not in pairs  # A has no " qu" token
-    # A's 256 byte tokens all have a partner; no special token agrees (different chat markup)
-    assert len(m.student) == 256
-    assert set(m.teacher_other.tolist()) == {va[t] for t in SPECIAL_TOKENS}
-    assert {vb[t] for t in SP_SPECIAL_TOKENS} <= set(m.student_other.tolist())
-    assert len(m.student) + len(m.student_other) == len(B) and len(m.teacher) + len(m.teacher_other) == len(A)
+def test_next_byte_classes_are_each_ids_first_byte():
+    m = next_byte_classes(B, A)  # student B, teacher A
+    va, vb = A.get_vocab(), B.get_vocab()
+    assert m.student.shape == (len(B),) and m.teacher.shape == (len(A),)
+    assert m.teacher[va["5"]] == m.student[vb["5"]] == m.student[vb["5;"]] == ord("5")
+    assert m.student[vb["▁qu"]] == m.teacher[va["Ġ"]] == ord(" ")  # ▁ and Ġ both write a space
+    assert m.student[vb["<0xC3>"]] == m.teacher[va["Ã"]] == 0xC3  # a lone high byte, fallback spelling
+    assert m.teacher[va["<|im_start|>"]] == m.student[vb["<|end|>"]] == ord("<")  # specials: their literal text
+    # both sides cover every byte (byte-level / byte fallback), so no byte class is one-sided
+    assert set(m.student.tolist()) == set(m.teacher.tolist()) == set(range(256))
 
 
-def test_map_is_cached():
-    assert vocab_agreement(B, A) is vocab_agreement(B, A)
+def test_a_byte_only_one_side_starts_with_joins_other():
+    vocab = {"<unk>": 0, "a": 1, "b": 2, "ab": 3}  # no byte fallback: starts with a or b only
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    narrow = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")))
+    m = next_byte_classes(narrow, A)
+    assert m.student.tolist() == [ord("<"), ord("a"), ord("b"), ord("a")]
+    assert m.teacher[A.get_vocab()["c"]] == OTHER and m.teacher[A.get_vocab()["a"]] == ord("a")
+
+
+def test_classes_are_cached():
+    assert next_byte_classes(B, A) is next_byte_classes(B, A)

@@ -107,9 +107,14 @@ def reference_sorted_l1(p, q, top_k=None):
     return (p - q).abs().sum(-1)
 
 
-def reference_cross_tokenizer(h_s, w_s, h_t, w_t, index, targets, s, mode, top_k, vocab_map, normalizer,
+def reference_class_sums(p, classes, width=257):
+    """[n, V] probabilities → [n, width]: the sum of p over the ids of each class (a one-hot matmul)."""
+    return p @ torch.nn.functional.one_hot(classes[: p.shape[1]], width).to(p.dtype)
+
+
+def reference_cross_tokenizer(h_s, w_s, h_t, w_t, index, targets, s, mode, top_k, byte_classes, normalizer,
                               student_vocab=None, teacher_vocab=None):
-    """ULD / hybrid + CE on full float64 logits: (objective, exact, uld, ce), each divided by N.
+    """ULD / hybrid + CE on full float64 logits: (objective, next_byte, uld, ce), each divided by N.
 
     Student row i is compared with teacher row index[i] (−1: CE only)."""
     zs = logits(h_s, w_s, vocab=student_vocab)
@@ -117,14 +122,12 @@ def reference_cross_tokenizer(h_s, w_s, h_t, w_t, index, targets, s, mode, top_k
     aligned = index >= 0
     q = torch.softmax(zs / s.temperature, -1)[aligned]
     p = torch.softmax(zt / s.temperature, -1)[index[aligned]]
+    uld = reference_sorted_l1(p, q, top_k).sum()
     if mode == "uld":
-        exact = zs.new_zeros(())
-        uld = reference_sorted_l1(p, q, top_k).sum()
+        next_byte = zs.new_zeros(())
     else:
-        pm, qm = p[:, vocab_map.teacher], q[:, vocab_map.student]
-        pm = torch.cat([pm, 1 - pm.sum(-1, keepdim=True)], -1)
-        qm = torch.cat([qm, 1 - qm.sum(-1, keepdim=True)], -1)
-        exact = reference_divergence(pm, qm, s.divergence, s.beta, s.skew).sum()
-        uld = reference_sorted_l1(p[:, vocab_map.teacher_other], q[:, vocab_map.student_other], top_k).sum()
-    objective, _, ce = _assemble(exact + uld, zs, targets, s, normalizer)
-    return objective, exact / normalizer, uld / normalizer, ce
+        pb = reference_class_sums(p, byte_classes.teacher)
+        qb = reference_class_sums(q, byte_classes.student)
+        next_byte = reference_divergence(pb, qb, s.divergence, s.beta, s.skew).sum()
+    objective, _, ce = _assemble(next_byte + uld, zs, targets, s, normalizer)
+    return objective, next_byte / normalizer, uld / normalizer, ce
