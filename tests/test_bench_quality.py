@@ -129,6 +129,35 @@ def test_one_student_init_per_size_and_tokenizer(tmp_path):
     assert recipes["uld_hybrid"]["distill"]["teacher"] == str(sh.teacher)
 
 
+def test_students_of_one_tokenizer_and_data_share_one_tokenisation(tmp_path):
+    """Axolotl's prepared-dataset key (its own hash function, on the recipe and the tokenizer's
+    name_or_path as loaded from ``tokenizer_config``) is one for every seed's SFT and logit-KD students
+    (same tokenizer, same data), and differs for the tokenizer-B student and for seq_kd's data file;
+    the shared tokenizer folder holds the tokenizer of the seed's init."""
+    from axolotl.utils.data.shared import generate_dataset_hash_from_config
+    from axolotl.utils.dict import DictDefault
+    from transformers import AutoTokenizer
+
+    sh = Shared(tmp_path / "shared")
+    recipes = {}
+    for seed in (1, 2):
+        runs = student_runs(tmp_path, sh, {m: (m, QUICK) for m in ("sft", "fkl", "seq_kd", "sft_b")}, seed)
+        recipes.update({name: DictDefault(yaml.safe_load(recipe.read_text())) for name, (_, recipe, _) in runs.items()})
+
+    def prepared(cfg) -> Path:
+        tok = AutoTokenizer.from_pretrained(cfg.tokenizer_config)
+        return Path(cfg.dataset_prepared_path) / generate_dataset_hash_from_config(cfg, cfg.datasets, tok.name_or_path)
+
+    paths = {name: prepared(cfg) for name, cfg in recipes.items()}
+    assert paths["s1_sft"] == paths["s2_sft"] == paths["s1_fkl"] == paths["s2_fkl"]
+    assert len({paths["s1_sft"], paths["s1_sft_b"], paths["s1_seq_kd"]}) == 3
+    assert paths["s1_sft_b"] == paths["s2_sft_b"] and paths["s1_seq_kd"] == paths["s2_seq_kd"]
+    assert recipes["s1_sft"].base_model != recipes["s2_sft"].base_model  # per-seed inits, one tokenisation
+    for name in ("s1_sft", "s2_sft_b"):
+        shared, own = (AutoTokenizer.from_pretrained(recipes[name][k]) for k in ("tokenizer_config", "base_model"))
+        assert shared.get_vocab() == own.get_vocab() and shared.chat_template == own.chat_template
+
+
 @pytest.mark.parametrize("name", list(TOKENIZERS))
 def test_generation_prompt_is_a_prefix_of_the_trained_tokens(name):
     """Exact match generates from the prompt's ids; they must be the ids Axolotl trains on (the whole
@@ -219,9 +248,13 @@ def check_quick_output(out: Path, output: str) -> None:
     capture = (out / "shared" / "topk" / "distill-data.log").read_text()
     n_train = len((out / "shared" / "data" / "train.jsonl").read_text().splitlines())
     assert re.search(rf"captured {n_train} rows \(0 already stored\)", capture), capture[-2000:]
+    logged = {name: (out / "logs" / f"s1_{name}.log").read_text() for name in ("sft", "topk")}
     for name in ("sft", "topk"):
-        logged = (out / "logs" / f"s1_{name}.log").read_text()
-        assert len(re.findall(r"\{'loss': ", logged)) == QUICK.student_steps, name
+        assert len(re.findall(r"\{'loss': ", logged[name])) == QUICK.student_steps, name
+    # One tokenisation for both (same tokenizer and data, trained at once): one student prepared it
+    # under Axolotl's lock, the other loaded it.
+    assert sorted("Loading prepared dataset from disk" in text for text in logged.values()) == [False, True]
+    assert sum("Unable to find prepared dataset" in text for text in logged.values()) == 1
     # The offline student trained on the store: its KD term is logged at every step.
     assert len(re.findall(r"'kd_loss': '?[\d.]+", (out / "logs" / "s1_topk.log").read_text())) == QUICK.student_steps
 

@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run import SUBPROCESS_ENV
+from .run import SUBPROCESS_ENV, thread_env
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class Shared:
 
     root: Path
     device: str = "cpu"
+    # Torch threads of each ``distill-data`` subprocess: OpenMP workers spin-wait, so 2 threads on a
+    # 2-core machine with anything else running generate >10x slower than 1 (measured: the teacher
+    # sampling 256 prompts x 2 took 50 CPU-s / 75 s wall with 2 threads, 3.2 CPU-s / 4.7 s with 1).
+    threads: int = 1
 
     @property
     def teacher(self) -> Path:
@@ -118,13 +122,14 @@ class Method:
     in_table: bool = True
 
 
-def distill_data(*args: str, cwd: Path) -> None:
-    """``distill-data ARGS`` in a subprocess; its output goes to ``cwd/distill-data.log``."""
+def distill_data(*args: str, cwd: Path, threads: int = 1) -> None:
+    """``distill-data ARGS`` in a subprocess with ``threads`` torch threads; its output goes to
+    ``cwd/distill-data.log``."""
     cmd = [sys.executable, "-m", "data_prep.cli", *args]
     with (cwd / "distill-data.log").open("a") as log:
         log.write(f"$ distill-data {' '.join(args)}\n")
         log.flush()
-        proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **SUBPROCESS_ENV},
+        proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **SUBPROCESS_ENV, **thread_env(threads)},
                               stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode:
         tail = (cwd / "distill-data.log").read_text(errors="replace")[-3000:]
@@ -146,13 +151,13 @@ def teacher_trajectories(sh: Shared, s) -> None:
     distill_data("generate", str(prompts), "-o", "gen", "--model", str(sh.teacher), "--backend", "hf",
                  "-n", str(s.seqkd_samples), "--temperature", str(s.seqkd_temperature), "--top-p", "1.0",
                  "--max-tokens", str(max_tokens), "--seed", "0", "--suffix", "", "--batch-size", "64",
-                 "--chunk-size", "256", cwd=work)
+                 "--chunk-size", "256", cwd=work, threads=sh.threads)
     # A generous per-item limit: a worker's first math-verify call warms its parser, slow on a loaded machine.
-    distill_data("verify", "gen", "-o", "ver", "--task", "math", "--workers", "1", "--timeout", "120", cwd=work)
+    distill_data("verify", "gen", "-o", "ver", "--task", "math", "--workers", "1", "--timeout", "120", cwd=work, threads=sh.threads)
     keep = ["--keep-incorrect"] if s.seqkd_keep_incorrect else []
-    distill_data("filter", "ver", "-o", "kept", "--no-dedup", *keep, cwd=work)
+    distill_data("filter", "ver", "-o", "kept", "--no-dedup", *keep, cwd=work, threads=sh.threads)
     distill_data("export", "kept", "-o", "train.jsonl", "--select", "first" if keep else "first_correct",
-                 "--check-template", str(sh.tokenizer), cwd=work)
+                 "--check-template", str(sh.tokenizer), cwd=work, threads=sh.threads)
     if not (work / "train.jsonl").read_text().strip():
         raise RuntimeError(f"seq_kd: the teacher produced no kept trajectory (see {work / 'kept'}); train it longer")
 
@@ -167,7 +172,7 @@ def topk_store(sh: Shared, s) -> None:
                             output_dir=work / "unused", prepared=work / "prepared",
                             distill={"teacher_logits": str(work / "store")})
     distill_data("logits", "--config", str(recipe), "--teacher", str(sh.teacher), "-o", "store",
-                 "--top-k", str(s.top_k), "--batch-size", "64", "--device", sh.device, cwd=work)
+                 "--top-k", str(s.top_k), "--batch-size", "64", "--device", sh.device, cwd=work, threads=sh.threads)
 
 
 def sampled_answer_budget(s) -> int:
@@ -235,10 +240,13 @@ METHODS: dict[str, Method] = {
 }
 
 
-def prepare_all(sh: Shared, s, names: list[str], console) -> dict[str, float]:
+def prepare_all(sh: Shared, s, names: list[str], console, jobs: int = 1) -> dict[str, float]:
     """Run each method's ``prepare`` once (skipped when ``OUT/shared/<name>/done.json`` holds the same
-    settings); returns the seconds each took when it was built."""
-    seconds = {}
+    settings), ``jobs`` at a time (each runs its own ``distill-data`` subprocesses with ``sh.threads``
+    threads); returns the seconds each took when it was built."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seconds, todo = {}, []
     for name in names:
         method = METHODS[name]
         if method.prepare is None:
@@ -252,10 +260,18 @@ def prepare_all(sh: Shared, s, names: list[str], console) -> dict[str, float]:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        with console.status(f"preparing {name} ({method.prepare.__name__})"):
-            start = time.perf_counter()
-            method.prepare(sh, s)
-            seconds[name] = time.perf_counter() - start
-        done.write_text(json.dumps({"settings": key, "seconds": seconds[name]}))
-        console.print(f"{name}: prepared in {seconds[name]:.0f}s -> {work}")
+        todo.append((name, key))
+
+    def build(name: str, key: dict) -> None:
+        start = time.perf_counter()
+        METHODS[name].prepare(sh, s)
+        seconds[name] = time.perf_counter() - start
+        (sh.work(name) / "done.json").write_text(json.dumps({"settings": key, "seconds": seconds[name]}))
+        console.print(f"{name}: prepared in {seconds[name]:.0f}s -> {sh.work(name)}")
+
+    if todo:
+        with console.status(f"preparing {', '.join(name for name, _ in todo)}"), \
+                ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for future in [pool.submit(build, name, key) for name, key in todo]:
+                future.result()
     return seconds

@@ -8,7 +8,8 @@
 2. Per seed ``N`` (``OUT/seed_N``): a student init per (size, student tokenizer) (random, seeded by
    ``N``) and one recipe per method (``recipe.student_recipe``: same init, data budget, steps, batch,
    lr and Axolotl seed ``N``; only the data file and the ``distill:`` block differ); all recipes of all
-   seeds run through ``python -m axolotl.cli.train``, ``jobs`` at a time.
+   seeds run through ``python -m axolotl.cli.train``, ``jobs`` at a time, in one queue. Students of
+   one tokenizer and data file share one tokenisation (``OUT/prepared``, ``shared_preparation``).
 3. Every student and the teacher are scored on the held-out split (``valid`` when tuning), each with
    its own tokenizer and chat template: greedy exact match of the integer after ``</think>``, CE on
    the ground-truth assistant tokens and token-mean KL(teacher ‖ student) (T = 1; only for students on
@@ -157,7 +158,9 @@ def build_shared(sh: Shared, s: Settings, console) -> dict:
 
 def student_runs(out: Path, sh: Shared, rows: dict[str, tuple[str, Settings]], seed: int) -> dict:
     """Write the seed's student inits (one per size and student tokenizer, the same for every row that
-    shares them) and one recipe per row; returns ``{run: (row, recipe, steps)}``."""
+    shares them) and one recipe per row; returns ``{run: (row, recipe, steps)}``. Every recipe names
+    its tokenizer's folder (``student_tokenizer``) and ``OUT/prepared``: one tokenised dataset per
+    (tokenizer, data file), shared by every seed and row (``shared_preparation``)."""
     from ..testing.tiny import build_model
 
     runs = {}
@@ -172,9 +175,30 @@ def student_runs(out: Path, sh: Shared, rows: dict[str, tuple[str, Settings]], s
                         num_heads=4, seed=seed, architecture=vocab.architecture)
         s = replace(s, seed=seed)
         recipe = student_recipe(sdir / "recipes" / f"{row}.yml", s, base_model=init, data=m.data(sh),
-                                output_dir=sdir / row, prepared=sdir / "prepared" / row, distill=m.distill(sh, s))
+                                output_dir=sdir / row, prepared=out / "prepared", distill=m.distill(sh, s),
+                                tokenizer=student_tokenizer(out, m.tokenizer))
         runs[f"s{seed}_{row}"] = (row, recipe, s.student_steps)
     return runs
+
+
+def student_tokenizer(out: Path, key: str) -> Path:
+    """``OUT/tokenizers/<key>``: tokenizer ``key`` of ``methods.TOKENIZERS`` (the one the seeds' inits
+    hold), saved once per run. Axolotl keys a prepared dataset on the tokenizer's *path*
+    (``generate_dataset_hash_from_config``), so naming this folder rather than each seed's init lets
+    every student of one tokenizer and data file load one tokenisation."""
+    path = out / "tokenizers" / key
+    if not path.exists():
+        TOKENIZERS[key].build().save_pretrained(str(path))
+    return path
+
+
+def shared_preparation(out: Path) -> None:
+    """Empty ``OUT/prepared`` and ``OUT/tokenizers`` at the start of a run: the hash does not cover the
+    tokenizer's contents, so a tokenisation is never reused across runs. Within a run the first student
+    of a (tokenizer, data) tokenises and saves it under Axolotl's file lock on ``dataset_prepared_path``
+    (``axolotl/utils/data/lock.py``); a student started beside it waits for the lock, then loads it."""
+    for name in ("prepared", "tokenizers"):
+        fresh(out / name).mkdir(parents=True)
 
 
 TEACHER_TOKENIZER = "a"  # the shared teacher's (Shared.tokenizer)
@@ -306,9 +330,10 @@ def claim(out: Path) -> Path:
 
 def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: list[int], split: str = "heldout",
         jobs: int = 2, threads: int = 1, device: str = "cpu", stem: str = "results", console=None) -> dict:
-    """The benchmark (module docstring); ``rows`` maps a row name to (method, its settings). Seeds run
-    one after another (their rows ``jobs`` at a time); the results so far are written after each to
-    ``OUT/<stem>.json`` and ``.md``."""
+    """The benchmark (module docstring); ``rows`` maps a row name to (method, its settings). The
+    students of every seed form one queue (seed by seed, ``jobs`` at a time, so no slot idles at a
+    seed's end); each is scored as it ends, beside the runs still going (one thread), and the results
+    so far are written to ``OUT/<stem>.json`` and ``.md`` whenever a seed is complete."""
     import torch
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -320,11 +345,11 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
     t0 = time.perf_counter()
     baselines = baseline_rows(rows)  # before any work: a row without its baseline is refused
     out = claim(out)
-    sh = Shared(out / "shared", device)
+    sh = Shared(out / "shared", device, threads)
     console.rule("[bold]1. shared: data, teacher, method preparation")
     built = build_shared(sh, s, console)
     methods = sorted({m for m, _ in rows.values()})
-    prep = prepare_all(sh, s, methods, console)
+    prep = prepare_all(sh, s, methods, console, jobs=jobs)
     scorer = Scorer(sh, split)
     with console.status(f"evaluating the teacher on the {split} split"):
         teacher = scorer.score()
@@ -336,31 +361,47 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
                         "baseline": baselines[name], "settings": asdict(rs)} for name, (m, rs) in rows.items()},
         "teacher": teacher, "teacher_seconds": built["teacher_seconds"], "prepare_seconds": prep, "runs": [],
     }
+    torch.set_num_threads(max(1, threads))  # from here on, scoring runs beside `jobs` students
+    shared_preparation(out)
+    runs, seed_of = {}, {}
+    for seed in seeds:
+        for name, spec in student_runs(out, sh, rows, seed).items():
+            runs[name], seed_of[name] = spec, seed
+    pending = {seed: {name for name in runs if seed_of[name] == seed} for seed in seeds}
+
+    def score(name: str, seconds: float) -> None:
+        """Score a student as soon as it ends; when its seed is complete, write the results so far."""
+        seed, row = seed_of[name], runs[name][0]
+        tokenizer = METHODS[rows[row][0]].tokenizer
+        scores = scorer.score(out / f"seed_{seed}" / row, tokenizer)
+        assert all(math.isfinite(scores[k]) for k in ("exact_match", "heldout_ce")), scores
+        assert (scores["kl_to_teacher"] is None) == (tokenizer != TEACHER_TOKENIZER), scores
+        assert scores["kl_to_teacher"] is None or math.isfinite(scores["kl_to_teacher"]), scores
+        console.print(f"{name}: exact match {100 * scores['exact_match']:.1f}% ({seconds:.0f}s)")
+        results["runs"].append({"seed": seed, "row": row, "tokenizer": tokenizer, **scores,
+                                "train_seconds": round(seconds, 1)})
+        pending[seed].discard(name)
+        if not pending[seed]:
+            write_seed(seed)
+
+    def write_seed(seed: int) -> None:
+        results["seeds"] = [x for x in seeds if x in results["seeds"] or x == seed]
+        results["runs"].sort(key=lambda r: (seeds.index(r["seed"]), list(rows).index(r["row"])))
+        results["summary"] = summarise(teacher, results["runs"], list(rows), baselines)
+        results["student_params"] = {r["tokenizer"]: r["params"] for r in results["runs"]}
+        results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+        (out / f"{stem}.md").write_text(markdown(results))
+
     with ExitStack() as stack:
         for method in methods:
             if METHODS[method].around is not None:
                 stack.enter_context(METHODS[method].around(sh, s))
-        for i, seed in enumerate(seeds):
-            console.rule(f"[bold]2. seed {seed} ({i + 1} of {len(seeds)}): {len(rows)} students through axolotl.cli.train")
-            runs = student_runs(out, sh, rows, seed)
-            seconds = train_students(out, {k: v[1] for k, v in runs.items()}, {k: v[2] for k, v in runs.items()},
-                                     threads, console, jobs=jobs,
-                                     env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
-            for name, (row, _, _) in runs.items():
-                tokenizer = METHODS[rows[row][0]].tokenizer
-                with console.status(f"evaluating {name}"):
-                    scores = scorer.score(out / f"seed_{seed}" / row, tokenizer)
-                assert all(math.isfinite(scores[k]) for k in ("exact_match", "heldout_ce")), scores
-                assert (scores["kl_to_teacher"] is None) == (tokenizer != TEACHER_TOKENIZER), scores
-                assert scores["kl_to_teacher"] is None or math.isfinite(scores["kl_to_teacher"]), scores
-                results["runs"].append({"seed": seed, "row": row, "tokenizer": tokenizer, **scores,
-                                        "train_seconds": round(seconds[name], 1)})
-            results["seeds"].append(seed)
-            results["summary"] = summarise(teacher, results["runs"], list(rows), baselines)
-            results["student_params"] = {r["tokenizer"]: r["params"] for r in results["runs"]}
-            results["wall_seconds"] = round(time.perf_counter() - t0, 1)
-            (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
-            (out / f"{stem}.md").write_text(markdown(results))
+        console.rule(f"[bold]2. {len(seeds)} seed(s) × {len(rows)} students through axolotl.cli.train, "
+                     f"{jobs} at a time, one queue")
+        train_students(out, {k: v[1] for k, v in runs.items()}, {k: v[2] for k, v in runs.items()}, threads,
+                       console, jobs=jobs, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None,
+                       on_done=score)
     console.print(markdown(results), markup=False)  # row names hold [brackets]
     console.print(f"results -> {out / (stem + '.md')}, {out / (stem + '.json')}")
     return results

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -82,49 +83,67 @@ def write_data(out: Path, s: Settings) -> tuple[list[dict], list[dict]]:
     return train, heldout
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that caps a subprocess's torch (OpenMP / MKL) threads."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 LOSS_LINE = re.compile(r"\{'loss': ")
 
 
 def train_students(out: Path, recipes: dict[str, Path], steps: int | dict[str, int], threads: int, console,
-                   jobs: int | None = None, env: dict | None = None) -> dict[str, float]:
-    """Run the recipes through ``axolotl.cli.train``, at most ``jobs`` at once (default: all), with a
-    progress bar per run (``steps``: its max_steps, one for all or per recipe) read from its log
-    (``out/logs/<name>.log``); returns each run's wall seconds."""
+                   jobs: int | None = None, env: dict | None = None,
+                   on_done: Callable[[str, float], None] | None = None) -> dict[str, float]:
+    """Run the recipes through ``axolotl.cli.train``, at most ``jobs`` at once (default: all), in the
+    order given, with a progress bar per run (``steps``: its max_steps, one for all or per recipe) read
+    from its log (``out/logs/<name>.log``); returns each run's wall seconds. ``on_done(name, seconds)``
+    is called for each run that ends, after the next runs have been started (so it works beside them)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    env = {**os.environ, **SUBPROCESS_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           **(env or {})}
+    env = {**os.environ, **SUBPROCESS_ENV, **thread_env(threads), **(env or {})}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     waiting, procs, logs, started, seconds = list(recipes), {}, {}, {}, {}
     jobs = jobs or len(recipes)
     steps = steps if isinstance(steps, dict) else dict.fromkeys(recipes, steps)
+
+    def launch() -> None:
+        while waiting and len(procs) < jobs:
+            name = waiting.pop(0)
+            logs[name] = out / "logs" / f"{name}.log"
+            started[name] = time.perf_counter()
+            with logs[name].open("w") as handle:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "axolotl.cli.train", str(recipes[name])],
+                    cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                )
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         tasks = {name: progress.add_task(f"axolotl.cli.train {name.upper():>3}", total=steps[name]) for name in recipes}
-        while waiting or procs:
-            while waiting and len(procs) < jobs:
-                name = waiting.pop(0)
-                logs[name] = out / "logs" / f"{name}.log"
-                started[name] = time.perf_counter()
-                with logs[name].open("w") as handle:
-                    procs[name] = subprocess.Popen(
-                        [sys.executable, "-m", "axolotl.cli.train", str(recipes[name])],
-                        cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                    )
-            time.sleep(1.0)
-            for name in list(procs):
-                done = len(LOSS_LINE.findall(logs[name].read_text(errors="replace")))
-                progress.update(tasks[name], completed=min(done, steps[name]))
-                code = procs[name].poll()
-                if code is None:
-                    continue
-                seconds[name] = time.perf_counter() - started[name]
-                del procs[name]
-                if code != 0:
-                    for other in procs.values():
-                        other.terminate()
-                    tail = logs[name].read_text(errors="replace")[-4000:]
-                    raise RuntimeError(f"axolotl.cli.train {name} failed ({code}); log {logs[name]}:\n{tail}")
+        try:
+            while waiting or procs:
+                launch()
+                time.sleep(1.0)
+                ended = []
+                for name in list(procs):
+                    done = len(LOSS_LINE.findall(logs[name].read_text(errors="replace")))
+                    progress.update(tasks[name], completed=min(done, steps[name]))
+                    code = procs[name].poll()
+                    if code is None:
+                        continue
+                    seconds[name] = time.perf_counter() - started[name]
+                    del procs[name]
+                    if code != 0:
+                        tail = logs[name].read_text(errors="replace")[-4000:]
+                        raise RuntimeError(f"axolotl.cli.train {name} failed ({code}); log {logs[name]}:\n{tail}")
+                    ended.append(name)
+                if on_done is not None and ended:
+                    launch()
+                    for name in ended:
+                        on_done(name, seconds[name])
+        finally:  # an error here or in on_done: stop the runs still going
+            for proc in procs.values():
+                proc.terminate()
     return seconds
 
 
