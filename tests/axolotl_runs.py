@@ -100,17 +100,19 @@ def run_axolotl_train_two_processes(recipe: Path, cwd: Path, timeout: int = 600,
 def assert_two_processes_match_one(make_recipe, cwd: Path, keys=("loss", "grad_norm", "kd_loss", "ce_loss")):
     """Same global batch (4 = 1×4 = 2×2), sequential sampling: same logged values per step.
 
-    ``make_recipe(name, **overrides)`` writes a recipe whose outputs go under ``name``.
+    ``make_recipe(name, **overrides)`` writes a recipe whose outputs go under ``name`` ("one", "two");
+    returns the two-process run's output.
     """
     import pytest
 
     common = dict(max_steps=4, curriculum_sampling=True, save_steps=1000)
     _, logs_one = run_axolotl_train(make_recipe("one", micro_batch_size=4, **common), cwd)
-    _, logs_two = run_axolotl_train_two_processes(make_recipe("two", micro_batch_size=2, **common), cwd)
+    output, logs_two = run_axolotl_train_two_processes(make_recipe("two", micro_batch_size=2, **common), cwd)
     assert len(logs_one) == len(logs_two) == 4
     for a, b in zip(logs_one, logs_two):
         for key in keys:
             assert b[key] == pytest.approx(a[key], rel=2e-3), (key, a, b)
+    return output
 
 
 def parse_logs(output: str) -> list[dict]:

@@ -119,20 +119,44 @@ def test_cli_train_stops_before_data_and_model(tmp_path, tiny_pair, arithmetic_d
     print(f"failed after {time.monotonic() - start:.1f} s")
 
 
-@pytest.mark.parametrize("key", ["distil", "distillation"])
-def test_cli_train_refuses_misspelt_block(tmp_path, tiny_pair, arithmetic_data, key):
-    """Regression: `distil:` (one l) used to train plain SFT and exit 0."""
+def misspelt(path, key):
+    """The recipe at ``path`` with its ``distill:`` block renamed ``key``."""
     import yaml
 
-    path = recipe(tmp_path, tiny_pair, arithmetic_data)
     cfg = yaml.safe_load(path.read_text())
     cfg[key] = cfg.pop("distill")
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_train_refuses_misspelt_block(tmp_path, tiny_pair, arithmetic_data):
+    """Regression: `distil:` (one l) used to train plain SFT and exit 0. The user's view, through the CLI."""
+    path = misspelt(recipe(tmp_path, tiny_pair, arithmetic_data), "distil")
     proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=tmp_path, env=SUBPROCESS_ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"has `{key}:` — did you mean `distill:`?" in proc.stderr
+    assert "has `distil:` — did you mean `distill:`?" in proc.stderr
     assert not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.parametrize("key", ["distil", "distillation"])
+def test_misspelt_block_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys, key):
+    line = preflight(misspelt(recipe(tmp_path, tiny_pair, arithmetic_data), key), capsys)
+    assert f"has `{key}:` — did you mean `distill:`?" in line
+
+
+def test_on_policy_with_sample_packing_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys):
+    """Sampled completions need one prompt per row: the GKD recipe's twin with packing is refused."""
+    teacher, student = tiny_pair
+
+    def gkd(packing):
+        return twin_of("gkd_on_policy.yml", tmp_path / f"gkd_{packing}.yml", student, arithmetic_data, teacher=teacher,
+                       output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
+                       sample_packing=packing)
+
+    line = preflight(gkd(True), capsys)
+    assert line.startswith("distill_plugin: error: `sample_packing: true` with distill.on_policy_fraction"), line
+    assert preflight(gkd(False), capsys) is None  # the packing, nothing else in the twin, is refused
 
 
 KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
