@@ -78,6 +78,26 @@ def twin_of(recipe: str, dst: Path, student, data, teacher=None, teacher_logits=
     return write_recipe(dst, dst, **overrides)
 
 
+def preflight(path, capsys) -> str | None:
+    """In-process, what ``axolotl.cli.train`` does before it tokenises the data or loads a model: Axolotl's
+    config loader (``load_cfg``: the plugin's ``register``, the validation) and the pre-data hook
+    (``PluginManager.load_datasets``). Returns the plugin's one-line error (the CLI exits 2 with it:
+    ``tests/test_preflight.py`` runs it once), or None when the config passes. ``capsys``: pytest's."""
+    from axolotl.cli.config import load_cfg
+    from axolotl.integrations.base import PluginManager
+
+    try:
+        cfg = load_cfg(str(path))
+        assert PluginManager.get_instance().load_datasets(cfg) is None  # Axolotl still loads the data
+    except SystemExit as exit_:
+        assert exit_.code == 2
+        # (Axolotl's log handlers, set up by an earlier test, may also write here: look for ours.)
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill_plugin: error:")]
+        assert len(lines) == 1, lines
+        return lines[0]
+    return None
+
+
 def run_axolotl_train(recipe: Path, cwd: Path, launcher: list[str] | None = None, timeout: int = 600, env: dict | None = None):
     """Run ``axolotl.cli.train`` in a subprocess; return (stdout+stderr, parsed train-step logs)."""
     cmd = (launcher or [sys.executable]) + ["-m", "axolotl.cli.train", str(recipe)]

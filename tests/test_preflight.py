@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from axolotl_runs import SUBPROCESS_ENV, twin_of
+from axolotl_runs import SUBPROCESS_ENV, preflight, twin_of
 
 OFFLINE = {"teacher": None, "teacher_dtype": None}  # drop the online teacher and its online-only dtype
 
@@ -25,23 +25,6 @@ def recipe(tmp_path, tiny_pair, data, **overrides):
     return twin_of("logit_kd_qwen2_1p5b.yml", tmp_path / "recipe.yml", student, data, teacher=teacher,
                    output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
                    distill=distill, **overrides)
-
-
-def preflight(path, capsys) -> str | None:
-    """Run the loader and the pre-data hook; the plugin's one-line error, or None when it passes."""
-    from axolotl.cli.config import load_cfg
-    from axolotl.integrations.base import PluginManager
-
-    try:
-        cfg = load_cfg(str(path))
-        assert PluginManager.get_instance().load_datasets(cfg) is None  # Axolotl still loads the data
-    except SystemExit as exit_:
-        assert exit_.code == 2
-        # (Axolotl's log handlers, set up by an earlier test, may also write here: look for ours.)
-        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill_plugin: error:")]
-        assert len(lines) == 1, lines
-        return lines[0]
-    return None
 
 
 def test_good_config_passes(tmp_path, tiny_pair, arithmetic_data, capsys):
