@@ -88,20 +88,6 @@ def test_store_with_ids_beyond_the_student_is_refused(tmp_path, tiny_pair, arith
     assert preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(store)}), capsys) is None
 
 
-def test_cli_train_stops_before_data_and_model(tmp_path, tiny_pair, arithmetic_data):
-    """The user's view: `axolotl.cli.train` exits 2 with one line naming the key, before tokenising."""
-    path = recipe(tmp_path, tiny_pair, arithmetic_data, distill={"teacher": str(tmp_path / "missing_teacher")})
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=tmp_path, env=SUBPROCESS_ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("distill_plugin: error:")]
-    assert errors == [f"distill_plugin: error: distill.teacher: no such directory {str(tmp_path / 'missing_teacher')!r}"]
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "prepared").exists()  # the data was never tokenised, the student never loaded
-    print(f"failed after {time.monotonic() - start:.1f} s")
-
-
 def misspelt(path, key):
     """The recipe at ``path`` with its ``distill:`` block renamed ``key``."""
     import yaml
@@ -112,14 +98,43 @@ def misspelt(path, key):
     return path
 
 
-def test_cli_train_refuses_misspelt_block(tmp_path, tiny_pair, arithmetic_data):
-    """Regression: `distil:` (one l) used to train plain SFT and exit 0. The user's view, through the CLI."""
-    path = misspelt(recipe(tmp_path, tiny_pair, arithmetic_data), "distil")
-    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=tmp_path, env=SUBPROCESS_ENV,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, tiny_pair, arithmetic_data) -> dict:
+    """The user's view: ``axolotl.cli.train`` on a missing teacher and on a misspelt block. Both processes
+    start at once (each is mostly Axolotl's import time on one core); name → (its directory, the
+    finished process with ``returncode`` and ``stderr``, seconds until it exited)."""
+    dirs = {name: tmp_path_factory.mktemp(name) for name in ("missing", "misspelt")}
+    paths = {"missing": recipe(dirs["missing"], tiny_pair, arithmetic_data,
+                               distill={"teacher": str(dirs["missing"] / "missing_teacher")}),
+             "misspelt": misspelt(recipe(dirs["misspelt"], tiny_pair, arithmetic_data), "distil")}
+    start = time.monotonic()
+    procs = {name: subprocess.Popen([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=dirs[name],
+                                    env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name, path in paths.items()}
+    runs = {}
+    for name, proc in procs.items():
+        _, proc.stderr = proc.communicate(timeout=300)
+        runs[name] = (dirs[name], proc, time.monotonic() - start)
+    return runs
+
+
+def test_cli_train_stops_before_data_and_model(cli_runs):
+    """`axolotl.cli.train` exits 2 with one line naming the key, before tokenising."""
+    root, proc, seconds = cli_runs["missing"]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("distill_plugin: error:")]
+    assert errors == [f"distill_plugin: error: distill.teacher: no such directory {str(root / 'missing_teacher')!r}"]
+    assert "Traceback" not in proc.stderr
+    assert not (root / "prepared").exists()  # the data was never tokenised, the student never loaded
+    print(f"failed after {seconds:.1f} s")
+
+
+def test_cli_train_refuses_misspelt_block(cli_runs):
+    """Regression: `distil:` (one l) used to train plain SFT and exit 0."""
+    root, proc, _ = cli_runs["misspelt"]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "has `distil:` — did you mean `distill:`?" in proc.stderr
-    assert not (tmp_path / "prepared").exists()
+    assert not (root / "prepared").exists()
 
 
 @pytest.mark.parametrize("key", ["distil", "distillation"])
