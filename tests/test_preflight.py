@@ -69,6 +69,18 @@ def test_missing_offline_store(tmp_path, tiny_pair, arithmetic_data, capsys):
     assert "distill.teacher_logits: no offline store" in line
 
 
+def test_store_from_another_chat_template_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys):
+    """Offline logits silently depend on the capture's tokenizer and template: we check them, at start-up."""
+    from distill_plugin.offline.capture import capture_teacher
+    from distill_plugin.testing.tiny import STRIPPING_CHAT_TEMPLATE, build_tokenizer
+
+    other_tok = build_tokenizer(chat_template=STRIPPING_CHAT_TEMPLATE)
+    capture_teacher(tiny_pair[0], tmp_path / "logits", data=arithmetic_data, tokenizer=other_tok, k=8, progress=False)
+    line = preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(tmp_path / "logits")}),
+                     capsys)
+    assert line.startswith("distill_plugin: error: distill.teacher_logits:") and "chat template hash" in line, line
+
+
 def test_store_with_ids_beyond_the_student_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys):
     """A store captured over 300 rows (a padded teacher, before capture cut them) cannot index a
     261-row student: refused at start-up, not with an index error mid-run."""
