@@ -12,6 +12,11 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# AXOLOTL_DATASET_NUM_PROC=1: Axolotl sizes its tokenisation workers and its sample-packing process
+# pool (``pack_parallel``, re-created each time the sampler packs) by the CPU count. On the tiny
+# datasets here the pools cost more than they save: one packing twin's run took 58 s → 39 s wall
+# (logit_kd_qwen2_1p5b) and 68 s → 57 s (hidden_state_kd) with one process, on 2 shared cores. One
+# process packs the same bins (the same groups, ``_process_group`` in turn) and tokenises the same rows.
 SUBPROCESS_ENV = {
     **os.environ,
     "HF_HUB_OFFLINE": "1",
@@ -19,6 +24,7 @@ SUBPROCESS_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "AXOLOTL_DO_NOT_TRACK": "1",
     "OMP_NUM_THREADS": "1",
+    "AXOLOTL_DATASET_NUM_PROC": "1",
 }
 
 
@@ -73,6 +79,26 @@ def twin_of(recipe: str, dst: Path, student, data, teacher=None, teacher_logits=
     return write_recipe(dst, dst, **overrides)
 
 
+def preflight(path, capsys) -> str | None:
+    """In-process, what ``axolotl.cli.train`` does before it tokenises the data or loads a model: Axolotl's
+    config loader (``load_cfg``: the plugin's ``register``, the validation) and the pre-data hook
+    (``PluginManager.load_datasets``). Returns the plugin's one-line error (the CLI exits 2 with it:
+    ``tests/test_preflight.py`` runs it once), or None when the config passes. ``capsys``: pytest's."""
+    from axolotl.cli.config import load_cfg
+    from axolotl.integrations.base import PluginManager
+
+    try:
+        cfg = load_cfg(str(path))
+        assert PluginManager.get_instance().load_datasets(cfg) is None  # Axolotl still loads the data
+    except SystemExit as exit_:
+        assert exit_.code == 2
+        # (Axolotl's log handlers, set up by an earlier test, may also write here: look for ours.)
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill_plugin: error:")]
+        assert len(lines) == 1, lines
+        return lines[0]
+    return None
+
+
 def run_axolotl_train(recipe: Path, cwd: Path, launcher: list[str] | None = None, timeout: int = 600, env: dict | None = None):
     """Run ``axolotl.cli.train`` in a subprocess; return (stdout+stderr, parsed train-step logs)."""
     cmd = (launcher or [sys.executable]) + ["-m", "axolotl.cli.train", str(recipe)]
@@ -95,17 +121,19 @@ def run_axolotl_train_two_processes(recipe: Path, cwd: Path, timeout: int = 600,
 def assert_two_processes_match_one(make_recipe, cwd: Path, keys=("loss", "grad_norm", "kd_loss", "ce_loss")):
     """Same global batch (4 = 1×4 = 2×2), sequential sampling: same logged values per step.
 
-    ``make_recipe(name, **overrides)`` writes a recipe whose outputs go under ``name``.
+    ``make_recipe(name, **overrides)`` writes a recipe whose outputs go under ``name`` ("one", "two");
+    returns the two-process run's output.
     """
     import pytest
 
     common = dict(max_steps=4, curriculum_sampling=True, save_steps=1000)
     _, logs_one = run_axolotl_train(make_recipe("one", micro_batch_size=4, **common), cwd)
-    _, logs_two = run_axolotl_train_two_processes(make_recipe("two", micro_batch_size=2, **common), cwd)
+    output, logs_two = run_axolotl_train_two_processes(make_recipe("two", micro_batch_size=2, **common), cwd)
     assert len(logs_one) == len(logs_two) == 4
     for a, b in zip(logs_one, logs_two):
         for key in keys:
             assert b[key] == pytest.approx(a[key], rel=2e-3), (key, a, b)
+    return output
 
 
 def parse_logs(output: str) -> list[dict]:

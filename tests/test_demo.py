@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {
     **os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "COLUMNS": "200",
+    "AXOLOTL_DATASET_NUM_PROC": "1",  # no tokenisation process pools on tiny data (tests/axolotl_runs.py)
 }
 
 

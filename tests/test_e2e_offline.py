@@ -71,19 +71,6 @@ def test_offline_topk_kd_tracks_online_kd(tmp_path, sharp_pair, arithmetic_data)
     assert before - after_offline >= 0.7 * (before - after_online)
 
 
-def test_mismatched_store_is_refused(tmp_path, sharp_pair, arithmetic_data):
-    """Offline logits silently depend on the capture's tokenizer and template: we check them."""
-    from distill_plugin.offline.capture import capture_teacher
-    from distill_plugin.testing.tiny import STRIPPING_CHAT_TEMPLATE
-
-    teacher, student = sharp_pair
-    other_tok = build_tokenizer(chat_template=STRIPPING_CHAT_TEMPLATE)
-    capture_teacher(teacher, tmp_path / "logits", data=arithmetic_data, tokenizer=other_tok, k=8, progress=False)
-    cfg = recipe(tmp_path, "mismatch", OFFLINE, student, arithmetic_data, teacher)
-    with pytest.raises(AssertionError, match="chat template hash"):
-        run_axolotl_train(cfg, cwd=tmp_path)
-
-
 def test_offline_with_sample_packing(tmp_path, sharp_pair, arithmetic_data):
     """The offline collator wraps Axolotl's packing collator: targets follow the packed examples."""
     from distill_plugin.offline.capture import capture_teacher

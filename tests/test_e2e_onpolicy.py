@@ -1,5 +1,6 @@
 """On-policy distillation (λ = 0.5) end to end through ``axolotl.cli.train``: full fine-tune under DDP
-(2 gloo processes), LoRA with gradient checkpointing in one process, and sample packing refused. The
+(2 gloo processes) and LoRA with gradient checkpointing in one process (sample packing is refused
+before any data or model loads: ``tests/test_preflight.py``, in-process). The
 one-process full fine-tune is the recipe's own twin (``tests/test_e2e_twins.py[gkd_on_policy.yml]``:
 the schedule's decisions, both kinds of step, every step's KD loss and gradient, the saved model
 reloaded; ``twin_runs.check_on_policy``, ``check_reload``)."""
@@ -58,16 +59,3 @@ def test_gkd_lora_with_gradient_checkpointing(tmp_path, tiny_pair, arithmetic_da
     _, logs = run_axolotl_train(recipe, cwd=tmp_path)
     assert_gkd_logs(logs)
     assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
-
-
-def test_sample_packing_is_refused(tmp_path, tiny_pair, arithmetic_data):
-    import subprocess
-    import sys
-
-    from axolotl_runs import SUBPROCESS_ENV
-
-    recipe = recipe_for(tmp_path, tiny_pair, arithmetic_data, "packed", sample_packing=True)
-    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(recipe)], cwd=tmp_path, env=SUBPROCESS_ENV,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2
-    assert "distill_plugin: error: `sample_packing: true` with distill.on_policy_fraction" in proc.stderr

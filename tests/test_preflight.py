@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from axolotl_runs import SUBPROCESS_ENV, twin_of
+from axolotl_runs import SUBPROCESS_ENV, preflight, twin_of
 
 OFFLINE = {"teacher": None, "teacher_dtype": None}  # drop the online teacher and its online-only dtype
 
@@ -25,23 +25,6 @@ def recipe(tmp_path, tiny_pair, data, **overrides):
     return twin_of("logit_kd_qwen2_1p5b.yml", tmp_path / "recipe.yml", student, data, teacher=teacher,
                    output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
                    distill=distill, **overrides)
-
-
-def preflight(path, capsys) -> str | None:
-    """Run the loader and the pre-data hook; the plugin's one-line error, or None when it passes."""
-    from axolotl.cli.config import load_cfg
-    from axolotl.integrations.base import PluginManager
-
-    try:
-        cfg = load_cfg(str(path))
-        assert PluginManager.get_instance().load_datasets(cfg) is None  # Axolotl still loads the data
-    except SystemExit as exit_:
-        assert exit_.code == 2
-        # (Axolotl's log handlers, set up by an earlier test, may also write here: look for ours.)
-        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill_plugin: error:")]
-        assert len(lines) == 1, lines
-        return lines[0]
-    return None
 
 
 def test_good_config_passes(tmp_path, tiny_pair, arithmetic_data, capsys):
@@ -86,6 +69,18 @@ def test_missing_offline_store(tmp_path, tiny_pair, arithmetic_data, capsys):
     assert "distill.teacher_logits: no offline store" in line
 
 
+def test_store_from_another_chat_template_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys):
+    """Offline logits silently depend on the capture's tokenizer and template: we check them, at start-up."""
+    from distill_plugin.offline.capture import capture_teacher
+    from distill_plugin.testing.tiny import STRIPPING_CHAT_TEMPLATE, build_tokenizer
+
+    other_tok = build_tokenizer(chat_template=STRIPPING_CHAT_TEMPLATE)
+    capture_teacher(tiny_pair[0], tmp_path / "logits", data=arithmetic_data, tokenizer=other_tok, k=8, progress=False)
+    line = preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(tmp_path / "logits")}),
+                     capsys)
+    assert line.startswith("distill_plugin: error: distill.teacher_logits:") and "chat template hash" in line, line
+
+
 def test_store_with_ids_beyond_the_student_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys):
     """A store captured over 300 rows (a padded teacher, before capture cut them) cannot index a
     261-row student: refused at start-up, not with an index error mid-run."""
@@ -105,34 +100,73 @@ def test_store_with_ids_beyond_the_student_is_refused(tmp_path, tiny_pair, arith
     assert preflight(recipe(tmp_path, tiny_pair, arithmetic_data, distill={**OFFLINE, "teacher_logits": str(store)}), capsys) is None
 
 
-def test_cli_train_stops_before_data_and_model(tmp_path, tiny_pair, arithmetic_data):
-    """The user's view: `axolotl.cli.train` exits 2 with one line naming the key, before tokenising."""
-    path = recipe(tmp_path, tiny_pair, arithmetic_data, distill={"teacher": str(tmp_path / "missing_teacher")})
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=tmp_path, env=SUBPROCESS_ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("distill_plugin: error:")]
-    assert errors == [f"distill_plugin: error: distill.teacher: no such directory {str(tmp_path / 'missing_teacher')!r}"]
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "prepared").exists()  # the data was never tokenised, the student never loaded
-    print(f"failed after {time.monotonic() - start:.1f} s")
-
-
-@pytest.mark.parametrize("key", ["distil", "distillation"])
-def test_cli_train_refuses_misspelt_block(tmp_path, tiny_pair, arithmetic_data, key):
-    """Regression: `distil:` (one l) used to train plain SFT and exit 0."""
+def misspelt(path, key):
+    """The recipe at ``path`` with its ``distill:`` block renamed ``key``."""
     import yaml
 
-    path = recipe(tmp_path, tiny_pair, arithmetic_data)
     cfg = yaml.safe_load(path.read_text())
     cfg[key] = cfg.pop("distill")
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=tmp_path, env=SUBPROCESS_ENV,
-                          capture_output=True, text=True, timeout=300)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, tiny_pair, arithmetic_data) -> dict:
+    """The user's view: ``axolotl.cli.train`` on a missing teacher and on a misspelt block. Both processes
+    start at once (each is mostly Axolotl's import time on one core); name → (its directory, the
+    finished process with ``returncode`` and ``stderr``, seconds until it exited)."""
+    dirs = {name: tmp_path_factory.mktemp(name) for name in ("missing", "misspelt")}
+    paths = {"missing": recipe(dirs["missing"], tiny_pair, arithmetic_data,
+                               distill={"teacher": str(dirs["missing"] / "missing_teacher")}),
+             "misspelt": misspelt(recipe(dirs["misspelt"], tiny_pair, arithmetic_data), "distil")}
+    start = time.monotonic()
+    procs = {name: subprocess.Popen([sys.executable, "-m", "axolotl.cli.train", str(path)], cwd=dirs[name],
+                                    env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name, path in paths.items()}
+    runs = {}
+    for name, proc in procs.items():
+        _, proc.stderr = proc.communicate(timeout=300)
+        runs[name] = (dirs[name], proc, time.monotonic() - start)
+    return runs
+
+
+def test_cli_train_stops_before_data_and_model(cli_runs):
+    """`axolotl.cli.train` exits 2 with one line naming the key, before tokenising."""
+    root, proc, seconds = cli_runs["missing"]
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"has `{key}:` — did you mean `distill:`?" in proc.stderr
-    assert not (tmp_path / "prepared").exists()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("distill_plugin: error:")]
+    assert errors == [f"distill_plugin: error: distill.teacher: no such directory {str(root / 'missing_teacher')!r}"]
+    assert "Traceback" not in proc.stderr
+    assert not (root / "prepared").exists()  # the data was never tokenised, the student never loaded
+    print(f"failed after {seconds:.1f} s")
+
+
+def test_cli_train_refuses_misspelt_block(cli_runs):
+    """Regression: `distil:` (one l) used to train plain SFT and exit 0."""
+    root, proc, _ = cli_runs["misspelt"]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "has `distil:` — did you mean `distill:`?" in proc.stderr
+    assert not (root / "prepared").exists()
+
+
+@pytest.mark.parametrize("key", ["distil", "distillation"])
+def test_misspelt_block_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys, key):
+    line = preflight(misspelt(recipe(tmp_path, tiny_pair, arithmetic_data), key), capsys)
+    assert f"has `{key}:` — did you mean `distill:`?" in line
+
+
+def test_on_policy_with_sample_packing_is_refused(tmp_path, tiny_pair, arithmetic_data, capsys):
+    """Sampled completions need one prompt per row: the GKD recipe's twin with packing is refused."""
+    teacher, student = tiny_pair
+
+    def gkd(packing):
+        return twin_of("gkd_on_policy.yml", tmp_path / f"gkd_{packing}.yml", student, arithmetic_data, teacher=teacher,
+                       output_dir=str(tmp_path / "out"), dataset_prepared_path=str(tmp_path / "prepared"),
+                       sample_packing=packing)
+
+    line = preflight(gkd(True), capsys)
+    assert line.startswith("distill_plugin: error: `sample_packing: true` with distill.on_policy_fraction"), line
+    assert preflight(gkd(False), capsys) is None  # the packing, nothing else in the twin, is refused
 
 
 KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")

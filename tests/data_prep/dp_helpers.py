@@ -28,7 +28,8 @@ TRAINED = [("What is 2+3?", "2+3=5", "5"), ("What is 4*2?", "4*2=8", "8"),
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled",
-               TOKENIZERS_PARALLELISM="false", AXOLOTL_DO_NOT_TRACK="1", OMP_NUM_THREADS="1")
+               TOKENIZERS_PARALLELISM="false", AXOLOTL_DO_NOT_TRACK="1", OMP_NUM_THREADS="1",
+               AXOLOTL_DATASET_NUM_PROC="1")  # no process pools on tiny data (tests/axolotl_runs.py)
     return env
 
 

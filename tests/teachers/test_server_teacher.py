@@ -188,13 +188,24 @@ def test_unreachable_server_names_the_url(tokenizer):
             served.connect()
 
 
-def test_mismatched_tokenizer_is_refused(tiny_pair, tokenizer, tmp_path):
-    """A teacher whose tokenizer orders the same bytes differently: same size, other ids."""
+def test_mismatched_tokenizer_is_refused(tiny_pair, tokenizer, tmp_path, arithmetic_data, capsys, monkeypatch):
+    """A teacher whose tokenizer orders the same bytes differently: same size, other ids. Refused by the
+    source, and so by the run of ``recipes/teacher_server_qlora.yml``'s twin before any data or model
+    loads: one line naming the URL (``axolotl_runs.preflight``: Axolotl's loader and the plugin's hooks)."""
+    from axolotl_runs import REPO, preflight
+    from distill_plugin.testing.twins import Fixtures, derive_twin
+
     other = teacher_with_other_tokenizer(tiny_pair[0], tmp_path / "other")
-    with serve(other, "--served-model-name", MODEL) as base:
+    with serve(other, "--served-model-name", MODEL, "--max-logprobs", "64") as base:  # the recipe asks for 64
         with source(base, tokenizer) as served:
             with pytest.raises(ServerSetupError, match=r"127\.0\.0\.1.* tokenises differently from the student: token id"):
                 served.connect()
+        monkeypatch.setenv("TEACHER_API_KEY", "test-key")  # the recipe's api_key_env
+        fixtures = Fixtures(student=tiny_pair[1], data=arithmetic_data, workdir=tmp_path,
+                            teacher_server={"url": base, "model": MODEL})
+        twin = derive_twin(REPO / "recipes" / "teacher_server_qlora.yml", fixtures).write(tmp_path / "twin.yml")
+        line = preflight(twin, capsys)
+    assert line.startswith("distill_plugin: error:") and base in line and "tokenises differently" in line, line
 
 
 def test_read_ahead_keeps_the_next_steps_in_flight(tiny_pair, tokenizer, url):
