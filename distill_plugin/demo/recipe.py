@@ -40,17 +40,19 @@ def base_recipe() -> dict:
 
 
 def student_recipe(path: Path, s, *, base_model: Path, data: Path, output_dir: Path, prepared: Path,
-                   distill: dict | None, tokenizer: Path | None = None) -> Path:
+                   distill: dict | None, tokenizer: Path | None = None, pad_to_multiple_of: int | None = None) -> Path:
     """Write one student recipe to ``path``: the settings ``s`` (steps, batch, lr, seed) on ``data``;
     ``distill=None`` is plain SFT (no plugin, Axolotl's own trainer and loss), otherwise the plugin
     with ``distill`` merged over the base block. Every student of a comparison shares all but these.
     ``tokenizer`` (``tokenizer_config``; default: ``base_model``'s): Axolotl keys a prepared dataset on
-    the tokenizer's path, so students that name one tokenizer folder share one tokenised dataset."""
+    the tokenizer's path, so students that name one tokenizer folder share one tokenised dataset.
+    ``pad_to_multiple_of``: Axolotl's batch padding (its default, 64, pads ~100-token rows to 128)."""
     base = base_recipe()
     cfg = {
         **base,
         "base_model": str(base_model),
         **({} if tokenizer is None else {"tokenizer_config": str(tokenizer)}),
+        **({} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}),
         "datasets": [{
             "path": str(data), "type": "chat_template",
             "field_messages": "messages", "roles_to_train": ["assistant"],
