@@ -60,6 +60,9 @@ def test_every_methods_recipe_has_a_valid_distill_block(name, tmp_path):
     else:
         DistillConfig(**cfg["distill"])
     assert cfg["datasets"][0]["path"].endswith(".jsonl")
+    if METHODS[name].tokenizer != "a" and "distill" in cfg:  # the cross-tokenizer rows: the recipe's weights
+        assert (cfg["distill"]["kd_weight"], cfg["distill"]["ce_weight"]) == (QUICK.cross_kd_weight, QUICK.cross_ce_weight)
+        assert QUICK.cross_ce_weight > 0 and QUICK.cross_ce_weight != QUICK.ce_weight
 
 
 def test_gap_closed_per_seed_against_that_seeds_sft():

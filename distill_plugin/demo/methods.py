@@ -198,9 +198,10 @@ def cross_tokenizer(sh: Shared, s, mode: str) -> dict:
     next-token distributions. ``hybrid`` (``recipes/uld_llama_to_qwen.yml``'s): forward KL between the
     two next-byte distributions (A writes one byte per token; B's merges such as ``+1=`` count for
     their first byte) plus ULD on the full distributions; ``uld``: ULD alone, the sorted-probability
-    L1 that ignores which token is which (Boizard et al.), for comparison. The same temperature as the same-tokenizer logit rows, the recipe's weights
-    (``cross_kd_weight``/``cross_ce_weight``: CE tells the student which of its tokens writes the
-    text); full sorted vocabularies (``uld_top_k`` unset: 261 and 519 ids)."""
+    L1 that ignores which token is which (Boizard et al.), for comparison. The same temperature as
+    the same-tokenizer logit rows; the recipe's weights (``cross_kd_weight``/``cross_ce_weight``: CE
+    tells the student which of its tokens writes the text); full sorted vocabularies (``uld_top_k``
+    unset: 261 and 519 ids)."""
     block = {**logit_kd(sh, s, "forward_kl"), "cross_tokenizer": mode,
              "kd_weight": s.cross_kd_weight, "ce_weight": s.cross_ce_weight}
     if mode == "uld":
