@@ -10,6 +10,14 @@
 2. Step overhead on the tiny pair (hidden 32 student, 48 teacher): collate + teacher forward + the
    loss forward/backward, for same-tokenizer logit KD (student on A, forward KL) vs cross-tokenizer
    `uld` and `hybrid` (student on B). Median ms per step.
+3. ``--loss-scale``: the loss alone (forward + backward) at real vocabulary sizes, e.g. on a GPU,
+   for a Llama-3 teacher (V_t = 128,256, H 4,096) and a Qwen2.5 student (V_s = 151,936, H 1,536):
+   same-tokenizer forward KL (``online_kd_loss``, the teacher's head cut to V_s) vs ``uld`` and
+   ``hybrid`` (``cross_tokenizer_loss``; 95 % of rows aligned, first-byte classes drawn at random:
+   the cost does not depend on which), and ``hybrid`` with ``uld_top_k: 1024``. Median time and
+   peak memory above the inputs.
+
+    python benchmarks/bench_uld.py --loss-scale --device cuda            # the GPU numbers in README
 """
 
 from __future__ import annotations
@@ -112,12 +120,76 @@ def bench_steps(root: Path, rows, steps: int, batch: int) -> dict[str, float]:
     return results
 
 
+def bench_loss_scale(device: str, dtype: torch.dtype, rows: int, repeats: int = 10) -> dict[str, tuple[float, float]]:
+    """{case: (median ms of forward+backward, peak GiB above the inputs)} at real vocabulary sizes."""
+    from distill_plugin.alignment.tokens import NUM_BYTE_CLASSES, NextByteClasses
+    from distill_plugin.losses.kd import KDSettings, online_kd_loss
+    from distill_plugin.losses.uld import cross_tokenizer_loss
+    from distill_plugin.signals import AlignedLogits, OutputHead
+
+    gen = torch.Generator().manual_seed(0)
+    make = lambda *shape, scale=1.0: (torch.randn(*shape, generator=gen) * scale).to(device, dtype)  # noqa: E731
+    v_s, h_s, v_t, h_t = 151936, 1536, 128256, 4096
+    student_rows = make(rows, h_s).requires_grad_()
+    student_weight = make(v_s, h_s, scale=h_s**-0.5 * 2).requires_grad_()
+    teacher_rows, teacher_weight = make(rows, h_t), make(v_t, h_t, scale=h_t**-0.5 * 2)
+    same_vocab_weight = make(v_s, h_t, scale=h_t**-0.5 * 2)
+    targets = torch.randint(0, v_s, (rows,), generator=gen).to(device)
+    index = torch.arange(rows)
+    index[torch.rand(rows, generator=gen) < 0.05] = -1  # ~5 % of rows unaligned, as measured on real text
+    classes = NextByteClasses(torch.randint(0, NUM_BYTE_CLASSES, (v_s,), generator=gen).to(device),
+                              torch.randint(0, NUM_BYTE_CLASSES, (v_t,), generator=gen).to(device))
+    signal = AlignedLogits(teacher_rows, OutputHead(teacher_weight), index.to(device), v_t, v_s, classes)
+    settings = KDSettings(kd_weight=0.5, ce_weight=0.5)
+    cases = {
+        "same tokenizer, forward KL": lambda: online_kd_loss(  # a teacher with the student's vocabulary
+            student_rows, student_weight, teacher_rows, same_vocab_weight, targets, settings).loss,
+        "cross tokenizer, uld": lambda: cross_tokenizer_loss(student_rows, student_weight, signal, targets, settings, "uld").loss,
+        "cross tokenizer, hybrid": lambda: cross_tokenizer_loss(student_rows, student_weight, signal, targets, settings, "hybrid").loss,
+        "cross tokenizer, hybrid, uld_top_k 1024": lambda: cross_tokenizer_loss(
+            student_rows, student_weight, signal, targets, settings, "hybrid", top_k=1024).loss,
+    }
+    cuda = device.startswith("cuda")
+    results = {}
+    for name, loss_fn in cases.items():
+        times = []
+        for step in range(repeats + 2):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            start = time.perf_counter()
+            loss_fn().backward()
+            if cuda:
+                torch.cuda.synchronize()
+            if step >= 2:
+                times.append((time.perf_counter() - start) * 1e3)
+            student_rows.grad = student_weight.grad = None
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else float("nan")
+        results[name] = (statistics.median(times), peak)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--loss-scale", action="store_true", help="only the loss at real vocabulary sizes (section 3)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rows", type=int, nargs="+", default=[8192], help="supervised student rows (--loss-scale)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     args = parser.parse_args()
+    if args.loss_scale:
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+        print(f"| loss fwd+bwd, {args.device}, {args.dtype}, V_s 151,936 / V_t 128,256 | rows | ms (median) | vs same-tokenizer | peak GiB |")
+        print("|---|---|---|---|---|")
+        for rows in args.rows:
+            results = bench_loss_scale(args.device, dtype, rows)
+            base = results["same tokenizer, forward KL"][0]
+            for name, (ms, gib) in results.items():
+                print(f"| {name} | {rows:,} | {ms:.1f} | {ms / base:.2f}x | {gib:.2f} |", flush=True)
+        return
     torch.set_num_threads(1)
 
     from distill_plugin.demo.task import make_split

@@ -75,6 +75,22 @@ def compiled_forward_kl_chunk(student_logits, teacher_logits, targets, *args):
 
 
 @functools.cache
+def _compiled_cross_tokenizer():
+    from .uld import cross_tokenizer_chunk
+
+    return torch.compile(cross_tokenizer_chunk)
+
+
+def compiled_cross_tokenizer_chunk(student_logits, teacher_logits, aligned, targets, *args):
+    """``uld.cross_tokenizer_chunk`` through inductor (autograd through the compiled graph; the class
+    sums of the hybrid stay eager), the row count dynamic. Eager, that chunk is a dozen separate
+    passes over fp32 [chunk, V] buffers on each side: 6-9× the fused logit loss on an H200."""
+    for t in (student_logits, teacher_logits, aligned) + ((targets,) if targets is not None else ()):
+        torch._dynamo.mark_dynamic(t, 0)
+    return _compiled_cross_tokenizer()(student_logits, teacher_logits, aligned, targets, *args)
+
+
+@functools.cache
 def _fp32_out_addmm(device_type: str, dtype: torch.dtype) -> bool:
     """Whether ``torch.addmm(..., out_dtype=float32)`` works here (CUDA builds of torch ≥ 2.8)."""
     if dtype == torch.float32:

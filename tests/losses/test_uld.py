@@ -10,10 +10,10 @@ import torch
 
 from distill_plugin.alignment.tokens import OTHER, NextByteClasses
 from distill_plugin.losses import KDSettings
-from distill_plugin.losses.uld import CrossTokenizerTerms, cross_tokenizer_loss, sorted_l1
+from distill_plugin.losses.uld import CrossTokenizerTerms, cross_tokenizer_loss, next_byte_logprobs, sorted_l1
 from distill_plugin.signals import AlignedLogits, OutputHead, StudentRows
 
-from reference import make_case, reference_cross_tokenizer
+from reference import make_case, reference_class_sums, reference_cross_tokenizer
 
 VS, VT = 50, 37  # the two vocabularies differ in size
 
@@ -78,6 +78,41 @@ def test_identical_distributions_give_zero_and_permutation_invariance():
     assert sorted_l1(p, wider).abs().max() == 0  # zero padding in probability space changes nothing
 
 
+@pytest.mark.parametrize("gemm", [False, True])  # the CPU scatter-add and the CUDA GEMM, both run here
+def test_next_byte_logprobs_both_paths_match_reference(gemm):
+    """Values and gradients against the float64 one-hot reference; the classes no id falls in are
+    −inf with zero gradient (no NaN leaks into the GEMM's backward); TF32 is left as it was."""
+    classes = byte_classes().student
+    z = (torch.randn(6, VS, dtype=torch.float64) * 3).requires_grad_(True)
+    weights = torch.randn(6, 257, dtype=torch.float64)
+    ours = next_byte_logprobs(torch.log_softmax(z, -1).float(), classes, gemm=gemm)
+    used = torch.isfinite(ours[0])
+    assert used.sum() == 5 and not torch.isfinite(ours[:, ~used]).any()
+    (g,) = torch.autograd.grad((ours.double().clamp_min(-1e4) * weights).sum(), z)
+    z2 = z.detach().clone().requires_grad_(True)
+    ref = reference_class_sums(torch.softmax(z2, -1), classes)[:, used].log()
+    torch.testing.assert_close(ours[:, used].double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    (g_ref,) = torch.autograd.grad((ref * weights[:, used]).sum(), z2)
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    torch.set_float32_matmul_precision("high")
+    try:
+        next_byte_logprobs(torch.log_softmax(z, -1).float(), classes, gemm=gemm)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
+def test_sorting_by_bf16_logits_gives_the_fp32_order():
+    """ULD sorts by the raw logits in their compute dtype (faster in bf16): the sorted probabilities
+    equal a plain sort of the fp32 ones, ties in bf16 included, for the full sort and top-k."""
+    raw = (torch.randn(5, 400) * 4).to(torch.bfloat16)  # many exact ties at this width
+    p = torch.softmax(raw.float() / 2.0, -1)
+    q = torch.softmax(torch.randn(5, 300), -1)
+    for top_k in (None, 17):
+        torch.testing.assert_close(sorted_l1(p, q, top_k, teacher_keys=raw), sorted_l1(p, q, top_k), rtol=0, atol=0)
+
+
 def test_term_components_and_every_weighted_component_has_gradient():
     h_s, w_s, h_t, w_t, targets, index = case()
     signal = AlignedLogits(h_t, OutputHead(w_t), index, byte_classes=byte_classes())
@@ -125,3 +160,24 @@ def test_next_byte_part_leaves_a_coarser_student_on_its_own_tokens():
     assert out.next_byte < 1e-3
     grad = torch.autograd.grad(out.loss, h_s)[0][0] @ w_s.t() / 20  # d loss / d student logits
     assert grad[five] >= 0  # descent does not raise the single-character token
+
+
+def test_compiled_chunk_matches_eager():
+    """The chunk maths CUDA runs through ``torch.compile`` (inductor, here on the CPU) gives the eager
+    values and gradients, unaligned rows and the hybrid's eager class sums included."""
+    from distill_plugin.losses.compiled import compiled_cross_tokenizer_chunk
+    from distill_plugin.losses.uld import ChunkOptions, cross_tokenizer_chunk
+
+    g = torch.Generator().manual_seed(0)
+    z_s = torch.randn(9, VS, generator=g).requires_grad_(True)
+    z_t, targets = torch.randn(9, VT, generator=g), torch.randint(0, VS, (9,), generator=g)
+    aligned = torch.tensor([True, True, False, True, True, True, False, True, True])
+    options = ChunkOptions(KDSettings(divergence="jsd", temperature=2.0, kd_weight=0.7, ce_weight=0.3), "hybrid", None, None, None)
+    results = []
+    for maths in (cross_tokenizer_chunk, compiled_cross_tokenizer_chunk):
+        parts = maths(z_s, z_t, aligned, targets, byte_classes(), options, torch.tensor(40.0))
+        results.append((parts, *torch.autograd.grad(parts[0], z_s)))
+    (eager, g_eager), (compiled, g_compiled) = results
+    assert eager[1] > 0 and eager[2] > 0  # next_byte and uld both present
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-7)
