@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .methods import METHODS, TOKENIZERS, Shared, prepare_all
 from .recipe import student_recipe
+from .reuse import same_students
 from .run import fresh, train_students
 from .seeds import spread
 
@@ -262,8 +263,9 @@ def summarise(teacher: dict, rows: list[dict], row_names: list[str], baselines: 
         mine = [r for r in rows if r["row"] == name]
         stats = {}
         for k in ("exact_match", "kl_to_teacher", "heldout_ce", "train_seconds"):
-            values = [r[k] for r in mine if r[k] is not None]
+            values = [r[k] for r in mine if r[k] is not None]  # train_seconds: None for a reused student
             stats[k] = spread(values) if values else None
+        stats["same_as"] = sorted({r["same_as"] for r in mine if r.get("same_as")})
         base = (baselines or {}).get(name, "sft")
         gaps = [gap_closed(r["exact_match"], by_row_seed.get((base, r["seed"])), teacher["exact_match"]) for r in mine]
         gaps = [g for g in gaps if g is not None]
@@ -298,7 +300,7 @@ def markdown(results: dict) -> str:
         prep = results["prepare_seconds"].get(results["rows"][name]["method"])
         lines.append(f"| {results['rows'][name]['label']} | {pm(stats['exact_match'], 100)} | "
                      f"{pm(stats['kl_to_teacher'], 1, 4)} | {pm(stats['gap_closed'], 1, 2)} | "
-                     f"{pm(stats['train_seconds'], 1, 0)} | {'–' if prep is None else f'{prep:.0f}'} |")
+                     f"{train_cell(results, stats)} | {'–' if prep is None else f'{prep:.0f}'} |")
     lines += ["", "Per-seed exact match (%):", ""]
     for name, stats in results["summary"].items():
         per_seed = ", ".join(f"{seed}: {100 * v:.1f}" for seed, v in stats["per_seed_exact_match"].items())
@@ -308,6 +310,14 @@ def markdown(results: dict) -> str:
     lines += ["", f"Wall time {results['wall_seconds']:.0f}s ({results['jobs']} students at a time, "
                   f"{results['threads']} thread(s) each)."]
     return "\n".join(lines) + "\n"
+
+
+def train_cell(results: dict, stats: dict) -> str:
+    """``57 ± 5``, or for a row whose students were reused (``reuse.same_students``) the row they are."""
+    if not stats.get("same_as"):
+        return pm(stats["train_seconds"], 1, 0)
+    same = "= " + ", ".join(results["rows"][row]["label"] for row in stats["same_as"]) + " (identical data, reused)"
+    return same if stats["train_seconds"] is None else f"{pm(stats['train_seconds'], 1, 0)}; some seeds {same}"
 
 
 def student_sizes(results: dict) -> str:
@@ -369,9 +379,13 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
         for name, spec in student_runs(out, sh, rows, seed).items():
             runs[name], seed_of[name] = spec, seed
     pending = {seed: {name for name in runs if seed_of[name] == seed} for seed in seeds}
+    same = same_students(runs)  # trained once: the first run of each identical (recipe, training data)
+    for name, source in same.items():
+        console.print(f"{name}: the same recipe and training data as {source}: its student and scores are {source}'s")
 
     def score(name: str, seconds: float) -> None:
-        """Score a student as soon as it ends; when its seed is complete, write the results so far."""
+        """Score a student as soon as it ends (and the runs that reuse it); when its seed is complete,
+        write the results so far."""
         seed, row = seed_of[name], runs[name][0]
         tokenizer = METHODS[rows[row][0]].tokenizer
         scores = scorer.score(out / f"seed_{seed}" / row, tokenizer)
@@ -381,6 +395,10 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
         console.print(f"{name}: exact match {100 * scores['exact_match']:.1f}% ({seconds:.0f}s)")
         results["runs"].append({"seed": seed, "row": row, "tokenizer": tokenizer, **scores,
                                 "train_seconds": round(seconds, 1)})
+        for copy in [c for c, source in same.items() if source == name]:
+            results["runs"].append({"seed": seed, "row": runs[copy][0], "tokenizer": tokenizer, **scores,
+                                    "train_seconds": None, "same_as": row})
+            pending[seed].discard(copy)
         pending[seed].discard(name)
         if not pending[seed]:
             write_seed(seed)
@@ -400,7 +418,8 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
                 stack.enter_context(METHODS[method].around(sh, s))
         console.rule(f"[bold]2. {len(seeds)} seed(s) × {len(rows)} students through axolotl.cli.train, "
                      f"{jobs} at a time, one queue")
-        train_students(out, {k: v[1] for k, v in runs.items()}, {k: v[2] for k, v in runs.items()}, threads,
+        train = {k: v for k, v in runs.items() if k not in same}
+        train_students(out, {k: v[1] for k, v in train.items()}, {k: v[2] for k, v in train.items()}, threads,
                        console, jobs=jobs, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None,
                        on_done=score)
     console.print(markdown(results), markup=False)  # row names hold [brackets]
