@@ -8,8 +8,11 @@
 2. Per seed ``N`` (``OUT/seed_N``): a student init per (size, student tokenizer) (random, seeded by
    ``N``) and one recipe per method (``recipe.student_recipe``: same init, data budget, steps, batch,
    lr and Axolotl seed ``N``; only the data file and the ``distill:`` block differ); all recipes of all
-   seeds run through ``python -m axolotl.cli.train``, ``jobs`` at a time, in one queue. Students of
-   one tokenizer and data file share one tokenisation (``OUT/prepared``, ``shared_preparation``).
+   seeds run through ``python -m axolotl.cli.train`` (forked from one process that imported Axolotl
+   once, ``prefork.py``), ``jobs`` at a time, in one queue. Students of one tokenizer and data file
+   share one tokenisation (``OUT/prepared``, ``shared_preparation``). A run whose recipe and training
+   rows equal an earlier run's of its seed is not trained: it takes that run's student and scores
+   (``reuse.same_students``; seq_kd when the teacher's trajectories are the ground truth).
 3. Every student and the teacher are scored on the held-out split (``valid`` when tuning), each with
    its own tokenizer and chat template: greedy exact match of the integer after ``</think>``, CE on
    the ground-truth assistant tokens and token-mean KL(teacher ‖ student) (T = 1; only for students on
