@@ -315,7 +315,7 @@ def test_seq_kd_reuse_across_seeds_and_settings(tmp_path):
 
 def test_a_reused_rows_table_cell_names_the_row_it_is():
     """results.md: the reused row shows which row's student it is, not a training time of 0."""
-    from distill_plugin.demo.quality import markdown
+    from distill_plugin.demo.quality_table import markdown
 
     teacher = {"exact_match": 0.9, "params": 1000}
     runs = []
