@@ -17,11 +17,11 @@
    its own tokenizer and chat template: greedy exact match of the integer after ``</think>``, CE on
    the ground-truth assistant tokens and token-mean KL(teacher ‖ student) (T = 1; only for students on
    the teacher's tokenizer: across vocabularies a token-level KL is undefined, reported as ``None``/–).
-4. Per method over the seeds (``quality_table``, ``seeds.spread``): mean ± standard error of exact match, KL, the fraction
-   of the baseline→teacher gap closed (per seed: ``(EM − EM_base) / (EM_teacher − EM_base)``, with the
-   same seed's student of the method's ``baseline``: SFT on the same tokenizer), and the wall time of
-   one student's ``axolotl.cli.train`` process (plus the shared prepare step, once). Printed, and
-   written to ``OUT/results.json`` and ``OUT/results.md``.
+4. Per method over the seeds (``quality_table``, ``seeds.spread``): mean ± standard error of exact
+   match, KL, the fraction of the baseline→teacher gap closed (per seed: ``(EM − EM_base) /
+   (EM_teacher − EM_base)``, with the same seed's student of the method's ``baseline``: SFT on the
+   same tokenizer), and the wall time of one student's ``axolotl.cli.train`` run (plus the shared
+   prepare step, once). Printed, and written to ``OUT/results.json`` and ``OUT/results.md``.
 """
 
 from __future__ import annotations
