@@ -122,6 +122,8 @@ def serve(imports: bool = True) -> None:
             if not line:
                 break
             request = json.loads(line)
+            sys.stdout.flush()  # nothing of the server's own output left in a buffer the child would inherit
+            sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
                 out.close()  # the client sees the server's end, not its children's

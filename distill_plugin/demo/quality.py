@@ -343,7 +343,7 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
         train = {k: v for k, v in runs.items() if k not in same}
         train_students(out, {k: v[1] for k, v in train.items()}, {k: v[2] for k, v in train.items()}, threads,
                        console, jobs=jobs, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None,
-                       on_done=score)
+                       on_done=score, prefork=device == "cpu")
     console.print(markdown(results), markup=False)  # row names hold [brackets]
     console.print(f"results -> {out / (stem + '.md')}, {out / (stem + '.json')}")
     return results

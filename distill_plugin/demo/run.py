@@ -23,6 +23,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -93,13 +95,14 @@ LOSS_LINE = re.compile(r"\{'loss': ")
 
 def train_students(out: Path, recipes: dict[str, Path], steps: int | dict[str, int], threads: int, console,
                    jobs: int | None = None, env: dict | None = None,
-                   on_done: Callable[[str, float], None] | None = None) -> dict[str, float]:
+                   on_done: Callable[[str, float], None] | None = None, prefork: bool = True) -> dict[str, float]:
     """Run the recipes through ``axolotl.cli.train``, at most ``jobs`` at once (default: all), in the
     order given, with a progress bar per run (``steps``: its max_steps, one for all or per recipe) read
     from its log (``out/logs/<name>.log``); returns each run's wall seconds. ``on_done(name, seconds)``
     is called for each run that ends, after the next runs have been started (so it works beside them).
     Each run is ``python -m axolotl.cli.train RECIPE`` forked from one process that imported Axolotl
-    once (``prefork``: ~28 s less per run than a new process on a 2-core machine, the same weights)."""
+    once (``prefork.py``: ~28 s less per run than a new process on a 2-core machine, the same weights);
+    ``prefork=False``: a new process each (the GPU scale: CUDA must not meet a fork)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .prefork import Prefork
@@ -115,11 +118,19 @@ def train_students(out: Path, recipes: dict[str, Path], steps: int | dict[str, i
             name = waiting.pop(0)
             logs[name] = out / "logs" / f"{name}.log"
             started[name] = time.perf_counter()
-            procs[name] = server.start(name, ["axolotl.cli.train", str(recipes[name])], logs[name], out)
+            argv = ["axolotl.cli.train", str(recipes[name])]
+            if server is not None:
+                procs[name] = server.start(name, argv, logs[name], out)
+                continue
+            with logs[name].open("w") as handle:
+                procs[name] = subprocess.Popen([sys.executable, "-m", *argv], cwd=out, env=env, stdout=handle,
+                                               stderr=subprocess.STDOUT)
 
     with ExitStack() as stack:
-        with console.status("importing Axolotl once for every student (prefork server)"):
-            server = stack.enter_context(Prefork(env, out, out / "logs" / "prefork.log"))
+        server = None
+        if prefork:
+            with console.status("importing Axolotl once for every student (prefork server)"):
+                server = stack.enter_context(Prefork(env, out, out / "logs" / "prefork.log"))
         progress = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                                 TimeElapsedColumn(), console=console))
         tasks = {name: progress.add_task(f"axolotl.cli.train {name.upper():>3}", total=steps[name]) for name in recipes}
