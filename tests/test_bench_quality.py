@@ -10,6 +10,7 @@ import random
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,66 @@ def test_the_table_leaves_out_the_on_request_rows_and_keeps_every_baseline():
     table = table_methods()
     assert "uld" not in table and {"sft", "fkl", "topk", "gkd", "hidden", "uld_hybrid", "sft_b"} <= set(table)
     assert all(METHODS[m].baseline in table for m in table)
+
+
+def reuse_fixture(tmp_path, seq_kd_rows: list[dict]) -> dict:
+    """The seed-1 runs of rows sft, seq_kd and fkl, with ``seq_kd_rows`` as seq_kd's exported file."""
+    from distill_plugin.jsonl import write_jsonl_atomic
+
+    sh = Shared(tmp_path / "shared")
+    write_jsonl_atomic(sh.data("train"), make_split(12, seed=0, digits=3, r1_layout=True))
+    write_jsonl_atomic(METHODS["seq_kd"].data(sh), seq_kd_rows)
+    return student_runs(tmp_path, sh, {m: (m, QUICK) for m in ("sft", "seq_kd", "fkl")}, seed=1)
+
+
+def test_seq_kd_reuses_sft_only_when_its_file_trains_on_the_same_rows(tmp_path):
+    """``reuse.same_students`` reads the files: an export that writes the ground truth's messages in the
+    same order (other keys ordered and named differently, as ``distill-data export`` writes them) is
+    SFT's training; one changed character, or the same rows in another order, is not."""
+    from distill_plugin.demo.reuse import same_students
+
+    truth = make_split(12, seed=0, digits=3, r1_layout=True)
+    exported = [{"messages": r["messages"], "id": r["id"], "source": "prompts"} for r in truth]
+    runs = reuse_fixture(tmp_path / "same", exported)
+    assert (tmp_path / "same/shared/seq_kd/train.jsonl").read_bytes() != (tmp_path / "same/shared/data/train.jsonl").read_bytes()
+    assert same_students(runs) == {"s1_seq_kd": "s1_sft"}  # fkl has a distill block: never the same
+
+    changed = [dict(r) for r in exported]
+    changed[5] = {**changed[5], "messages": [changed[5]["messages"][0],
+                                              {"role": "assistant", "content": changed[5]["messages"][1]["content"] + " "}]}
+    assert same_students(reuse_fixture(tmp_path / "changed", changed)) == {}
+    assert same_students(reuse_fixture(tmp_path / "order", exported[1:] + exported[:1])) == {}
+
+
+def test_seq_kd_reuse_across_seeds_and_settings(tmp_path):
+    """Another seed is another student (its init and data order): a run is only ever reused within its
+    seed; and a budget change on one row makes it its own student."""
+    from distill_plugin.demo.reuse import same_students
+
+    truth = make_split(12, seed=0, digits=3, r1_layout=True)
+    runs = reuse_fixture(tmp_path, truth)
+    sh = Shared(tmp_path / "shared")
+    runs.update(student_runs(tmp_path, sh, {"sft": ("sft", QUICK), "seq_kd": ("seq_kd", QUICK)}, seed=2))
+    assert same_students(runs) == {"s1_seq_kd": "s1_sft", "s2_seq_kd": "s2_sft"}
+    longer = student_runs(tmp_path, sh, {"sft": ("sft", QUICK), "seq_kd": ("seq_kd", replace(QUICK, student_steps=9))}, 3)
+    assert same_students(longer) == {}
+
+
+def test_a_reused_rows_table_cell_names_the_row_it_is():
+    """results.md: the reused row shows which row's student it is, not a training time of 0."""
+    from distill_plugin.demo.quality_table import markdown
+
+    teacher = {"exact_match": 0.9, "params": 1000}
+    runs = []
+    for seed in (1, 2):
+        base = {"seed": seed, "tokenizer": "a", "exact_match": 0.5, "kl_to_teacher": 0.1, "heldout_ce": 0.2, "params": 10}
+        runs += [{**base, "row": "sft", "train_seconds": 30.0 + seed}, {**base, "row": "seq_kd", "train_seconds": None, "same_as": "sft"}]
+    summary = summarise(teacher, runs, ["sft", "seq_kd"])
+    assert summary["seq_kd"]["train_seconds"] is None and summary["seq_kd"]["same_as"] == ["sft"]
+    assert summary["seq_kd"]["exact_match"] == summary["sft"]["exact_match"]
+    rows = {name: {"method": name, "label": METHODS[name].label} for name in ("sft", "seq_kd")}
+    results = {"settings": {"digits": 3, "student_steps": 8, "student_batch": 8}, "seeds": [1, 2], "teacher": teacher,
+               "split": "heldout", "split_size": 32, "summary": summary, "rows": rows, "prepare_seconds": {"seq_kd": 5.0},
+               "student_params": {"a": 10}, "teacher_seconds": 3.0, "wall_seconds": 60.0, "jobs": 2, "threads": 1}
+    line = next(x for x in markdown(results).splitlines() if x.startswith(f"| {METHODS['seq_kd'].label}"))
+    assert "= SFT (ground truth) (identical data, reused)" in line and "| 5 |" in line

@@ -8,17 +8,20 @@
 2. Per seed ``N`` (``OUT/seed_N``): a student init per (size, student tokenizer) (random, seeded by
    ``N``) and one recipe per method (``recipe.student_recipe``: same init, data budget, steps, batch,
    lr and Axolotl seed ``N``; only the data file and the ``distill:`` block differ); all recipes of all
-   seeds run through ``python -m axolotl.cli.train``, ``jobs`` at a time, in one queue. Students of
-   one tokenizer and data file share one tokenisation (``OUT/prepared``, ``shared_preparation``).
+   seeds run through ``python -m axolotl.cli.train`` (forked from one process that imported Axolotl
+   once, ``prefork.py``), ``jobs`` at a time, in one queue. Students of one tokenizer and data file
+   share one tokenisation (``OUT/prepared``, ``shared_preparation``). A run whose recipe and training
+   rows equal an earlier run's of its seed is not trained: it takes that run's student and scores
+   (``reuse.same_students``; seq_kd when the teacher's trajectories are the ground truth).
 3. Every student and the teacher are scored on the held-out split (``valid`` when tuning), each with
    its own tokenizer and chat template: greedy exact match of the integer after ``</think>``, CE on
    the ground-truth assistant tokens and token-mean KL(teacher ‖ student) (T = 1; only for students on
    the teacher's tokenizer: across vocabularies a token-level KL is undefined, reported as ``None``/–).
-4. Per method over the seeds (``seeds.spread``): mean ± standard error of exact match, KL, the fraction
-   of the baseline→teacher gap closed (per seed: ``(EM − EM_base) / (EM_teacher − EM_base)``, with the
-   same seed's student of the method's ``baseline``: SFT on the same tokenizer), and the wall time of
-   one student's ``axolotl.cli.train`` process (plus the shared prepare step, once). Printed, and
-   written to ``OUT/results.json`` and ``OUT/results.md``.
+4. Per method over the seeds (``quality_table``, ``seeds.spread``): mean ± standard error of exact
+   match, KL, the fraction of the baseline→teacher gap closed (per seed: ``(EM − EM_base) /
+   (EM_teacher − EM_base)``, with the same seed's student of the method's ``baseline``: SFT on the
+   same tokenizer), and the wall time of one student's ``axolotl.cli.train`` run (plus the shared
+   prepare step, once). Printed, and written to ``OUT/results.json`` and ``OUT/results.md``.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from pathlib import Path
 
 from .methods import METHODS, TOKENIZERS, Shared, prepare_all
 from .recipe import student_recipe
+from .reuse import same_students
+from .quality_table import markdown, summarise
 from .run import fresh, train_students
-from .seeds import spread
 
 
 @dataclass(frozen=True)
@@ -246,78 +250,6 @@ class Scorer:
                 "heldout_ce": fit.student_ce, "params": core.count_params(model), "sample": texts[0]}
 
 
-# ---------------------------------------------------------------------------------------------- summary
-
-
-def summarise(teacher: dict, rows: list[dict], row_names: list[str], baselines: dict[str, str] | None = None) -> dict:
-    """Per row over the seeds: spread (mean, sd, se, min, max) of each metric (None where a metric is
-    undefined, e.g. KL across tokenizers) and of the gap closed (``evaluation.gap_closed`` against the
-    same seed's student of the row's baseline row, ``baselines[row]``, default ``"sft"``; seeds where
-    the teacher is no better than that baseline student are left out)."""
-    from ..evaluation import gap_closed
-
-    by_row_seed = {(r["row"], r["seed"]): r["exact_match"] for r in rows}
-    summary = {}
-    for name in row_names:
-        mine = [r for r in rows if r["row"] == name]
-        stats = {}
-        for k in ("exact_match", "kl_to_teacher", "heldout_ce", "train_seconds"):
-            values = [r[k] for r in mine if r[k] is not None]
-            stats[k] = spread(values) if values else None
-        base = (baselines or {}).get(name, "sft")
-        gaps = [gap_closed(r["exact_match"], by_row_seed.get((base, r["seed"])), teacher["exact_match"]) for r in mine]
-        gaps = [g for g in gaps if g is not None]
-        stats["gap_closed"] = spread(gaps) if gaps else None
-        stats["baseline"] = base
-        stats["per_seed_exact_match"] = {r["seed"]: r["exact_match"] for r in mine}
-        summary[name] = stats
-    return summary
-
-
-def pm(stats: dict | None, scale: float = 1.0, digits: int = 1) -> str:
-    if stats is None:
-        return "–"
-    return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['se']:.{digits}f}"
-
-
-def markdown(results: dict) -> str:
-    """The table README quotes: mean ± standard error over the seeds."""
-    s, seeds = results["settings"], results["seeds"]
-    t = results["teacher"]
-    lines = [
-        f"{s['digits']}-digit addition, {results['split']} split ({results['split_size']} problems), "
-        f"{len(seeds)} seed(s) {', '.join(map(str, seeds))}: mean ± standard error over the seeds; "
-        f"teacher {t['params']:,} params, students {student_sizes(results)}, "
-        f"{s['student_steps']} steps × {s['student_batch']} for every student.",
-        "",
-        "| method | exact match % | KL(T‖S) | gap closed (from its SFT baseline) | train s / student | prepare s (once) |",
-        "|---|---|---|---|---|---|",
-        f"| teacher | {100 * t['exact_match']:.1f} | – | 1 | {results['teacher_seconds']:.0f} (once) | – |",
-    ]
-    for name, stats in results["summary"].items():
-        prep = results["prepare_seconds"].get(results["rows"][name]["method"])
-        lines.append(f"| {results['rows'][name]['label']} | {pm(stats['exact_match'], 100)} | "
-                     f"{pm(stats['kl_to_teacher'], 1, 4)} | {pm(stats['gap_closed'], 1, 2)} | "
-                     f"{pm(stats['train_seconds'], 1, 0)} | {'–' if prep is None else f'{prep:.0f}'} |")
-    lines += ["", "Per-seed exact match (%):", ""]
-    for name, stats in results["summary"].items():
-        per_seed = ", ".join(f"{seed}: {100 * v:.1f}" for seed, v in stats["per_seed_exact_match"].items())
-        lines.append(f"- {results['rows'][name]['label']}: {per_seed}")
-    if any(stats["kl_to_teacher"] is None for stats in results["summary"].values()):
-        lines += ["", "KL(T‖S) –: the student has another tokenizer than the teacher (a token-level KL needs one vocabulary)."]
-    lines += ["", f"Wall time {results['wall_seconds']:.0f}s ({results['jobs']} students at a time, "
-                  f"{results['threads']} thread(s) each)."]
-    return "\n".join(lines) + "\n"
-
-
-def student_sizes(results: dict) -> str:
-    """``67,104 params`` or, with students on several tokenizers, the size on each (the embedding differs)."""
-    sizes = results["student_params"]
-    if len(set(sizes.values())) == 1:
-        return f"{next(iter(sizes.values())):,} params"
-    return ", ".join(f"{n:,} params (tokenizer {tok.upper()})" for tok, n in sizes.items())
-
-
 def claim(out: Path) -> Path:
     """``out`` resolved; refuse a non-empty folder that this benchmark did not write."""
     out = out.resolve()
@@ -369,9 +301,13 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
         for name, spec in student_runs(out, sh, rows, seed).items():
             runs[name], seed_of[name] = spec, seed
     pending = {seed: {name for name in runs if seed_of[name] == seed} for seed in seeds}
+    same = same_students(runs)  # trained once: the first run of each identical (recipe, training data)
+    for name, source in same.items():
+        console.print(f"{name}: the same recipe and training data as {source}: its student and scores are {source}'s")
 
     def score(name: str, seconds: float) -> None:
-        """Score a student as soon as it ends; when its seed is complete, write the results so far."""
+        """Score a student as soon as it ends (and the runs that reuse it); when its seed is complete,
+        write the results so far."""
         seed, row = seed_of[name], runs[name][0]
         tokenizer = METHODS[rows[row][0]].tokenizer
         scores = scorer.score(out / f"seed_{seed}" / row, tokenizer)
@@ -381,6 +317,10 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
         console.print(f"{name}: exact match {100 * scores['exact_match']:.1f}% ({seconds:.0f}s)")
         results["runs"].append({"seed": seed, "row": row, "tokenizer": tokenizer, **scores,
                                 "train_seconds": round(seconds, 1)})
+        for copy in [c for c, source in same.items() if source == name]:
+            results["runs"].append({"seed": seed, "row": runs[copy][0], "tokenizer": tokenizer, **scores,
+                                    "train_seconds": None, "same_as": row})
+            pending[seed].discard(copy)
         pending[seed].discard(name)
         if not pending[seed]:
             write_seed(seed)
@@ -400,9 +340,10 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
                 stack.enter_context(METHODS[method].around(sh, s))
         console.rule(f"[bold]2. {len(seeds)} seed(s) × {len(rows)} students through axolotl.cli.train, "
                      f"{jobs} at a time, one queue")
-        train_students(out, {k: v[1] for k, v in runs.items()}, {k: v[2] for k, v in runs.items()}, threads,
+        train = {k: v for k, v in runs.items() if k not in same}
+        train_students(out, {k: v[1] for k, v in train.items()}, {k: v[2] for k, v in train.items()}, threads,
                        console, jobs=jobs, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None,
-                       on_done=score)
+                       on_done=score, prefork=device == "cpu")
     console.print(markdown(results), markup=False)  # row names hold [brackets]
     console.print(f"results -> {out / (stem + '.md')}, {out / (stem + '.json')}")
     return results
