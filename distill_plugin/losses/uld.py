@@ -42,8 +42,10 @@ the per-token mean, on the scale of the logit loss's ``kd_loss``. The logged com
 Σ next_byte_i / N, Σ uld_i / N and Σ ce_i / N.
 
 Chunked like the logit loss (``chunked.fused_linear_loss``): per chunk of student rows the student
-logits [chunk, V_s] and the aligned teacher logits [≤chunk, V_t] are built, never [B, T, V] of
-either side; the sort is of one chunk.
+logits [chunk, V_s] and the teacher logits of their aligned positions [chunk, V_t] (an unaligned
+row gets a stand-in, weighted 0) are built, never [B, T, V] of either side; the sort is of one
+chunk. On CUDA the chunk maths (``cross_tokenizer_chunk``) runs compiled
+(``compiled.compiled_cross_tokenizer_chunk``; ``DISTILL_PLUGIN_COMPILE=0`` keeps it eager).
 """
 
 from __future__ import annotations
@@ -223,7 +225,8 @@ def cross_tokenizer_loss(
         teacher_rows = teacher_rows.new_zeros(1, teacher_rows.shape[1])
     maths = cross_tokenizer_chunk
     if use_compiled(student_rows):  # a tensor normaliser: a new value must not recompile
-        maths, normalizer = compiled_cross_tokenizer_chunk, torch.as_tensor(normalizer, dtype=torch.float32, device=student_rows.device)
+        maths = compiled_cross_tokenizer_chunk
+        normalizer = torch.as_tensor(normalizer, dtype=torch.float32, device=student_rows.device)
     options = ChunkOptions(settings, mode, top_k, student_softcap, head.softcap)
     classes = signal.byte_classes if mode == "hybrid" else None
 
