@@ -69,7 +69,8 @@ def main() -> None:
     z, teacher_logp, targets, classes, tok = aligned_rows(a.out, a.student or a.out / f"seed_{a.seed}" / "sft_b", a.rows)
     student_logp = F.log_softmax(z, -1)
     losses = {
-        "next_byte": divergence(next_byte_logprobs(teacher_logp, classes.teacher), next_byte_logprobs(student_logp, classes.student)),
+        "next_byte": divergence(next_byte_logprobs(teacher_logp.exp(), classes.teacher),
+                                next_byte_logprobs(student_logp.exp(), classes.student)),
         "uld": sorted_l1(teacher_logp.exp(), student_logp.exp()),
         "ce": F.cross_entropy(z, targets, reduction="none"),
     }

@@ -90,6 +90,18 @@ def sorted_l1(teacher_p: torch.Tensor, student_p: torch.Tensor, top_k: int | Non
     return (teacher - student).abs().sum(-1)
 
 
+@contextmanager
+def _full_fp32():
+    """fp32 GEMMs in full precision here: TF32 (``tf32: true``) keeps 10 mantissa bits, which would
+    blur the small classes' masses."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 class _ClassSums(torch.autograd.Function):
     """mass[n, c] = Σ_{v: classes[v] = c} probs[n, v], and its gradient g[n, classes[v]].
 
@@ -121,29 +133,18 @@ class _ClassSums(torch.autograd.Function):
         return grad_mass.gather(1, saved.expand(grad_mass.shape[0], -1)), None, None
 
 
-@contextmanager
-def _full_fp32():
-    """fp32 GEMMs in full precision here: TF32 (``tf32: true``) keeps 10 mantissa bits, which would
-    blur the small classes' masses."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
 @torch.compiler.disable  # eager inside a compiled chunk: the GEMM's precision context is not traceable
-def next_byte_logprobs(logp: torch.Tensor, classes: torch.Tensor, gemm: bool | None = None) -> torch.Tensor:
-    """[n, V] log-probs → [n, 257]: log Σ_{v: classes[v] = c} p(v) per class c. An empty class (no id)
-    is −inf, which ``divergence`` reads as probability 0, with zero gradient; a class whose mass
-    underflows fp32 is floored at the smallest normal float instead, so it stays finite on both
-    sides. ``gemm``: class sums as a GEMM (default: on CUDA), see ``_ClassSums``."""
-    classes = classes.to(logp.device)
-    gemm = logp.is_cuda if gemm is None else gemm
-    mass = _ClassSums.apply(logp.exp(), classes, gemm)
-    used = torch.zeros(NUM_BYTE_CLASSES, dtype=torch.bool, device=logp.device)
-    used[classes[: logp.shape[-1]]] = True
+def next_byte_logprobs(probs: torch.Tensor, classes: torch.Tensor, gemm: bool | None = None) -> torch.Tensor:
+    """[n, V] probabilities → [n, 257] log-probs: log Σ_{v: classes[v] = c} p(v) per class c. (Probabilities
+    in, as ULD already holds them: no second exp over [n, V].) An empty class (no id) is −inf, which
+    ``divergence`` reads as probability 0, with zero gradient; a class whose mass underflows fp32 is
+    floored at the smallest normal float instead, so it stays finite on both sides. ``gemm``: class
+    sums as a GEMM (default: on CUDA), see ``_ClassSums``."""
+    classes = classes.to(probs.device)
+    gemm = probs.is_cuda if gemm is None else gemm
+    mass = _ClassSums.apply(probs, classes, gemm)
+    used = torch.zeros(NUM_BYTE_CLASSES, dtype=torch.bool, device=probs.device)
+    used[classes[: probs.shape[-1]]] = True
     tiny = torch.finfo(mass.dtype).tiny
     return torch.where(used, mass.clamp_min(tiny).log(), float("-inf"))
 
@@ -179,11 +180,12 @@ def cross_tokenizer_chunk(student_logits, teacher_logits, aligned, targets, clas
         teacher_logp = F.log_softmax(softcap(teacher_logits.float(), options.teacher_softcap) * inv_t, dim=-1)
     student_logp = F.log_softmax(logits * inv_t, dim=-1)
     weight = aligned.to(logits.dtype)
+    teacher_p, student_p = teacher_logp.exp(), student_logp.exp()
     # sorted by the raw (compute-dtype) logits: same order, faster sort (``_descending``)
-    uld = sorted_l1(teacher_logp.exp(), student_logp.exp(), options.top_k, teacher_logits, student_logits.detach()) * weight
+    uld = sorted_l1(teacher_p, student_p, options.top_k, teacher_logits, student_logits.detach()) * weight
     if options.mode == "hybrid":
-        next_byte = divergence(next_byte_logprobs(teacher_logp, classes.teacher),
-                               next_byte_logprobs(student_logp, classes.student),
+        next_byte = divergence(next_byte_logprobs(teacher_p, classes.teacher),
+                               next_byte_logprobs(student_p, classes.student),
                                settings.divergence, settings.beta, settings.skew) * weight
     else:
         next_byte = torch.zeros_like(uld)
