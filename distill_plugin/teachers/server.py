@@ -25,11 +25,17 @@ ahead). Requests run on one background event loop with one HTTP client and at mo
 ``max_concurrency`` requests in flight; the retries, backoff and error messages are the generation
 layer's (``OpenAIHTTPBackend.send``). Every process asks for its own batches (DDP). The time the
 trainer blocks on the server is logged as ``teacher_wait_s`` (seconds per optimizer step).
+
+Shutdown: ``close`` (also ``with`` exit and, for the trainer's source, interpreter exit) cancels
+the requests still in flight (the read-ahead always has some when training ends) and joins the
+loop's thread. A daemon thread left inside a torch op at interpreter exit aborts the process
+("terminate called without an active exception") after the model is saved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
 import time
@@ -102,6 +108,7 @@ class ServerTopKSource:
         self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-server", daemon=True)
         self._thread.start()
         self._client, self._sem = self._run(self._open())
+        atexit.register(self.close)  # before the interpreter stops daemon threads mid-op
 
     def __repr__(self) -> str:  # never the key
         return f"ServerTopKSource(url={self.url!r}, model={self.config.model!r}, k={self.k}, api={self.api})"
@@ -246,11 +253,19 @@ class ServerTopKSource:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP client and stop the background loop (also on ``with`` exit)."""
+        """Cancel the requests in flight, close the HTTP client, stop and join the background loop."""
+        atexit.unregister(self.close)
         if self._loop.is_running():
-            self._run(self._client.aclose())
+            self._run(self._shutdown())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+
+    async def _shutdown(self) -> None:
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self._client.aclose()
 
 
 class ReadAhead:

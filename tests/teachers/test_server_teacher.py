@@ -4,6 +4,10 @@ retries, the echo fallback, and the start-up refusals (limit below k, wrong mode
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -236,3 +240,43 @@ def test_api_key_is_sent_and_never_shown(tokenizer, url, caplog):
     with source(url, tokenizer) as served:
         described = served.connect()
         assert KEY not in described + repr(served) + repr(served.backend) + caplog.text
+
+
+def test_close_cancels_the_requests_in_flight(tokenizer, url):
+    """Training ends with the read-ahead's requests still out: ``close`` cancels them, joins the loop's
+    thread, and does not wait for the server."""
+    with source(url, tokenizer) as served:
+        served.connect()
+        set_faults(url, delay_s=30.0)
+        pending = served.submit(padded_batch(tokenizer))
+        started = time.perf_counter()
+    assert time.perf_counter() - started < 5 and pending.cancelled() and not served._thread.is_alive()
+
+
+EXIT_WITH_REQUESTS_OUT = """
+import atexit, sys
+from transformers import AutoTokenizer
+from distill_plugin.args import TeacherServerConfig
+from distill_plugin.demo.core import collate, encode
+from distill_plugin.demo.task import make_split
+from distill_plugin.teachers.server import ServerTopKSource
+
+tokenizer_dir, url, key_env, model = sys.argv[1:]
+tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+atexit.register(lambda: print("loop thread alive at exit:", served._thread.is_alive()))  # atexit is LIFO: runs after the source's
+served = ServerTopKSource(TeacherServerConfig(url=url, model=model, top_k=8, api_key_env=key_env), tokenizer)
+served.connect()
+batch = collate([encode(tokenizer, row) for row in make_split(3, seed=0)], tokenizer.pad_token_id)
+served.submit(batch)
+"""
+
+
+def test_a_process_that_exits_with_requests_out_stops_the_loop_first(tiny_pair, url):
+    """No ``close`` (a trainer's source lives until exit): interpreter exit still stops the loop's
+    thread before daemon threads are frozen mid-op (a torch op there aborts the process)."""
+    set_faults(url, stall=[2, 3, 4], stall_seconds=30.0)  # request 1 is the start-up probe; 2-4 the batch's
+    script = [sys.executable, "-c", EXIT_WITH_REQUESTS_OUT, str(tiny_pair[0]), url, KEY_ENV, MODEL]
+    proc = subprocess.Popen(script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "loop thread alive at exit: False" in out, out + err[-2000:]
