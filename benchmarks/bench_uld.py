@@ -9,12 +9,13 @@
    and digits) to show the cost is linear in tokens. Reports examples/s and student tokens/s.
 2. Step overhead on the tiny pair (hidden 32 student, 48 teacher): collate + teacher forward + the
    loss forward/backward, for same-tokenizer logit KD (student on A, forward KL) vs cross-tokenizer
-   `uld` and `hybrid` (student on B). Median ms per step.
+   `uld`, `hybrid` and `hybrid` with `uld_weight: 0` (student on B). Median ms per step.
 3. ``--loss-scale``: the loss alone (forward + backward) at real vocabulary sizes, e.g. on a GPU,
    for a Llama-3 teacher (V_t = 128,256, H 4,096) and a Qwen2.5 student (V_s = 151,936, H 1,536):
    same-tokenizer forward KL (``online_kd_loss``, the teacher's head cut to V_s) vs ``uld`` and
    ``hybrid`` (``cross_tokenizer_loss``; 95 % of rows aligned, first-byte classes drawn at random:
-   the cost does not depend on which), and ``hybrid`` with ``uld_top_k: 1024``. Median time and
+   the cost does not depend on which), ``hybrid`` with ``uld_top_k: 1024`` and with ``uld_weight: 0``
+   (the next byte alone: no sort). Median time and
    peak memory above the inputs.
 
     python benchmarks/bench_uld.py --loss-scale --device cuda            # the GPU numbers in README
@@ -96,11 +97,12 @@ def bench_steps(root: Path, rows, steps: int, batch: int) -> dict[str, float]:
         "same tokenizer, forward KL": (load(root / "student_a"), same, _student_features(tok_a, rows),
                                        TeacherModelSource(teacher, len(tok_a)), LogitTerms(settings)),
     }
-    for mode in ("uld", "hybrid"):
+    for name, mode, uld_weight in (("uld", "uld", 1.0), ("hybrid", "hybrid", 1.0), ("hybrid, uld_weight 0", "hybrid", 0.0)):
         classes = next_byte_classes(tok_b, tok_a) if mode == "hybrid" else None
-        setups[f"cross tokenizer, {mode}"] = (
+        setups[f"cross tokenizer, {name}"] = (
             load(student_sp_dir), cross, _student_features(tok_b, rows),
-            AlignedTeacherSource(teacher, len(tok_a), len(tok_b), classes), CrossTokenizerTerms(settings, mode))
+            AlignedTeacherSource(teacher, len(tok_a), len(tok_b), classes),
+            CrossTokenizerTerms(settings, mode, uld_weight=uld_weight))
     results = {}
     for name, (student, collate, features, source, term) in setups.items():
         times = []
@@ -148,6 +150,8 @@ def bench_loss_scale(device: str, dtype: torch.dtype, rows: int, repeats: int = 
         "cross tokenizer, hybrid": lambda: cross_tokenizer_loss(student_rows, student_weight, signal, targets, settings, "hybrid").loss,
         "cross tokenizer, hybrid, uld_top_k 1024": lambda: cross_tokenizer_loss(
             student_rows, student_weight, signal, targets, settings, "hybrid", top_k=1024).loss,
+        "cross tokenizer, hybrid, uld_weight 0": lambda: cross_tokenizer_loss(
+            student_rows, student_weight, signal, targets, settings, "hybrid", uld_weight=0.0).loss,
     }
     cuda = device.startswith("cuda")
     results = {}

@@ -4,8 +4,9 @@ For the student of a quality-benchmark run (``bench_quality.py --out OUT``; defa
 SFT student, ``OUT/seed_N/sft_b``) and the run's teacher, on the first ``--rows`` training examples:
 the gradient, with respect to the student's logits at every aligned supervised row, of the next-byte
 KL, of ULD (``losses.uld``: Σ|sort↓P − sort↓Q|) and of CE. It prints their mean cosine with CE's
-gradient (all rows, and the rows whose student argmax is wrong), the teacher's mean top probability,
-and the same per target token for the tokens with the largest summed CE.
+gradient (all rows; the rows whose student argmax is wrong, split by whether that argmax writes the
+same first byte as the target), the teacher's mean top probability, and the same per target token
+for the tokens with the largest summed CE.
 
     python benchmarks/diag_cross_tokenizer.py --out bench_quality_out --seed 1
 """
@@ -76,15 +77,24 @@ def main() -> None:
     }
     grads = {k: torch.autograd.grad(v.sum(), z, retain_graph=True)[0] for k, v in losses.items()}
     cos = {k: F.cosine_similarity(grads[k], grads["ce"], dim=-1) for k in ("next_byte", "uld")}
-    wrong = z.argmax(-1) != targets
+    argmax = z.argmax(-1)
+    wrong = argmax != targets
+    # the next-byte term cannot tell apart two tokens that write the same first byte
+    same_byte = wrong & (classes.student[argmax] == classes.student[targets])
+    other_byte = wrong & ~same_byte
     print(f"{len(targets)} aligned rows; teacher top probability {teacher_logp.exp().max(-1).values.mean():.4f} (mean); "
-          f"student argmax wrong on {wrong.float().mean():.1%}\n")
-    print("| term | mean cos with CE's gradient | rows where < 0 | mean cos, rows the student gets wrong | mean ‖grad‖ |")
-    print("|---|---|---|---|---|")
+          f"student argmax wrong on {wrong.float().mean():.1%} ({same_byte.float().mean():.1%} with the target's first byte)\n")
+    print("| term | mean cos with CE's gradient | rows where < 0 | mean cos, wrong rows | wrong, same first byte "
+          "| wrong, other first byte | mean ‖grad‖ |")
+    print("|---|---|---|---|---|---|---|")
+
+    def mean(c, rows):
+        return f"{c[rows].mean():+.3f}" if rows.any() else "–"
+
     for k, c in cos.items():
-        c_wrong = f"{c[wrong].mean():+.3f}" if wrong.any() else "–"
-        print(f"| {k} | {c.mean():+.3f} | {(c < 0).float().mean():.1%} | {c_wrong} | {grads[k].norm(dim=-1).mean():.4f} |")
-    print(f"| ce | +1 | – | – | {grads['ce'].norm(dim=-1).mean():.4f} |\n")
+        print(f"| {k} | {c.mean():+.3f} | {(c < 0).float().mean():.1%} | {mean(c, wrong)} | {mean(c, same_byte)} "
+              f"| {mean(c, other_byte)} | {grads[k].norm(dim=-1).mean():.4f} |")
+    print(f"| ce | +1 | – | – | – | – | {grads['ce'].norm(dim=-1).mean():.4f} |\n")
     by = collections.defaultdict(list)
     for j, t in enumerate(targets.tolist()):
         by[tok.convert_ids_to_tokens(t)].append(j)

@@ -29,7 +29,7 @@ SPARSE_ONLY = ("topk_tail",)  # the top-k loss: stored (`teacher_logits`) or ser
 # On-policy distillation (GKD): sampling settings, meaningful only when something is sampled.
 GENERATION_ONLY = ("max_new_tokens", "generation_temperature", "generation_top_p", "generation_backend")
 DIVERGENCE_ONLY = {"beta": ("jsd",), "skew": ("skew_forward_kl", "skew_reverse_kl")}
-CROSS_TOKENIZER_ONLY = ("teacher_tokenizer", "uld_top_k")
+CROSS_TOKENIZER_ONLY = ("teacher_tokenizer", "uld_top_k", "uld_weight")
 
 # The choices come from the registries, so a new divergence or tail mode is one edit in losses/.
 Divergence = Literal[DIVERGENCES]
@@ -206,13 +206,16 @@ class DistillConfig(BaseModel):
 
     # Cross-tokenizer KD (README "Cross-tokenizer distillation", issue #15); needs the online `teacher`.
     cross_tokenizer: Literal["off", "uld", "hybrid"] = Field(
-        "off", description="Teacher with another tokenizer: `uld` (sorted-probability L1 per aligned span) or `hybrid` (`divergence` between the two next-byte distributions + ULD)."
+        "off", description="Teacher with another tokenizer: `uld` (sorted-probability L1 per aligned span) or `hybrid` (`divergence` between the two next-byte distributions + `uld_weight` × ULD)."
     )
     teacher_tokenizer: str | None = Field(
         None, description="Cross-tokenizer: the teacher's tokenizer (path or hub id); default: the teacher checkpoint's own."
     )
     uld_top_k: int | None = Field(
         None, gt=0, description="Cross-tokenizer: compare the sorted top-k probabilities of both sides (default: the full sorted vocabularies)."
+    )
+    uld_weight: float | None = Field(
+        None, ge=0, description="Cross-tokenizer `hybrid`: the weight of ULD against the next-byte term (default 1; 0 = the next byte alone, no sort)."
     )
 
     @model_validator(mode="after")
@@ -233,6 +236,10 @@ class DistillConfig(BaseModel):
             raise ValueError("distill.check_tokenizer has no effect with cross_tokenizer (tokenizers may differ); remove it")
         if self.cross_tokenizer == "uld" and self.divergence != "forward_kl":
             raise ValueError("distill.divergence has no effect with cross_tokenizer 'uld' (used by 'hybrid'); remove it")
+        if self.cross_tokenizer == "uld" and self.uld_weight is not None:
+            raise ValueError("distill.uld_weight weighs ULD inside 'hybrid'; with cross_tokenizer 'uld' set kd_weight")
+        if self.uld_weight == 0 and self.uld_top_k is not None:
+            raise ValueError("distill.uld_top_k has no effect with uld_weight 0 (no ULD); remove it")
         return self
 
     @model_validator(mode="after")
@@ -257,7 +264,8 @@ class DistillConfig(BaseModel):
         if self.cross_tokenizer != "off":
             from .losses.uld import CrossTokenizerTerms
 
-            return [CrossTokenizerTerms(self.kd_settings(), self.cross_tokenizer, self.uld_top_k, self.chunk_size)]
+            uld_weight = 1.0 if self.uld_weight is None else self.uld_weight
+            return [CrossTokenizerTerms(self.kd_settings(), self.cross_tokenizer, self.uld_top_k, self.chunk_size, uld_weight)]
         terms = [LogitTerms(self.kd_settings(), self.topk_tail, self.chunk_size)]
         if self.hidden_weight:
             if student is None or teacher is None:

@@ -66,6 +66,16 @@ def test_every_methods_recipe_has_a_valid_distill_block(name, tmp_path):
         assert QUICK.cross_ce_weight > 0 and QUICK.cross_ce_weight != QUICK.ce_weight
 
 
+def test_cross_tokenizer_rows_use_the_recipes_mode_and_weights():
+    """The table's ULD row is ``recipes/uld_llama_to_qwen.yml``'s loss: same mode, same weights."""
+    recipe = yaml.safe_load((REPO / "recipes" / "uld_llama_to_qwen.yml").read_text())["distill"]
+    block = METHODS["uld"].distill(Shared(Path("out")), Settings())
+    for key in ("cross_tokenizer", "kd_weight", "ce_weight", "temperature"):
+        assert block[key] == recipe[key], key
+    assert "uld" in table_methods() and "uld_hybrid" in table_methods()
+    assert METHODS["uld_hybrid"].distill(Shared(Path("out")), with_overrides(Settings(), ["cross_uld_weight=0"]))["uld_weight"] == 0
+
+
 def test_gap_closed_per_seed_against_that_seeds_sft():
     teacher = {"exact_match": 0.9}
     rows = [{"seed": 1, "row": "sft", "exact_match": 0.5}, {"seed": 2, "row": "sft", "exact_match": 0.7},

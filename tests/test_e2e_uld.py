@@ -1,7 +1,8 @@
 """End to end through ``axolotl.cli.train``: a tiny teacher on tokenizer A (byte-level, ChatML)
-teaches a tiny student on tokenizer B (SentencePiece-style, its own chat template) with the hybrid
-cross-tokenizer loss; on held-out problems the student's next-byte KL to the teacher drops below the
-untrained student's, and the trained student writes its own tokenizer's tokens."""
+teaches a tiny student on tokenizer B (SentencePiece-style, its own chat template), with the
+recipe's ULD and with the hybrid (next-byte KL + ULD); on held-out problems the student's next-byte
+KL to the teacher drops below the untrained student's, and the trained student writes its own
+tokenizer's tokens."""
 
 from __future__ import annotations
 
@@ -88,27 +89,38 @@ def canonical_share(student_path, rows, new_tokens=40) -> float:
     return written / max(generated, 1)
 
 
-def test_cross_tokenizer_hybrid_teaches_the_student(tmp_path, cross_pair, arithmetic_data, twin_root):
-    """The recipe's own twin (its student the one on the second tokenizer), trained 36 steps: its
-    ``# twin-checks:`` (the twin's one run in the suite, ``test_e2e_twins.TRAINED_ELSEWHERE``) and
-    the learning checks."""
+@pytest.fixture(scope="module")
+def trained_pair(cross_pair):
+    """The cross pair, its teacher trained on the addition task (once for the module)."""
+    start = time.monotonic()
+    train_teacher(cross_pair[0])
+    print(f"teacher trained in {time.monotonic() - start:.0f} s")
+    return cross_pair
+
+
+def train_cross(tmp_path, trained_pair, arithmetic_data, twin_root, distill: dict | None = None):
+    """The recipe's own twin (its student the one on the second tokenizer), trained 36 steps. What a
+    learning check needs beyond the twin: the recipe's lr (1e-5, for 1.5B parameters) does not move a
+    32-wide student in 36 steps; an evaluation at the start and the end to compare."""
+    teacher, student = trained_pair
+    overrides = {"learning_rate": 3e-3, "val_set_size": 0.25, "eval_steps": 18, **({"distill": distill} if distill else {})}
+    run = train_twin(RECIPE, twin_root, tmp_path, overrides, steps=36, teacher=teacher, data=arithmetic_data,
+                     cross_student=student, prepared=tmp_path / "prepared")
+    assert run.student == student  # derive_twin took the student on the second tokenizer
+    mode = run.config["distill"]["cross_tokenizer"]
+    assert len(re.findall(rf"tokenizers differ \(261 vs 519 tokens\), alignment in use \(cross_tokenizer {mode}, "
+                          r"teacher uses its own chat template\)", run.output)) == 1, run.output[-4000:]
+    return run
+
+
+def learned(run, trained_pair, name: str) -> None:
+    """The ``eval_<name>_loss`` drops; the held-out next-byte KL to the teacher falls below the untrained
+    student's; the trained student writes its own tokenizer's tokens."""
     from distill_plugin.demo.task import make_split
 
-    teacher, student = cross_pair
-    start = time.monotonic()
-    train_teacher(teacher)
-    print(f"teacher trained in {time.monotonic() - start:.0f} s")
-    # What a learning check needs beyond the twin: the recipe's lr (1e-5, for 1.5B parameters) does not
-    # move a 32-wide student in 36 steps; an evaluation at the start and the end to compare.
-    run = train_twin(RECIPE, twin_root, tmp_path, {"learning_rate": 3e-3, "val_set_size": 0.25, "eval_steps": 18},
-                     steps=36, teacher=teacher, data=arithmetic_data, cross_student=student, prepared=tmp_path / "prepared")
-    assert run.student == student  # derive_twin took the student on the second tokenizer
-    check_promises(RECIPE, run)  # next_byte_loss, uld_loss, ce_loss, eval, alignment
-    assert len(re.findall(r"tokenizers differ \(261 vs 519 tokens\), alignment in use \(cross_tokenizer hybrid, "
-                          r"teacher uses its own chat template\)", run.output)) == 1, run.output[-4000:]
-    assert all(e["next_byte_loss"] > 0 and e["uld_loss"] > 0 for e in run.logs)
-    evals = [float(v) for v in re.findall(r"'eval_next_byte_loss': '?([-\d.e+]+)", run.output)]
-    assert len(evals) >= 2 and evals[-1] < evals[0]  # held-out next-byte KL, first vs last evaluation
+    teacher, student = trained_pair
+    evals = [float(v) for v in re.findall(rf"'eval_{name}_loss': '?([-\d.e+]+)", run.output)]
+    assert len(evals) >= 2 and evals[-1] < evals[0], evals  # first vs last evaluation
     heldout = make_split(24, seed=99)
     before, after = next_byte_kl(student, teacher, heldout), next_byte_kl(run.out, teacher, heldout)
     print(f"held-out next-byte KL to the teacher: untrained {before:.3f} -> trained {after:.3f}")
@@ -116,3 +128,21 @@ def test_cross_tokenizer_hybrid_teaches_the_student(tmp_path, cross_pair, arithm
     share = canonical_share(run.out, heldout[:8])
     print(f"tokens its tokenizer writes / tokens generated: {share:.2f}")
     assert share > 0.9
+
+
+def test_recipe_uld_teaches_the_student(tmp_path, trained_pair, arithmetic_data, twin_root):
+    """The recipe as written (ULD + CE): its ``# twin-checks:`` (the twin's one run in the suite,
+    ``test_e2e_twins.TRAINED_ELSEWHERE``) and the learning checks."""
+    run = train_cross(tmp_path, trained_pair, arithmetic_data, twin_root)
+    check_promises(RECIPE, run)  # uld_loss, ce_loss, eval, alignment
+    assert all(e["uld_loss"] > 0 and "next_byte_loss" not in e for e in run.logs)
+    learned(run, trained_pair, "uld")
+
+
+def test_hybrid_teaches_the_student(tmp_path, trained_pair, arithmetic_data, twin_root):
+    """The recipe with ``cross_tokenizer: hybrid`` at the weights of its first release (kd 0.5 / ce 0.5):
+    both KD components logged, and the learning checks on the next-byte term."""
+    run = train_cross(tmp_path, trained_pair, arithmetic_data, twin_root,
+                      {"cross_tokenizer": "hybrid", "divergence": "forward_kl", "kd_weight": 0.5, "ce_weight": 0.5})
+    assert all(e["next_byte_loss"] > 0 and e["uld_loss"] > 0 for e in run.logs)
+    learned(run, trained_pair, "next_byte")

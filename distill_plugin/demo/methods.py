@@ -195,17 +195,18 @@ def gkd(sh: Shared, s) -> dict:
 def cross_tokenizer(sh: Shared, s, mode: str) -> dict:
     """Cross-tokenizer KD from the shared teacher (tokenizer A) to a tokenizer-B student: the collator
     aligns both tokenisations at common character offsets and each aligned span compares the two
-    next-token distributions. ``hybrid`` (``recipes/uld_llama_to_qwen.yml``'s): forward KL between the
-    two next-byte distributions (A writes one byte per token; B's merges such as ``+1=`` count for
-    their first byte) plus ULD on the full distributions; ``uld``: ULD alone, the sorted-probability
-    L1 that ignores which token is which (Boizard et al.), for comparison. The same temperature as
-    the same-tokenizer logit rows; the recipe's weights (``cross_kd_weight``/``cross_ce_weight``: CE
-    tells the student which of its tokens writes the text); full sorted vocabularies (``uld_top_k``
-    unset: 261 and 519 ids)."""
+    next-token distributions. ``uld`` (``recipes/uld_llama_to_qwen.yml``'s): the sorted-probability
+    L1 that ignores which token is which (Boizard et al.); ``hybrid``: forward KL between the two
+    next-byte distributions (A writes one byte per token; B's merges such as ``+1=`` count for their
+    first byte) plus ``cross_uld_weight`` × ULD. The same temperature as the same-tokenizer logit
+    rows; the recipe's weights (``cross_kd_weight``/``cross_ce_weight``, chosen from the five-seed
+    sweep in docs/quality.md); full sorted vocabularies (``uld_top_k`` unset: 261 and 519 ids)."""
     block = {**logit_kd(sh, s, "forward_kl"), "cross_tokenizer": mode,
              "kd_weight": s.cross_kd_weight, "ce_weight": s.cross_ce_weight}
     if mode == "uld":
         block.pop("divergence")  # used by hybrid's next-byte part only (the plugin refuses it with uld)
+    elif s.cross_uld_weight != 1.0:
+        block["uld_weight"] = s.cross_uld_weight
     return block
 
 
@@ -233,11 +234,10 @@ METHODS: dict[str, Method] = {
         "hidden_loss": "cosine", "hidden_layers": f"uniform:{s.student_layers}", "hidden_projector": "linear"}),
     # Cross-tokenizer (#15): a tokenizer-B student, its own SFT baseline, the shared tokenizer-A teacher.
     "sft_b": Method("SFT (ground truth), student tokenizer B", tokenizer="b", baseline="sft_b"),
+    "uld": Method("cross-tokenizer KD, ULD (the recipe's), student tokenizer B", tokenizer="b", baseline="sft_b",
+                  distill=lambda sh, s: cross_tokenizer(sh, s, "uld")),
     "uld_hybrid": Method("cross-tokenizer KD, hybrid (next-byte KL + ULD), student tokenizer B", tokenizer="b",
                          baseline="sft_b", distill=lambda sh, s: cross_tokenizer(sh, s, "hybrid")),
-    # Not in the table (five more students): ULD alone, to compare with the hybrid; --method uld.
-    "uld": Method("cross-tokenizer KD, ULD only, student tokenizer B", tokenizer="b", baseline="sft_b",
-                  distill=lambda sh, s: cross_tokenizer(sh, s, "uld"), in_table=False),
 }
 
 

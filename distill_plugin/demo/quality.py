@@ -64,10 +64,11 @@ class Settings:
     kd_weight: float = 1.0  # --tune on seed 0: (T 1, kd 1, ce 0) 39.0% vs (1, .5, .5) 11.5%, (2, .5, .5) 2.0%
     ce_weight: float = 0.0
     hidden_weight: float = 1.0  # --tune on seed 0: weight 1 16.0% vs weight 4 5.5%
-    # cross-tokenizer rows: the recipe's weights. They need CE: neither ULD nor the next-byte KL says
-    # which of the student's own tokens writes the text (not tuned)
-    cross_kd_weight: float = 0.5
-    cross_ce_weight: float = 0.5
+    # cross-tokenizer rows: the recipe's weights, from a five-seed sweep (docs/quality.md). They need CE:
+    # neither ULD nor the next-byte KL says which of the student's own tokens writes the text
+    cross_kd_weight: float = 0.1
+    cross_ce_weight: float = 1.0
+    cross_uld_weight: float = 1.0  # hybrid: ULD against the next-byte term (``distill.uld_weight``)
     top_k: int = 16
     seqkd_samples: int = 2
     seqkd_temperature: float = 1.0

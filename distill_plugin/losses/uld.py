@@ -20,10 +20,11 @@ continuation of the same text (a common token boundary), or with none. For an al
     next byte of text. With b(v) the first byte id v writes (``alignment.tokens.next_byte_classes``):
         P_B(c) = Σ_{v ∈ V_t: b(v) = c} P(v),    Q_B(c) = Σ_{v ∈ V_s: b(v) = c} Q(v)
         next_byte_i = D(P_B ‖ Q_B)             D the configured divergence, 257 classes (256 + none)
-    plus uld_i on the full distributions.
+    plus w_uld · uld_i on the full distributions (``uld_weight`` w_uld, default 1; 0 = the next byte
+    alone, and no sort is run).
     ce_i     = −log softmax(z_s)[target_i]            every supervised row, aligned or not (T = 1)
 
-    loss = (kd_weight · T^{2·[temperature_squared]} · Σ_{aligned i} (uld_i + next_byte_i)
+    loss = (kd_weight · T^{2·[temperature_squared]} · Σ_{aligned i} (next_byte_i + w_uld · uld_i)
             + ce_weight · Σ_i ce_i) / N
 
 Why the next byte and not the ids both vocabularies spell alike (TRL GOLD's hybrid, and ours before):
@@ -164,6 +165,7 @@ class ChunkOptions(NamedTuple):
     top_k: int | None
     student_softcap: float | None
     teacher_softcap: float | None
+    uld_weight: float = 1.0  # hybrid: relative to next_byte; 0 skips ULD (no sort)
 
 
 def cross_tokenizer_chunk(student_logits, teacher_logits, aligned, targets, classes, options: ChunkOptions, normalizer):
@@ -181,15 +183,17 @@ def cross_tokenizer_chunk(student_logits, teacher_logits, aligned, targets, clas
     student_logp = F.log_softmax(logits * inv_t, dim=-1)
     weight = aligned.to(logits.dtype)
     teacher_p, student_p = teacher_logp.exp(), student_logp.exp()
-    # sorted by the raw (compute-dtype) logits: same order, faster sort (``_descending``)
-    uld = sorted_l1(teacher_p, student_p, options.top_k, teacher_logits, student_logits.detach()) * weight
+    if options.uld_weight:  # sorted by the raw (compute-dtype) logits: same order, faster sort (``_descending``)
+        uld = sorted_l1(teacher_p, student_p, options.top_k, teacher_logits, student_logits.detach()) * weight
+    else:
+        uld = torch.zeros_like(weight)
     if options.mode == "hybrid":
         next_byte = divergence(next_byte_logprobs(teacher_p, classes.teacher),
                                next_byte_logprobs(student_p, classes.student),
                                settings.divergence, settings.beta, settings.skew) * weight
     else:
         next_byte = torch.zeros_like(uld)
-    objective, _, ce = combine(next_byte + uld, logits, targets, settings, normalizer)
+    objective, _, ce = combine(next_byte + options.uld_weight * uld, logits, targets, settings, normalizer)
     return torch.stack([objective, next_byte.detach().sum() / normalizer, uld.detach().sum() / normalizer, ce])
 
 
@@ -205,6 +209,7 @@ def cross_tokenizer_loss(
     chunk_size: int | None = None,
     student_bias: torch.Tensor | None = None,
     student_softcap: float | None = None,
+    uld_weight: float = 1.0,
 ) -> CrossTokenizerOutput:
     """Fused, chunked ULD / hybrid (+ CE) over the N supervised student rows; see the module docstring.
 
@@ -216,6 +221,8 @@ def cross_tokenizer_loss(
         raise ValueError(f"cross_tokenizer must be one of {CROSS_TOKENIZER_MODES}, got {mode!r}")
     if mode == "hybrid" and signal.byte_classes is None:
         raise ValueError("the hybrid cross-tokenizer loss needs the first-byte classes (AlignedLogits.byte_classes)")
+    if uld_weight != 1.0 and mode != "hybrid":
+        raise ValueError("uld_weight weighs ULD against the next-byte term of `hybrid`; plain ULD is weighted by kd_weight")
     normalizer = normalizer if normalizer is not None else max(student_rows.shape[0], 1)
     vocab_s = min(signal.student_vocab_size or student_weight.shape[0], student_weight.shape[0])
     head = signal.head
@@ -229,7 +236,7 @@ def cross_tokenizer_loss(
     if use_compiled(student_rows):  # a tensor normaliser: a new value must not recompile
         maths = compiled_cross_tokenizer_chunk
         normalizer = torch.as_tensor(normalizer, dtype=torch.float32, device=student_rows.device)
-    options = ChunkOptions(settings, mode, top_k, student_softcap, head.softcap)
+    options = ChunkOptions(settings, mode, top_k, student_softcap, head.softcap, float(uld_weight))
     classes = signal.byte_classes if mode == "hybrid" else None
 
     def chunk_loss(student_logits, start, end):
@@ -246,13 +253,15 @@ def cross_tokenizer_loss(
 
 @dataclass(frozen=True)
 class CrossTokenizerTerms:
-    """``uld`` (+ ``next_byte`` for hybrid), each weighted kd_weight·T², and ``ce`` (ce_weight), from one
-    fused chunk pass over the student's supervised rows; consumes ``AlignedLogits``."""
+    """``next_byte`` (hybrid, weight kd_weight·T²), ``uld`` (kd_weight·T², times ``uld_weight`` in hybrid;
+    absent when that is 0) and ``ce`` (ce_weight), from one fused chunk pass over the student's
+    supervised rows; consumes ``AlignedLogits``."""
 
     settings: KDSettings = KDSettings()
     mode: str = "uld"
     top_k: int | None = None
     chunk_size: int | None = None
+    uld_weight: float = 1.0
     accepts = (AlignedLogits,)
 
     def __post_init__(self):
@@ -262,13 +271,17 @@ class CrossTokenizerTerms:
     @property
     def components(self) -> tuple[Component, ...]:
         kd = (Component("next_byte", self.settings.kd_scale),) if self.mode == "hybrid" else ()
-        return *kd, Component("uld", self.settings.kd_scale), Component("ce", self.settings.ce_weight)
+        uld = (Component("uld", self.settings.kd_scale * self.uld_weight),) if self.uld_weight else ()
+        return *kd, *uld, Component("ce", self.settings.ce_weight)
 
     def __call__(self, student: StudentRows, signal: AlignedLogits) -> TermOutput:
         head = student.head
         out = cross_tokenizer_loss(
             student.rows, head.weight, signal, student.targets, self.settings, self.mode, self.top_k,
             normalizer=1.0, chunk_size=self.chunk_size, student_bias=head.bias, student_softcap=head.softcap,
+            uld_weight=self.uld_weight,
         )
-        parts = [out.next_byte, out.uld, out.ce] if self.mode == "hybrid" else [out.uld, out.ce]
+        parts = [out.next_byte] if self.mode == "hybrid" else []
+        parts += [out.uld] if self.uld_weight else []
+        parts.append(out.ce)
         return TermOutput(out.loss, torch.stack(parts))

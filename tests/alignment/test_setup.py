@@ -20,6 +20,10 @@ from test_preflight import preflight, recipe
         ({"cross_tokenizer": "hybrid", "teacher": None, "teacher_logits": "x/"}, "needs the online `teacher`"),
         ({"cross_tokenizer": "wasserstein"}, "cross_tokenizer"),
         ({"cross_tokenizer": "uld", "uld_top_k": 0}, "uld_top_k"),
+        ({"uld_weight": 0.5}, "distill.uld_weight has no effect with cross_tokenizer 'off'"),
+        ({"cross_tokenizer": "uld", "uld_weight": 0.5}, "uld_weight weighs ULD inside 'hybrid'"),
+        ({"cross_tokenizer": "hybrid", "uld_weight": 0, "uld_top_k": 8}, "uld_top_k has no effect with uld_weight 0"),
+        ({"cross_tokenizer": "hybrid", "uld_weight": -1}, "uld_weight"),
     ],
 )
 def test_settings_without_effect_are_refused(fields, needle):
@@ -32,7 +36,9 @@ def test_terms_follow_the_mode():
 
     (term,) = DistillConfig(teacher="t", cross_tokenizer="hybrid", divergence="jsd", uld_top_k=5).loss_terms()
     assert isinstance(term, CrossTokenizerTerms) and term.mode == "hybrid" and term.top_k == 5
-    assert [c.name for c in term.components] == ["next_byte", "uld", "ce"]
+    assert [c.name for c in term.components] == ["next_byte", "uld", "ce"] and term.uld_weight == 1.0
+    (term,) = DistillConfig(teacher="t", cross_tokenizer="hybrid", uld_weight=0).loss_terms()
+    assert [c.name for c in term.components] == ["next_byte", "ce"] and term.uld_weight == 0
 
 
 def test_preflight_cross_pair(tmp_path, cross_pair, arithmetic_data, capsys):

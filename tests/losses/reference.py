@@ -113,8 +113,9 @@ def reference_class_sums(p, classes, width=257):
 
 
 def reference_cross_tokenizer(h_s, w_s, h_t, w_t, index, targets, s, mode, top_k, byte_classes, normalizer,
-                              student_vocab=None, teacher_vocab=None):
-    """ULD / hybrid + CE on full float64 logits: (objective, next_byte, uld, ce), each divided by N.
+                              student_vocab=None, teacher_vocab=None, uld_weight=1.0):
+    """ULD / hybrid + CE on full float64 logits: (objective, next_byte, uld, ce), each divided by N;
+    the hybrid's KD part is next_byte + uld_weight · uld.
 
     Student row i is compared with teacher row index[i] (−1: CE only)."""
     zs = logits(h_s, w_s, vocab=student_vocab)
@@ -129,5 +130,5 @@ def reference_cross_tokenizer(h_s, w_s, h_t, w_t, index, targets, s, mode, top_k
         pb = reference_class_sums(p, byte_classes.teacher)
         qb = reference_class_sums(q, byte_classes.student)
         next_byte = reference_divergence(pb, qb, s.divergence, s.beta, s.skew).sum()
-    objective, _, ce = _assemble(next_byte + uld, zs, targets, s, normalizer)
+    objective, _, ce = _assemble(next_byte + uld_weight * uld, zs, targets, s, normalizer)
     return objective, next_byte / normalizer, uld / normalizer, ce

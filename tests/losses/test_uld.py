@@ -61,6 +61,28 @@ def test_values_and_grads_match_reference(mode, div, top_k, temperature, chunk):
         torch.testing.assert_close(ours, ref_grad.float(), rtol=1e-3, atol=floor)
 
 
+@pytest.mark.parametrize("uld_weight", [0.0, 0.25, 3.0])
+def test_hybrid_uld_weight_matches_reference(uld_weight):
+    """``uld_weight`` scales ULD against the next-byte term; at 0 ULD is not computed (logged as 0)."""
+    h_s, w_s, h_t, w_t, targets, index = case(seed=4)
+    s = KDSettings(divergence="forward_kl", temperature=2.0, kd_weight=0.7, ce_weight=0.3)
+    classes = byte_classes()
+    signal = AlignedLogits(h_t, OutputHead(w_t), index, byte_classes=classes)
+    out = cross_tokenizer_loss(h_s, w_s, signal, targets, s, "hybrid", None, normalizer=40, chunk_size=8,
+                               uld_weight=uld_weight)
+    out.loss.backward()
+    h2 = h_s.detach().clone().requires_grad_(True)
+    ref, next_byte, uld, _ = reference_cross_tokenizer(h2, w_s.detach(), h_t, w_t, index, targets, s, "hybrid", None,
+                                                       classes, 40, uld_weight=uld_weight)
+    ref.backward()
+    torch.testing.assert_close(out.loss.double(), ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.next_byte.double(), next_byte.detach(), rtol=1e-4, atol=1e-6)
+    assert (out.uld == 0) if uld_weight == 0 else torch.isclose(out.uld.double(), uld.detach(), rtol=1e-4)
+    torch.testing.assert_close(h_s.grad, h2.grad.float(), rtol=1e-3, atol=1e-4 * h2.grad.abs().max().item())
+    with pytest.raises(ValueError, match="uld_weight weighs ULD against the next-byte term"):
+        cross_tokenizer_loss(h_s, w_s, signal, targets, s, "uld", uld_weight=uld_weight or 2.0)
+
+
 def test_padding_rows_of_both_heads_are_cut():
     h_s, w_s, h_t, w_t, targets, index = case()
     pad_s = torch.cat([w_s.detach(), torch.randn(6, w_s.shape[1])]).requires_grad_(True)  # lm_head padding rows
@@ -119,9 +141,11 @@ def test_term_components_and_every_weighted_component_has_gradient():
     h_s, w_s, h_t, w_t, targets, index = case()
     signal = AlignedLogits(h_t, OutputHead(w_t), index, byte_classes=byte_classes())
     student = StudentRows(h_s, targets, OutputHead(w_s))
-    for mode, names in (("uld", ["uld", "ce"]), ("hybrid", ["next_byte", "uld", "ce"])):
+    for mode, uld_weight, names in (("uld", 1.0, ["uld", "ce"]), ("hybrid", 1.0, ["next_byte", "uld", "ce"]),
+                                    ("hybrid", 0.0, ["next_byte", "ce"])):
         for weights in ((1.0, 0.0), (0.0, 1.0)):  # KD alone, CE alone: each moves the student
-            term = CrossTokenizerTerms(KDSettings(kd_weight=weights[0], ce_weight=weights[1], temperature=2.0), mode)
+            settings = KDSettings(kd_weight=weights[0], ce_weight=weights[1], temperature=2.0)
+            term = CrossTokenizerTerms(settings, mode, uld_weight=uld_weight)
             assert [c.name for c in term.components] == names
             assert term.components[0].weight == weights[0] * 4  # T² on the KD components
             h_s.grad = None
