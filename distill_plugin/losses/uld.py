@@ -34,6 +34,9 @@ mass on ``5`` ("the text goes on with 5"); the student's ``5`` means "the token 
 it never reads: in the quality benchmark such students greedy-decoded ``+``, ``0``, ``=`` one
 character at a time where their tokenizer writes ``+4=``, and scored 0 % on every seed (SFT 13.9 %).
 The next-byte distribution moves mass between the student's tokens only by what they spell first.
+Within a class it is not neutral: ∂next_byte/∂z_v = Q(v)·(1 − P_B(c)/Q_B(c)) for v of class c, so the
+class's tokens rise in proportion to the student's own shares. Against a teacher sure of the byte it
+sharpens the student's guess within the class (measured in docs/quality.md, item 4).
 
 Normalisation: the sums run over *aligned spans* (one term per aligned row, whatever the span's
 length in tokens) and are divided, like the logit loss, by N = the optimizer step's supervised

@@ -209,3 +209,20 @@ def test_compiled_chunk_matches_eager():
     assert eager[1] > 0 and eager[2] > 0  # next_byte and uld both present
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-7)
+
+
+def test_next_byte_gradient_follows_the_students_shares_within_a_class():
+    """README's claim, checked on our term: ∂next_byte/∂z_v = Q(v)·(1 − P_B(c)/Q_B(c)) for v of class c
+    (forward KL), so within a class each token moves in proportion to its own probability."""
+    from distill_plugin.losses.divergences import divergence
+
+    classes = byte_classes().student
+    z = (torch.randn(3, VS, dtype=torch.float64) * 2).requires_grad_(True)
+    teacher_b = torch.softmax(torch.randn(3, VS, dtype=torch.float64), -1)
+    p_b = next_byte_logprobs(teacher_b.float(), classes, gemm=False).double()
+    q = torch.softmax(z, -1)
+    divergence(p_b, next_byte_logprobs(q.float(), classes, gemm=False).double(), "forward_kl").sum().backward()
+    q = q.detach()
+    q_b = reference_class_sums(q, classes)
+    expected = q * (1 - p_b.exp().gather(1, classes.expand(3, -1)) / q_b.gather(1, classes.expand(3, -1)))
+    torch.testing.assert_close(z.grad, expected, rtol=1e-4, atol=1e-6)
