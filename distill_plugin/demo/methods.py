@@ -118,8 +118,6 @@ class Method:
     around: Callable[[Shared, object], AbstractContextManager] | None = None
     tokenizer: str = "a"
     baseline: str = "sft"
-    # In the run without --method (the README's table); False: on request only.
-    in_table: bool = True
 
 
 def distill_data(*args: str, cwd: Path, threads: int = 1) -> None:
