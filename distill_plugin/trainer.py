@@ -22,6 +22,7 @@ generated, and the count is taken over the generated labels.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Sequence
 
@@ -35,6 +36,8 @@ from .hidden.projector import PROJECTOR_FILE, load_projectors, save_projectors
 from .losses.terms import LossTerm, TermOutput, check_signals, component_names, run_terms
 from .modeling import inside_forward, model_inputs, through_head, unwrap_causal_lm, unwrap_distributed
 from .signals import LABELS, StudentRows
+
+LOG = logging.getLogger(__name__)
 
 
 class _ZeroGradsAfterStep(TrainerCallback):
@@ -249,7 +252,8 @@ def make_trl_trainer_class():
     from trl import SFTTrainer
 
     class DistillSFTTrainer(DistillTrainerMixin, SFTTrainer):
-        """SFTTrainer + KD. Pass ``teacher_model`` (a model or path) and ``distill_config``."""
+        """SFTTrainer + KD. Pass ``teacher_model`` (a model or path) and ``distill_config``, or a served
+        teacher in ``distill_config["teacher_server"]`` (top-k KD over HTTP, read ahead like Axolotl's)."""
 
         def __init__(self, *args, teacher_model=None, distill_config: DistillConfig | dict | None = None, **kwargs):
             super().__init__(*args, **kwargs)
@@ -263,6 +267,16 @@ def make_trl_trainer_class():
             config = DistillConfig.model_validate(fields)
             if config.cross_tokenizer != "off":  # needs the cross-tokenizer collator (issue #15)
                 raise ValueError("distill.cross_tokenizer is supported through Axolotl (the plugin supplies the collator), not DistillSFTTrainer")
+            if config.teacher_logits is not None:  # needs the offline collator's targets in each batch
+                raise ValueError("distill.teacher_logits is supported through Axolotl (the plugin supplies the collator), "
+                                 "not DistillSFTTrainer; use `teacher_model` or `teacher_server`")
+            if config.teacher_server is not None:
+                from .teachers.server import ServerTopKSource
+
+                served = ServerTopKSource(config.teacher_server, self.processing_class, config.check_tokenizer)
+                LOG.info("distill_plugin: teacher = served %s", served.connect())  # ServerSetupError: one line, the URL
+                self.setup_distillation(config, served)
+                return
             if isinstance(teacher_model, torch.nn.Module):
                 teacher = teacher_model.to(config.teacher_device or self.args.device).eval().requires_grad_(False)
             else:

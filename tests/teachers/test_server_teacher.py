@@ -280,3 +280,30 @@ def test_a_process_that_exits_with_requests_out_stops_the_loop_first(tiny_pair, 
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert "loop thread alive at exit: False" in out, out + err[-2000:]
+
+
+def test_trl_trainer_trains_from_the_served_teacher(tiny_pair, tokenizer, url, arithmetic_data, tmp_path):
+    """TRL's ``DistillSFTTrainer`` with ``teacher_server``: every step logs kd_loss and teacher_wait_s, the
+    requests go out (read ahead), and the student learns; ``teacher_logits`` is refused in one line."""
+    from datasets import load_dataset
+    from trl import SFTConfig
+
+    from distill_plugin.trainer import make_trl_trainer_class
+
+    dataset = load_dataset("json", data_files=str(arithmetic_data), split="train").select_columns(["messages"])
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=8, learning_rate=3e-3,
+                     logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", assistant_only_loss=True,
+                     max_length=128, lr_scheduler_type="constant")
+    served = {"url": url, "model": MODEL, "top_k": K, "api_key_env": KEY_ENV}
+    trainer_cls = make_trl_trainer_class()
+    trainer = trainer_cls(model=str(tiny_pair[1]), args=args, train_dataset=dataset, processing_class=tokenizer,
+                          distill_config={"teacher_server": served, "kd_weight": 0.5, "ce_weight": 0.5})
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 6 and all(h["kd_loss"] > 0 and "teacher_wait_s" in h for h in steps), steps
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert faults(url)["completions"] > 1 + 6  # the start-up probe, then one request per document of each batch
+    trainer.teacher_source.close()
+    with pytest.raises(ValueError, match="teacher_logits is supported through Axolotl"):
+        trainer_cls(model=str(tiny_pair[1]), args=args, train_dataset=dataset, processing_class=tokenizer,
+                    distill_config={"teacher_logits": str(tmp_path / "store")})
