@@ -256,7 +256,10 @@ class ServerTopKSource:
         """Cancel the requests in flight, close the HTTP client, stop and join the background loop."""
         atexit.unregister(self.close)
         if self._loop.is_running():
-            self._run(self._shutdown())
+            try:  # bounded: a hung connection must not hang the process's exit
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+            except TimeoutError:
+                pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
 
