@@ -120,12 +120,9 @@ class DistillPlugin(BasePlugin):
         tokenizer = trainer.processing_class
         sources = []
         if config.teacher_server is not None:  # --- teacher_server (issue #16) ---
-            from .teachers.server import ServerTopKSource
+            from .teachers.server import connected_source
 
-            served = ServerTopKSource(config.teacher_server, tokenizer, config.check_tokenizer)
-            LOG.info("distill_plugin: teacher = served %s; prefetch %d step(s); vocab %d shared tokens",
-                     served.connect(), config.teacher_server.prefetch_steps, len(tokenizer))
-            sources.append(served)
+            sources.append(connected_source(config, tokenizer))
         if config.teacher_logits is not None:
             from .offline.store import check_compatible, read_meta
             from .teachers import StoredTopKSource

@@ -22,7 +22,6 @@ generated, and the count is taken over the generated labels.
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from typing import Sequence
 
@@ -36,8 +35,6 @@ from .hidden.projector import PROJECTOR_FILE, load_projectors, save_projectors
 from .losses.terms import LossTerm, TermOutput, check_signals, component_names, run_terms
 from .modeling import inside_forward, model_inputs, through_head, unwrap_causal_lm, unwrap_distributed
 from .signals import LABELS, StudentRows
-
-LOG = logging.getLogger(__name__)
 
 
 class _ZeroGradsAfterStep(TrainerCallback):
@@ -271,11 +268,9 @@ def make_trl_trainer_class():
                 raise ValueError("distill.teacher_logits is supported through Axolotl (the plugin supplies the collator), "
                                  "not DistillSFTTrainer; use `teacher_model` or `teacher_server`")
             if config.teacher_server is not None:
-                from .teachers.server import ServerTopKSource
+                from .teachers.server import connected_source
 
-                served = ServerTopKSource(config.teacher_server, self.processing_class, config.check_tokenizer)
-                LOG.info("distill_plugin: teacher = served %s", served.connect())  # ServerSetupError: one line, the URL
-                self.setup_distillation(config, served)
+                self.setup_distillation(config, connected_source(config, self.processing_class))
                 return
             if isinstance(teacher_model, torch.nn.Module):
                 teacher = teacher_model.to(config.teacher_device or self.args.device).eval().requires_grad_(False)

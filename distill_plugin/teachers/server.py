@@ -271,6 +271,21 @@ class ServerTopKSource:
         await self._client.aclose()
 
 
+def connected_source(config, tokenizer) -> ServerTopKSource:
+    """The training source for ``config.teacher_server`` (a ``DistillConfig``), checked at start-up
+    (``connect``: ``ServerSetupError``, one line naming the URL) and logged once; closed again if the
+    check fails."""
+    served = ServerTopKSource(config.teacher_server, tokenizer, config.check_tokenizer)
+    try:
+        described = served.connect()
+    except BaseException:
+        served.close()
+        raise
+    LOG.info("distill_plugin: teacher = served %s; prefetch %d step(s); vocab %d shared tokens",
+             described, config.teacher_server.prefetch_steps, len(tokenizer))
+    return served
+
+
 class ReadAhead:
     """Iterator over ``source`` keeping ``depth`` batches read ahead, each with its teacher request
     submitted (``batch[TEACHER_REQUEST]``). Batches keep their order; nothing else is changed."""

@@ -307,3 +307,20 @@ def test_trl_trainer_trains_from_the_served_teacher(tiny_pair, tokenizer, url, a
     with pytest.raises(ValueError, match="teacher_logits is supported through Axolotl"):
         trainer_cls(model=str(tiny_pair[1]), args=args, train_dataset=dataset, processing_class=tokenizer,
                     distill_config={"teacher_logits": str(tmp_path / "store")})
+
+
+def test_a_refused_start_leaves_no_loop_running(tokenizer, url):
+    """``connected_source`` (the plugin's and TRL's start-up): a server that refuses (here: wrong model)
+    raises the one-line error and the source's loop thread is stopped, not left for exit."""
+    import threading
+
+    from distill_plugin.teachers.server import connected_source
+
+    def loops():
+        return sum(t.name == "teacher-server" and t.is_alive() for t in threading.enumerate())
+
+    before = loops()
+    config = DistillConfig(teacher_server={"url": url, "model": "Qwen/not-served", "top_k": K, "api_key_env": KEY_ENV})
+    with pytest.raises(ServerSetupError, match=r"model: .*/models serves \['tiny-teacher'\]"):
+        connected_source(config, tokenizer)
+    assert loops() == before
