@@ -4,7 +4,7 @@ One step, as the trainer runs it: (on-policy only) the student samples a complet
 prompt of the micro-batch (``OnPolicySteps.generated``: ``generate`` in eval mode with the KV
 cache, then the rows are rebuilt) → teacher forward (no grad) → student forward with the fused JSD
 loss inside → backward → optimizer step (``DistillTrainerMixin.compute_loss``, the HF Trainer loop
-around it left out). Prompts are the demo's addition chats (``distill_plugin.demo.task``) rendered
+around it left out). Prompts are the demo's addition chats (``distill_plugin.testing.addition``) rendered
 with the student's chat template; off-policy steps train on the data's answers.
 
 Reported per case: median step time over ``--repeats`` steps after ``--warmup``, its split into
@@ -47,7 +47,7 @@ def load(a):
 def batches(tok, n_batches: int, batch: int, seed: int = 0):
     from transformers import DataCollatorForSeq2Seq
 
-    from distill_plugin.demo.task import make_split
+    from distill_plugin.testing.addition import make_split
 
     collate, out = DataCollatorForSeq2Seq(tok, padding=True), []
     rows = make_split(n_batches * batch, seed=seed)

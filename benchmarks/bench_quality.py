@@ -1,6 +1,6 @@
 """Held-out quality of every distillation method: a teacher trained here, students through axolotl.cli.train.
 
-Multi-digit addition with the column working in ``<think>`` (``distill_plugin/demo/task.py``); a teacher
+Multi-digit addition with the column working in ``<think>`` (``distill_plugin/testing/addition.py``); a teacher
 trained once; one student per method and seed, all with the same init (per seed), data budget, steps,
 batch and lr (``distill_plugin/demo/quality.py``, methods in ``distill_plugin/demo/methods.py``).
 Prints and writes (``OUT/results.md``, ``OUT/results.json``) mean ± standard error over the seeds of

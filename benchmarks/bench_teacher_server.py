@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from distill_plugin.args import DistillConfig, TeacherServerConfig  # noqa: E402
 from distill_plugin.demo.core import collate, encode  # noqa: E402
-from distill_plugin.demo.task import make_split  # noqa: E402
+from distill_plugin.testing.addition import make_split  # noqa: E402
 from distill_plugin.losses.chunked import supervised_mask  # noqa: E402
 from distill_plugin.losses.terms import run_terms  # noqa: E402
 from distill_plugin.modeling import final_hidden_states, output_head  # noqa: E402

@@ -196,7 +196,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
 
-    from distill_plugin.demo.task import make_split
+    from distill_plugin.testing.addition import make_split
     from distill_plugin.testing.tiny import build_sp_tokenizer, build_tokenizer
 
     tok_a, tok_b = build_tokenizer(), build_sp_tokenizer()

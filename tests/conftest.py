@@ -33,7 +33,7 @@ def tiny_pair(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def arithmetic_data(tmp_path_factory):
-    from distill_plugin.demo.task import make_split
+    from distill_plugin.testing.addition import make_split
     from distill_plugin.jsonl import write_jsonl_atomic
 
     path = tmp_path_factory.mktemp("data") / "train.jsonl"

@@ -20,7 +20,7 @@ from distill_plugin.args import DistillConfig
 from distill_plugin.demo.methods import METHODS, TOKENIZERS, Shared
 from distill_plugin.demo.recipe import student_recipe
 from distill_plugin.demo.quality import QUICK, Settings, baseline_rows, student_runs, summarise, with_overrides
-from distill_plugin.demo.task import final_answer, make_example, make_split, working
+from distill_plugin.testing.addition import final_answer, make_example, make_split, working
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from axolotl_runs import OFFLINE_FULL_FINETUNE, learning, run_axolotl_train, twin_of, write_recipe
 from distill_plugin.demo.core import encode, heldout_losses
-from distill_plugin.demo.task import make_split
+from distill_plugin.testing.addition import make_split
 from distill_plugin.testing.tiny import build_model, build_tokenizer
 
 pytestmark = pytest.mark.slow

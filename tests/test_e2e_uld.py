@@ -25,7 +25,7 @@ def train_teacher(path, steps=80):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill_plugin.demo.core import encode, train_causal_lm
-    from distill_plugin.demo.task import make_split
+    from distill_plugin.testing.addition import make_split
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -116,7 +116,7 @@ def train_cross(tmp_path, trained_pair, arithmetic_data, twin_root, distill: dic
 def learned(run, trained_pair, name: str) -> None:
     """The ``eval_<name>_loss`` drops; the held-out next-byte KL to the teacher falls below the untrained
     student's; the trained student writes its own tokenizer's tokens."""
-    from distill_plugin.demo.task import make_split
+    from distill_plugin.testing.addition import make_split
 
     teacher, student = trained_pair
     evals = [float(v) for v in re.findall(rf"'eval_{name}_loss': '?([-\d.e+]+)", run.output)]

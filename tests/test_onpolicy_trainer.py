@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from distill_plugin.args import DistillConfig
-from distill_plugin.demo.task import make_split
+from distill_plugin.testing.addition import make_split
 from distill_plugin.generation import SamplingParams
 from distill_plugin.generation.rollout import Rollout
 from distill_plugin.onpolicy.schedule import StepSchedule

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from distill_plugin.evaluation import completion_batch, teacher_fit
 
-from .task import final_answer
+from ..testing.addition import final_answer
 
 IGNORE = -100
 

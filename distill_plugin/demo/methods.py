@@ -176,7 +176,7 @@ def topk_store(sh: Shared, s) -> None:
 def sampled_answer_budget(s) -> int:
     """Tokens a sampled answer may take: the longest possible one (every column carries) + 16; the
     tokenizer is byte-level, so characters bound tokens."""
-    from .task import working
+    from ..testing.addition import working
 
     top = 10**s.digits - 1
     return len(f"<think>\n{working(top, top, s.digits)}\n</think>\n\n{2 * top}") + 16

@@ -136,7 +136,7 @@ def build_shared(sh: Shared, s: Settings, console) -> dict:
     """Data, tokenizer and teacher under ``sh.root``, reused when ``manifest.json`` has the same settings."""
     from ..jsonl import write_jsonl_atomic
     from ..testing.tiny import build_tokenizer
-    from .task import make_split
+    from ..testing.addition import make_split
 
     key = {k: getattr(s, k) for k in SHARED_KEYS}
     manifest = sh.root / "manifest.json"

@@ -75,7 +75,7 @@ QUICK = Settings(
 
 def write_data(out: Path, s: Settings) -> tuple[list[dict], list[dict]]:
     from ..jsonl import write_jsonl_atomic
-    from .task import make_split
+    from ..testing.addition import make_split
 
     heldout = make_split(s.n_heldout, seed=10_000 + s.seed)
     train = make_split(s.n_train, seed=s.seed, exclude={r["id"] for r in heldout})

@@ -98,7 +98,7 @@ SP_MERGES = 160
 
 def _sp_corpus() -> list[str]:
     """Fixed text the second tokenizer's merges are learned from (arithmetic chats + plain English)."""
-    from distill_plugin.demo.task import make_split
+    from distill_plugin.testing.addition import make_split
 
     chats = [m["content"] for row in make_split(64, seed=1234) for m in row["messages"]]
     english = ["the quick brown fox jumps over the lazy dog", "what is the answer to this question",
@@ -256,7 +256,7 @@ def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 64, seed: i
     ``root/data.jsonl`` (the demo's two-digit addition chats)."""
     import torch
 
-    from distill_plugin.demo.task import make_split
+    from distill_plugin.testing.addition import make_split
     from distill_plugin.jsonl import write_jsonl_atomic
 
     root, tok = Path(root), build_tokenizer()

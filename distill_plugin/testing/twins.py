@@ -96,7 +96,7 @@ class Fixtures:
     """Local stand-ins for what a recipe names on the hub or on a GPU machine."""
 
     student: str | Path                  # a tiny model directory (distill_plugin.testing.tiny.prepare_tiny_run)
-    data: str | Path                     # a chat JSONL (``messages``), e.g. distill_plugin.demo.task.make_split
+    data: str | Path                     # a chat JSONL (``messages``), e.g. distill_plugin.testing.addition.make_split
     workdir: str | Path                  # output_dir goes under it
     teacher: str | Path | None = None    # a tiny teacher sharing the student's tokenizer (online recipes)
     prepared: str | Path | None = None   # dataset_prepared_path, shared by twins (default workdir/prepared)

@@ -10,7 +10,7 @@ import torch
 
 from distill_plugin.alignment.collator import CrossTokenizerCollator
 from distill_plugin.alignment.tokens import token_bytes
-from distill_plugin.demo.task import make_split
+from distill_plugin.testing.addition import make_split
 from distill_plugin.testing.tiny import build_sp_tokenizer, build_tokenizer
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from dp_helpers import read_jsonl, subprocess_env, write_jsonl
 from data_prep.cli import app
 from distill_plugin.demo.core import encode, train_causal_lm
-from distill_plugin.demo.task import make_split
+from distill_plugin.testing.addition import make_split
 from distill_plugin.testing.tiny import build_model, build_tokenizer
 
 HELDOUT = 6

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill_plugin.args import DistillConfig, TeacherServerConfig
 from distill_plugin.demo.core import collate, encode
-from distill_plugin.demo.task import make_split
+from distill_plugin.testing.addition import make_split
 from distill_plugin.generation.hf import HFBackend
 from distill_plugin.losses.chunked import supervised_mask
 from distill_plugin.losses.terms import run_terms
@@ -258,7 +258,7 @@ import atexit, sys
 from transformers import AutoTokenizer
 from distill_plugin.args import TeacherServerConfig
 from distill_plugin.demo.core import collate, encode
-from distill_plugin.demo.task import make_split
+from distill_plugin.testing.addition import make_split
 from distill_plugin.teachers.server import ServerTopKSource
 
 tokenizer_dir, url, key_env, model = sys.argv[1:]

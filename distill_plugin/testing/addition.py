@@ -6,7 +6,7 @@
                 </think>
                 85
 
-Used by the embedded demo (two digits) and the tests: small enough for a tiny model to learn on CPU in
+Used by the tests, the recipes' tiny twins and the quality benchmark's certain-teacher regime: small enough for a tiny model to learn on CPU in
 minutes, structured like R1 data (reasoning, then the answer), and scored by exact match. The quality
 benchmark (``benchmarks/bench_quality.py``) uses more digits, one column per step of the working
 (``647+589``: ``7+9=16, carry 1; 4+8+1=13, carry 1; 6+5+1=12``, answer ``1236``): the answer is read
