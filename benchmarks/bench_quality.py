@@ -26,8 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill_plugin.demo.methods import METHODS  # noqa: E402
-from distill_plugin.demo.quality import EVAL_SEEDS, GPU, QUICK, QUICK_SEEDS, TUNING_SEED, Settings, run, with_overrides  # noqa: E402
+from benchmarks.quality.methods import METHODS  # noqa: E402
+from benchmarks.quality.regimes import REGIMES  # noqa: E402
+from benchmarks.quality.runner import run  # noqa: E402
+from benchmarks.quality.settings import EVAL_SEEDS, GPU, QUICK_SEEDS, TUNING_SEED, Settings, with_overrides  # noqa: E402
 
 
 def tune_rows(s: Settings) -> dict[str, tuple[str, Settings]]:
@@ -60,28 +62,33 @@ def method_rows(methods: list[str], s: Settings) -> dict[str, tuple[str, Setting
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("bench_quality_out"))
+    p.add_argument("--regime", default="certain", choices=list(REGIMES), help="the task and students (default certain)")
+    p.add_argument("--out", type=Path, default=None, help="default bench_quality_out (certain) or bench_quality_<regime>")
     p.add_argument("--quick", action="store_true", help="tiny sizes (the test suite's run)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: the larger GPU scale")
     p.add_argument("--seed", type=int, action="append", help=f"repeatable; default {EVAL_SEEDS} ({QUICK_SEEDS} with --quick)")
-    p.add_argument("--method", action="append", choices=list(METHODS), help="repeatable; default: every method of the table")
+    p.add_argument("--method", action="append", choices=list(METHODS), help="repeatable; default: the regime's rows")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--tune", action="store_true", help=f"run the sweep on tuning seed {TUNING_SEED}, valid split")
     p.add_argument("--budget", action="store_true", help=f"SFT and KD at ½× and 2× steps on seed {TUNING_SEED}, valid split")
     p.add_argument("--jobs", type=int, default=2, help="students trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per student")
     a = p.parse_args()
-    s = with_overrides(QUICK if a.quick else GPU if a.device == "cuda" else Settings(), a.set)
+    regime = REGIMES[a.regime]
+    if a.device == "cuda" and regime.name != "certain":
+        raise SystemExit("--device cuda: only the certain regime has a GPU scale")
+    s = with_overrides(regime.quick if a.quick else GPU if a.device == "cuda" else regime.settings, a.set)
+    out = a.out or Path("bench_quality_out" if regime.name == "certain" else f"bench_quality_{regime.name}")
     if a.tune or a.budget:
         rows = {**(tune_rows(s) if a.tune else {"sft": ("sft", s)}), **(budget_rows(s) if a.budget else {})}
         seeds, split = a.seed or [TUNING_SEED], "valid"
     else:
-        rows = method_rows(a.method or list(METHODS), s)  # no --method: every row (the README's table)
+        rows = method_rows(a.method or list(regime.methods), s)  # no --method: the regime's rows
         seeds, split = a.seed or list(QUICK_SEEDS if a.quick else EVAL_SEEDS), "heldout"
     if TUNING_SEED in seeds and split == "heldout":  # --tune/--budget score seed 0 on the valid split by design
         print(f"note: seed {TUNING_SEED} is the tuning seed; its rows are not an independent evaluation")
     stem = "_".join(["results"] + [k for k in ("tune", "budget") if getattr(a, k)])
-    run(a.out, s, rows, seeds, split=split, jobs=a.jobs, threads=a.threads, device=a.device, stem=stem)
+    run(out, regime, s, rows, seeds, split=split, jobs=a.jobs, threads=a.threads, device=a.device, stem=stem)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,17 @@ import pytest
 import yaml
 
 from distill_plugin.args import DistillConfig
-from distill_plugin.demo.methods import METHODS, TOKENIZERS, Shared
 from distill_plugin.demo.recipe import student_recipe
-from distill_plugin.demo.quality import QUICK, Settings, baseline_rows, student_runs, summarise, with_overrides
 from distill_plugin.testing.addition import final_answer, make_example, make_split, working
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from bench_quality import method_rows  # noqa: E402
+from benchmarks.quality.methods import METHODS, TOKENIZERS, Shared  # noqa: E402
+from benchmarks.quality.regimes import CERTAIN_METRICS, REGIMES  # noqa: E402
+from benchmarks.quality.runner import baseline_rows, student_runs  # noqa: E402
+from benchmarks.quality.settings import QUICK, Settings, with_overrides  # noqa: E402
+from benchmarks.quality.table import summarise  # noqa: E402
 
 
 @pytest.mark.parametrize("digits", [2, 3, 4])
@@ -81,7 +84,7 @@ def test_gap_closed_per_seed_against_that_seeds_sft():
             {"seed": 1, "row": "kd", "exact_match": 0.7}, {"seed": 2, "row": "kd", "exact_match": 0.6}]
     for r in rows:
         r.update(kl_to_teacher=0.1, heldout_ce=0.2, train_seconds=3.0)
-    summary = summarise(teacher, rows, ["sft", "kd"])
+    summary = summarise(teacher, rows, ["sft", "kd"], CERTAIN_METRICS)
     gaps = [(0.7 - 0.5) / (0.9 - 0.5), (0.6 - 0.7) / (0.9 - 0.7)]
     assert summary["kd"]["gap_closed"]["mean"] == pytest.approx(sum(gaps) / 2)
     sd = abs(gaps[0] - gaps[1]) / math.sqrt(2)
@@ -105,13 +108,13 @@ def test_gap_closed_against_the_rows_declared_baseline():
     names = ["sft", "sft_b", "uld_hybrid"]
     baselines = baseline_rows({name: (name, QUICK) for name in names})
     assert baselines == {"sft": "sft", "sft_b": "sft_b", "uld_hybrid": "sft_b"}
-    summary = summarise(teacher, rows, names, baselines)
+    summary = summarise(teacher, rows, names, CERTAIN_METRICS, baselines)
     assert summary["uld_hybrid"]["gap_closed"]["mean"] == pytest.approx(((0.6 - 0.3) / 0.6 + 0) / 2)
     assert summary["uld_hybrid"]["baseline"] == "sft_b" and summary["sft_b"]["gap_closed"]["mean"] == 0
     assert summary["uld_hybrid"]["kl_to_teacher"] is None and summary["sft_b"]["kl_to_teacher"] is None
     assert summary["sft"]["kl_to_teacher"]["mean"] == pytest.approx(0.1)
     # Against the tokenizer-A SFT it would read differently: the declared baseline is what is used.
-    assert summarise(teacher, rows, names)["uld_hybrid"]["gap_closed"]["mean"] != summary["uld_hybrid"]["gap_closed"]["mean"]
+    assert summarise(teacher, rows, names, CERTAIN_METRICS)["uld_hybrid"]["gap_closed"]["mean"] != summary["uld_hybrid"]["gap_closed"]["mean"]
 
 
 def test_rows_bring_their_baselines():
@@ -187,7 +190,7 @@ def test_generation_prompt_is_a_prefix_of_the_trained_tokens(name):
 def test_scorer_scores_a_tokenizer_b_student_with_tokenizer_b(tmp_path):
     """An untrained tokenizer-B student is scored with its own tokenizer (prompt ids from B's chat
     template, B's eos and pad); its KL to the tokenizer-A teacher is None, its CE finite."""
-    from distill_plugin.demo.quality import Scorer
+    from benchmarks.quality.regimes import Scorer
     from distill_plugin.jsonl import write_jsonl_atomic
     from distill_plugin.testing.tiny import build_model
 
@@ -199,7 +202,7 @@ def test_scorer_scores_a_tokenizer_b_student_with_tokenizer_b(tmp_path):
     build_model(sh.teacher, tok_a, hidden_size=32, num_layers=1, seed=0)
     build_model(tmp_path / "student_a", tok_a, hidden_size=32, num_layers=1, seed=1)
     build_model(tmp_path / "student_b", tok_b, hidden_size=32, num_layers=1, seed=1, architecture="llama")
-    scorer = Scorer(sh, "heldout")
+    scorer = Scorer(sh, "heldout", REGIMES["certain"], QUICK)
     b = scorer.score(tmp_path / "student_b", "b")
     a = scorer.score(tmp_path / "student_a", "a")
     assert 0 <= b["exact_match"] <= 1 and math.isfinite(b["heldout_ce"]) and b["kl_to_teacher"] is None
@@ -272,10 +275,12 @@ def check_quick_output(out: Path, output: str) -> None:
     assert len(re.findall(r"'kd_loss': '?[\d.]+", (out / "logs" / "s1_topk.log").read_text())) == QUICK.student_steps
 
 
-def test_every_baseline_is_a_row_and_comes_before_its_methods():
-    """The default run trains every row; a row's baseline is trained first (its gap closed needs it)."""
-    order = list(method_rows(list(METHODS), QUICK))
-    assert order == list(METHODS)
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_every_baseline_is_a_row_and_comes_before_its_methods(regime):
+    """A regime's default run trains its rows as listed; a row's baseline is trained first (its
+    paired difference and gap closed need it)."""
+    order = list(method_rows(list(REGIMES[regime].methods), QUICK))
+    assert order == list(REGIMES[regime].methods)
     assert all(order.index(METHODS[m].baseline) <= order.index(m) for m in order)
 
 
@@ -293,7 +298,7 @@ def test_seq_kd_reuses_sft_only_when_its_file_trains_on_the_same_rows(tmp_path):
     """``reuse.same_students`` reads the files: an export that writes the ground truth's messages in the
     same order (other keys ordered and named differently, as ``distill-data export`` writes them) is
     SFT's training; one changed character, or the same rows in another order, is not."""
-    from distill_plugin.demo.reuse import same_students
+    from benchmarks.quality.reuse import same_students
 
     truth = make_split(12, seed=0, digits=3, r1_layout=True)
     exported = [{"messages": r["messages"], "id": r["id"], "source": "prompts"} for r in truth]
@@ -311,7 +316,7 @@ def test_seq_kd_reuses_sft_only_when_its_file_trains_on_the_same_rows(tmp_path):
 def test_seq_kd_reuse_across_seeds_and_settings(tmp_path):
     """Another seed is another student (its init and data order): a run is only ever reused within its
     seed; and a budget change on one row makes it its own student."""
-    from distill_plugin.demo.reuse import same_students
+    from benchmarks.quality.reuse import same_students
 
     truth = make_split(12, seed=0, digits=3, r1_layout=True)
     runs = reuse_fixture(tmp_path, truth)
@@ -324,18 +329,19 @@ def test_seq_kd_reuse_across_seeds_and_settings(tmp_path):
 
 def test_a_reused_rows_table_cell_names_the_row_it_is():
     """results.md: the reused row shows which row's student it is, not a training time of 0."""
-    from distill_plugin.demo.quality_table import markdown
+    from benchmarks.quality.table import markdown
 
     teacher = {"exact_match": 0.9, "params": 1000}
     runs = []
     for seed in (1, 2):
         base = {"seed": seed, "tokenizer": "a", "exact_match": 0.5, "kl_to_teacher": 0.1, "heldout_ce": 0.2, "params": 10}
         runs += [{**base, "row": "sft", "train_seconds": 30.0 + seed}, {**base, "row": "seq_kd", "train_seconds": None, "same_as": "sft"}]
-    summary = summarise(teacher, runs, ["sft", "seq_kd"])
+    summary = summarise(teacher, runs, ["sft", "seq_kd"], CERTAIN_METRICS)
     assert summary["seq_kd"]["train_seconds"] is None and summary["seq_kd"]["same_as"] == ["sft"]
     assert summary["seq_kd"]["exact_match"] == summary["sft"]["exact_match"]
     rows = {name: {"method": name, "label": METHODS[name].label} for name in ("sft", "seq_kd")}
     results = {"settings": {"digits": 3, "student_steps": 8, "student_batch": 8}, "seeds": [1, 2], "teacher": teacher,
+               "title": "certain", "expectation": "none", "metrics": [vars(m) for m in CERTAIN_METRICS],
                "split": "heldout", "split_size": 32, "summary": summary, "rows": rows, "prepare_seconds": {"seq_kd": 5.0},
                "student_params": {"a": 10}, "teacher_seconds": 3.0, "wall_seconds": 60.0, "jobs": 2, "threads": 1}
     line = next(x for x in markdown(results).splitlines() if x.startswith(f"| {METHODS['seq_kd'].label}"))

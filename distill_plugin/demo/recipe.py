@@ -1,15 +1,15 @@
 """The demo's Axolotl recipes, built in code so the demo runs from an installed package.
 
 ``base_recipe`` is the CPU setup shared by every student; ``student_recipe`` adds one run's data,
-budget, seed and ``distill:`` block (the quality benchmark writes one per method and seed with it); ``student_recipes`` writes the demo's
-``sft.yml`` (no plugin, Axolotl's own trainer and loss) and ``kd.yml`` (the plugin with the trained
-teacher), which differ only by ``plugins:`` and the ``distill:`` block (and their output folders).
+budget, seed and ``distill:`` block (the quality benchmark writes one per method and seed with it);
+``student_recipes`` writes the demo's ``sft.yml`` (no plugin, Axolotl's own trainer and loss) and
+``kd.yml`` (the plugin with the trained teacher), which differ only by ``plugins:`` and the
+``distill:`` block (and their output folders).
 
 Not a twin derived from a recipe (``distill_plugin.testing.twins``), on purpose: the demo runs from
-the installed package, which ships no ``recipes/``, and its settings (600 steps of 16, lr 3e-3
-cosine, no packing, fp32 teacher) are the ones behind the SFT-vs-KD table in docs/demo.md; a derived
-twin would bring a real recipe's schedule (lr 1e-5, packing, accumulation), for which that table
-was not measured.
+the installed package, which ships no ``recipes/``, and its settings (a few hundred steps of 16, lr
+3e-3 cosine, no packing, fp32 teacher) are the ones behind the table in docs/demo.md; a derived twin
+would bring a real recipe's schedule (lr 1e-5, packing, accumulation), for which it was not measured.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def student_recipe(path: Path, s, *, base_model: Path, data: Path, output_dir: P
     return path
 
 
-def student_recipes(out: Path, s) -> dict[str, Path]:
-    """Write ``out/recipes/{sft,kd}.yml`` for the demo settings ``s``; return their paths."""
-    kd = {"teacher": str(out / "teacher"), "divergence": s.divergence, "temperature": s.temperature,
+def student_recipes(out: Path, s, teacher: Path) -> dict[str, Path]:
+    """Write ``out/recipes/{sft,kd}.yml`` for the demo settings ``s`` (``teacher``: the KD run's);
+    return their paths."""
+    kd = {"teacher": str(teacher), "divergence": s.divergence, "temperature": s.temperature,
           "kd_weight": s.kd_weight, "ce_weight": s.ce_weight}
     return {
         name: student_recipe(out / "recipes" / f"{name}.yml", s, base_model=out / "student_init",

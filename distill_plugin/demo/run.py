@@ -1,20 +1,23 @@
-"""The embedded demo's glue: data, teacher, two ``axolotl.cli.train`` runs (SFT and KD), the table.
+"""The embedded demo's glue: a source with many right answers, one teacher, SFT vs KD students, the table.
 
     python -m distill_plugin.demo [--out demo_out] [--quick] [--seed N ...]
 
-For each seed (a different train/held-out split and data order; default seeds 0-3), in ``OUT/seed_N``:
+The task (``source.py``): write a sequence of the order-2 Markov source, whose right continuation is
+a distribution known in closed form. A label is one draw of it; a teacher trained on many draws
+knows the distribution. That is where distillation pays, and the demo measures by how much.
 
-1. writes the synthetic addition data (train / held-out, disjoint by problem id) and a tiny tokenizer;
-2. trains a tiny teacher with a plain torch loop (``core.train_causal_lm``) and saves it;
-3. writes two recipes (``recipe.py``, built in code): SFT (no plugin) and logit KD (plugin, the
-   trained teacher), with the same student init, data, steps, lr and seed, and runs both with
-   ``python -m axolotl.cli.train`` (concurrently, one thread each, forked from one process that imported
-   Axolotl once: ``prefork.py``);
-4. evaluates teacher, SFT student and KD student on the held-out problems (greedy exact match,
-   assistant-token CE, KL to the teacher), prints a table and writes ``results.json``.
-
-Then the seeds' summary (mean ± sample standard deviation, min–max; ``seeds.py``) is printed and
-written to ``OUT/results.json``: the numbers README and docs/demo.md quote.
+1. ``OUT/shared`` (once): the tiny tokenizer, the teacher's sample (``n_teacher_train`` draws), the
+   held-out draws, and the teacher, trained on its sample with a plain torch loop
+   (``core.train_causal_lm``);
+2. per seed ``N`` (``OUT/seed_N``): the student's own small sample (``n_train`` draws, seeded by
+   ``N``), a student init (seeded by ``N``) and two recipes (``recipe.py``): SFT (no plugin) and
+   forward-KL logit KD (the plugin, the shared teacher), identical but for the ``distill:`` block;
+3. every seed's two students through ``python -m axolotl.cli.train``, two at a time, forked from one
+   process that imported Axolotl once (``prefork.py``);
+4. each model scored on the held-out draws (``source_scores.py``): the exact KL(source ‖ model) per
+   letter, KL(teacher ‖ model), and the validity, entropy ratio and coverage of 200 sampled answers;
+   ``OUT/seed_N/results.json`` per seed, and the seeds' summary (mean ± standard error, the paired
+   KD − SFT difference per seed and the gap closed; ``seeds.py``) in ``OUT/results.json``.
 """
 
 from __future__ import annotations
@@ -41,48 +44,37 @@ SUBPROCESS_ENV = {
 
 @dataclass(frozen=True)
 class Settings:
-    n_train: int = 3000
+    source_length: int = 24
+    n_teacher_train: int = 20_000  # the teacher's sample of the source
+    n_train: int = 200  # each student's sample: one label per position
     n_heldout: int = 200
-    # teacher: trained here with a torch loop
+    samples: int = 200  # answers each model samples for validity, entropy ratio and coverage
+    # teacher: trained once with a torch loop, shared by every seed
     teacher_hidden: int = 96
     teacher_layers: int = 3
-    teacher_steps: int = 400
+    teacher_steps: int = 800
     teacher_batch: int = 32
     teacher_lr: float = 3e-3
-    # student: trained twice through axolotl.cli.train, identical but for the distill block
+    # student: trained twice per seed through axolotl.cli.train, identical but for the distill block
     student_hidden: int = 48
     student_layers: int = 2
-    student_steps: int = 600
+    student_steps: int = 300
     student_batch: int = 16
     student_lr: float = 3e-3
     # KD settings (forward KL on the full vocabulary)
     divergence: str = "forward_kl"
     temperature: float = 1.0
-    kd_weight: float = 0.5
-    ce_weight: float = 0.5
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
     seed: int = 0
 
 
 DEFAULT_SEEDS, QUICK_SEEDS = (0, 1, 2, 3), (0, 1)
 QUICK = Settings(
-    n_train=256, n_heldout=32, teacher_hidden=48, teacher_layers=2, teacher_steps=30, teacher_batch=16,
-    student_hidden=32, student_layers=1, student_steps=10, student_batch=8,
+    source_length=8, n_teacher_train=256, n_train=32, n_heldout=16, samples=16, teacher_hidden=48, teacher_layers=2,
+    teacher_steps=30, teacher_batch=16, student_hidden=32, student_layers=1, student_steps=10, student_batch=8,
 )
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def write_data(out: Path, s: Settings) -> tuple[list[dict], list[dict]]:
-    from ..jsonl import write_jsonl_atomic
-    from ..testing.addition import make_split
-
-    heldout = make_split(s.n_heldout, seed=10_000 + s.seed)
-    train = make_split(s.n_train, seed=s.seed, exclude={r["id"] for r in heldout})
-    assert not {r["id"] for r in train} & {r["id"] for r in heldout}, "held-out split overlaps train"
-    write_jsonl_atomic(out / "data" / "train.jsonl", train)
-    write_jsonl_atomic(out / "data" / "heldout.jsonl", heldout)
-    return train, heldout
+TEACHER_INIT_SEED = 1
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -181,104 +173,81 @@ def claim_output(out: Path) -> Path:
     return out
 
 
-def run_demo(out: Path, s: Settings, threads: int = 1, console=None) -> dict:
-    """One seed of the demo in a fresh folder ``out``; returns (and writes) its ``results.json``."""
-    import torch
-    from rich.console import Console
+def build_shared(out: Path, s: Settings, console) -> dict:
+    """``out``: the tokenizer, the teacher's sample and the held-out draws, and the trained teacher."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
+    from ..jsonl import write_jsonl_atomic
     from ..testing.tiny import build_model, build_tokenizer
     from . import core
-    from .recipe import student_recipes
+    from .source import MarkovSource
 
-    console = console or Console()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(threads)
-    out = fresh(out.resolve())
-    out.mkdir(parents=True)
-    t0 = time.perf_counter()
-
-    console.rule("[bold]1. data, tokenizer, models")
-    train, heldout = write_data(out, s)
+    source = MarkovSource(length=s.source_length)
+    teacher_rows, heldout = source.rows(s.n_teacher_train, seed=40_000), source.rows(s.n_heldout, seed=10_000)
+    write_jsonl_atomic(out / "data" / "teacher_train.jsonl", teacher_rows)
+    write_jsonl_atomic(out / "data" / "heldout.jsonl", heldout)
     tok = build_tokenizer(out / "tokenizer")
-    teacher = build_model(None, tok, hidden_size=s.teacher_hidden, num_layers=s.teacher_layers, num_heads=4, seed=1)
-    student = build_model(out / "student_init", tok, hidden_size=s.student_hidden, num_layers=s.student_layers,
-                          num_heads=4, seed=2)
-    params = {"teacher": core.count_params(teacher), "student": core.count_params(student)}
-    console.print(f"train {len(train)} / held-out {len(heldout)} problems (disjoint); tokenizer {len(tok)} tokens; "
-                  f"teacher {params['teacher']:,} params, student {params['student']:,} params")
-
-    console.rule("[bold]2. teacher (torch loop)")
-    train_enc = [core.encode(tok, r) for r in train]
-    heldout_enc = [core.encode(tok, r) for r in heldout]
+    teacher = build_model(None, tok, hidden_size=s.teacher_hidden, num_layers=s.teacher_layers, num_heads=4,
+                          seed=TEACHER_INIT_SEED)
+    examples = [core.encode(tok, r) for r in teacher_rows]
     with Progress(TextColumn("teacher"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("teacher", total=s.teacher_steps, loss="-")
-        with core.Timer() as teacher_time:
-            core.train_causal_lm(
-                teacher, train_enc, tok.pad_token_id, s.teacher_steps, s.teacher_batch, s.teacher_lr, seed=s.seed,
-                warmup=max(1, s.teacher_steps // 10),
-                on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=f"{loss:.4f}"),
-            )
+        with core.Timer() as timer:
+            core.train_causal_lm(teacher, examples, tok.pad_token_id, s.teacher_steps, s.teacher_batch, s.teacher_lr,
+                                 warmup=max(1, s.teacher_steps // 10),
+                                 on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=f"{loss:.4f}"))
     teacher.save_pretrained(str(out / "teacher"))
     tok.save_pretrained(str(out / "teacher"))
-    console.print(f"teacher trained in {teacher_time.seconds:.0f}s -> {out / 'teacher'}")
-
-    console.rule("[bold]3. students: SFT and KD through axolotl.cli.train")
-    recipes = student_recipes(out, s)
-    console.print(f"recipes: {recipes['sft']}  {recipes['kd']}")
-    student_seconds = train_students(out, recipes, s.student_steps, threads, console)
-
-    console.rule("[bold]4. held-out evaluation")
-    rows = []
-    models = {"teacher": teacher}
-    for name in ("sft", "kd"):
-        models[name] = AutoModelForCausalLM.from_pretrained(str(out / name), dtype=torch.float32)
-    labels = {"teacher": "teacher", "sft": "student SFT", "kd": "student KD"}
-    for name, model in models.items():
-        with console.status(f"evaluating {labels[name]}"):
-            acc, texts = core.exact_match(model, tok, heldout_enc)
-            losses = core.heldout_losses(model, heldout_enc, tok.pad_token_id, teacher=None if name == "teacher" else teacher)
-        rows.append({
-            "model": labels[name],
-            "params": core.count_params(model),
-            "train_steps": s.teacher_steps if name == "teacher" else s.student_steps,
-            "train_seconds": round(teacher_time.seconds if name == "teacher" else student_seconds[name], 1),
-            "exact_match": acc,
-            "heldout_ce": losses["ce"],
-            "kl_to_teacher": losses.get("kl_to_teacher"),
-            "samples": [{"prompt": heldout[i]["messages"][0]["content"], "output": texts[i]} for i in range(3)],
-        })
-    results = {
-        "settings": asdict(s),
-        "threads": threads,
-        "heldout_tokens": sum(len(e.target_ids) for e in heldout_enc),
-        "rows": rows,
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "paths": {"teacher": str(out / "teacher"), "sft": str(out / "sft"), "kd": str(out / "kd"),
-                  "recipes": {k: str(v) for k, v in recipes.items()}},
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    console.print(results_table(results))
-    console.print(f"wall time {results['wall_seconds']:.0f}s; results -> {out / 'results.json'}")
-    return results
+    console.print(f"teacher: {len(teacher_rows):,} draws of the source, trained in {timer.seconds:.0f}s "
+                  f"-> {out / 'teacher'}")
+    return {"teacher_seconds": round(timer.seconds, 1), "params": core.count_params(teacher)}
 
 
-def results_table(results: dict):
-    from rich.table import Table
+def prepare_seed(out: Path, shared: Path, s: Settings) -> dict[str, Path]:
+    """``out`` (one seed): the student's sample, its init and the two recipes; returns the recipes."""
+    from transformers import AutoTokenizer
 
-    s = results["settings"]
-    table = Table(title=f"held-out two-digit addition ({s['n_heldout']} problems, unseen in training)")
-    for col in ("model", "params", "steps", "train s", "exact match", "CE", "KL(T‖S)"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in results["rows"]:
-        kl = "-" if r["kl_to_teacher"] is None else f"{r['kl_to_teacher']:.4f}"
-        table.add_row(r["model"], f"{r['params']:,}", str(r["train_steps"]), f"{r['train_seconds']:.0f}",
-                      f"{100 * r['exact_match']:.1f}%", f"{r['heldout_ce']:.4f}", kl)
-    return table
+    from ..jsonl import write_jsonl_atomic
+    from ..testing.tiny import build_model
+    from .recipe import student_recipes
+    from .source import MarkovSource
+
+    out = fresh(out)
+    write_jsonl_atomic(out / "data" / "train.jsonl", MarkovSource(length=s.source_length).rows(s.n_train, seed=s.seed))
+    build_model(out / "student_init", AutoTokenizer.from_pretrained(str(shared / "tokenizer")),
+                hidden_size=s.student_hidden, num_layers=s.student_layers, num_heads=4, seed=2 + s.seed)
+    return student_recipes(out, s, teacher=shared / "teacher")
+
+
+class Scorer:
+    """Every model on the held-out draws: ``source_scores`` and KL(teacher ‖ model) (``teacher_fit``)."""
+
+    def __init__(self, shared: Path, s: Settings):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from . import core
+        from .source import MarkovSource
+
+        self.s, self.source = s, MarkovSource(length=s.source_length)
+        self.load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        self.tok = AutoTokenizer.from_pretrained(str(shared / "tokenizer"))
+        self.rows = [json.loads(line) for line in (shared / "data" / "heldout.jsonl").read_text().splitlines()]
+        self.sequences = [(e.prompt_ids, e.target_ids) for e in (core.encode(self.tok, r) for r in self.rows)]
+        self.reference = [r["answer"] for r in self.source.rows(s.samples, seed=30_000)]
+        self.teacher = self.load(shared / "teacher")
+
+    def score(self, path: Path | None) -> dict:
+        from ..evaluation import teacher_fit
+        from . import core
+        from .source_scores import source_scores
+
+        model = self.teacher if path is None else self.load(path)
+        scores = source_scores(model, self.tok, self.source, self.rows, self.reference, samples=self.s.samples)
+        fit = teacher_fit(model, self.sequences, None if path is None else self.teacher, pad_id=self.tok.pad_token_id,
+                          batch_size=64)
+        return {**scores, "kl_to_teacher": fit.kl, "heldout_ce": fit.student_ce, "params": core.count_params(model)}
 
 
 def main_cli(
@@ -291,25 +260,55 @@ def main_cli(
     ce_weight: float | None = None,
     seeds: list[int] | None = None,
 ) -> dict:
-    """Run the demo once per seed under ``out/seed_N``, then print and write the seeds' summary."""
+    """The demo (module docstring): every seed under ``out/seed_N``, the summary in ``out/results.json``."""
+    import torch
     from rich.console import Console
+    from transformers.utils import logging as hf_logging
 
     from .seeds import summarise, summary_table
 
     s = QUICK if quick else Settings()
-    overrides = {k: v for k, v in dict(student_steps=student_steps, temperature=temperature, kd_weight=kd_weight,
-                                      ce_weight=ce_weight).items() if v is not None}
+    s = replace(s, **{k: v for k, v in dict(student_steps=student_steps, temperature=temperature, kd_weight=kd_weight,
+                                            ce_weight=ce_weight).items() if v is not None})
     seeds = list(seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS))
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seed values repeat: {seeds}")
     console = Console()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(threads)
     out = claim_output(out)
+    t0 = time.perf_counter()
+    console.rule("[bold]1. the source, the teacher (torch loop)")
+    shared = fresh(out / "shared")
+    built = build_shared(shared, s, console)
+    console.rule(f"[bold]2. {len(seeds)} seeds × SFT and KD students through axolotl.cli.train, two at a time")
+    recipes = {}
+    for seed in seeds:
+        for name, path in prepare_seed(out / f"seed_{seed}", shared, replace(s, seed=seed)).items():
+            recipes[f"s{seed}_{name}"] = path
+    seconds = train_students(out, recipes, s.student_steps, threads, console, jobs=2)
+    console.rule("[bold]3. held-out scores")
+    scorer = Scorer(shared, s)
+    with console.status("scoring the teacher"):
+        teacher = {"model": "teacher", **scorer.score(None), "train_steps": s.teacher_steps,
+                   "train_seconds": built["teacher_seconds"]}
     runs = []
     for seed in seeds:
-        console.rule(f"[bold]seed {seed} ({len(runs) + 1} of {len(seeds)})", characters="=")
-        runs.append(run_demo(out / f"seed_{seed}", replace(s, seed=seed, **overrides), threads=threads, console=console))
+        rows = [teacher]
+        for name, label in (("sft", "student SFT"), ("kd", "student KD")):
+            with console.status(f"scoring seed {seed}'s {label}"):
+                rows.append({"model": label, **scorer.score(out / f"seed_{seed}" / name), "train_steps": s.student_steps,
+                             "train_seconds": round(seconds[f"s{seed}_{name}"], 1)})
+        result = {"settings": asdict(replace(s, seed=seed)), "threads": threads, "rows": rows,
+                  "paths": {"teacher": str(shared / "teacher"), "sft": str(out / f"seed_{seed}" / "sft"),
+                            "kd": str(out / f"seed_{seed}" / "kd")}}
+        (out / f"seed_{seed}" / "results.json").write_text(json.dumps(result, indent=2))
+        runs.append(result)
     summary = summarise(runs)
-    (out / "results.json").write_text(json.dumps({"seeds": seeds, "summary": summary, "runs": runs}, indent=2))
+    wall = round(time.perf_counter() - t0, 1)
+    (out / "results.json").write_text(json.dumps({"seeds": seeds, "summary": summary, "runs": runs,
+                                                  "wall_seconds": wall}, indent=2))
     console.print(summary_table(summary, runs))
-    console.print(f"per-seed results -> {out}/seed_N/results.json; summary -> {out / 'results.json'}")
+    console.print(f"wall time {wall:.0f}s; per-seed results -> {out}/seed_N/results.json; summary -> {out / 'results.json'}")
     return summary

@@ -1,16 +1,20 @@
-"""The demo over several seeds: per-metric mean, sample standard deviation and range, and the table.
+"""The demo over several seeds: per-metric mean, spread and range, the paired KD − SFT difference, the table.
 
-For each model row (teacher, student SFT, student KD) and metric (exact match, CE, KL to the
-teacher) over the n seeds: ``mean = Σx/n``, ``sd = sqrt(Σ(x-mean)²/(n-1))`` (0 for one seed), the
-standard error of the mean ``se = sd/sqrt(n)``, and ``min``/``max``. ``kd_minus_sft`` is the per-seed exact-match gap (KD - SFT), so a reader sees on
-how many seeds KD was ahead, not only the averages.
+For each model row (teacher, student SFT, student KD) and metric over the n seeds: ``mean = Σx/n``,
+``sd = sqrt(Σ(x-mean)²/(n-1))`` (0 for one seed), the standard error of the mean ``se = sd/sqrt(n)``,
+and ``min``/``max``. ``kd_minus_sft`` is the per-seed difference KD − SFT of the KL to the source
+(negative: KD is closer), with its mean and standard error: the seeds are paired (same sample, init
+and data order), so the difference carries less noise than either mean. ``gap_closed`` per seed:
+``(KL_SFT − KL_KD) / (KL_SFT − KL_teacher)``, the share of the way from SFT to the teacher.
 """
 
 from __future__ import annotations
 
 import math
 
-METRICS = ("exact_match", "heldout_ce", "kl_to_teacher")
+# key: (label, scale, digits); the first is the one the paired difference and the gap closed use
+METRICS = {"kl_to_source": ("KL(source‖·)", 1, 4), "kl_to_teacher": ("KL(T‖S)", 1, 4),
+           "validity": ("valid", 100, 1), "entropy_ratio": ("entropy ratio", 1, 2), "coverage": ("coverage", 1, 2)}
 
 
 def spread(values: list[float]) -> dict:
@@ -22,28 +26,29 @@ def spread(values: list[float]) -> dict:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Summary of per-seed ``results.json`` dicts (same models in the same order in each)."""
+    """Summary of per-seed ``results.json`` dicts (teacher, student SFT, student KD in each)."""
     models = [r["model"] for r in runs[0]["rows"]]
     summary: dict = {"seeds": [r["settings"]["seed"] for r in runs], "models": {}}
     for i, model in enumerate(models):
         rows = [r["rows"][i] for r in runs]
         assert all(row["model"] == model for row in rows), "per-seed results list different models"
-        summary["models"][model] = {
-            metric: spread([row[metric] for row in rows]) for metric in METRICS if rows[0][metric] is not None
-        }
-    by_name = [{row["model"]: row for row in r["rows"]} for r in runs]
-    if all("student KD" in m and "student SFT" in m for m in by_name):
-        summary["kd_minus_sft"] = [m["student KD"]["exact_match"] - m["student SFT"]["exact_match"] for m in by_name]
+        summary["models"][model] = {k: spread([row[k] for row in rows]) for k in METRICS if rows[0][k] is not None}
+    by_name = [{row["model"]: row["kl_to_source"] for row in r["rows"]} for r in runs]
+    diffs = [m["student KD"] - m["student SFT"] for m in by_name]
+    summary["kd_minus_sft"] = diffs
+    summary["kd_minus_sft_spread"] = spread(diffs)
+    gaps = [(m["student SFT"] - m["student KD"]) / (m["student SFT"] - m["teacher"]) for m in by_name
+            if m["student SFT"] > m["teacher"]]
+    summary["gap_closed"] = spread(gaps) if gaps else None
     return summary
 
 
-def fmt(stats: dict | None, percent: bool) -> str:
-    """``mean ± sd [min–max]`` (exact match in percent, losses to 4 decimals)."""
+def fmt(stats: dict | None, scale: float, digits: int) -> str:
+    """``mean ± se [min–max]``."""
     if stats is None:
         return "-"
-    scale, digits, unit = (100, 1, "%") if percent else (1, 4, "")
-    mean, sd, lo, hi = (scale * stats[k] for k in ("mean", "sd", "min", "max"))
-    return f"{mean:.{digits}f}{unit} ± {sd:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
+    mean, se, lo, hi = (scale * stats[k] for k in ("mean", "se", "min", "max"))
+    return f"{mean:.{digits}f} ± {se:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
 
 
 def summary_table(summary: dict, runs: list[dict]):
@@ -52,20 +57,18 @@ def summary_table(summary: dict, runs: list[dict]):
 
     s = runs[0]["settings"]
     seeds = ", ".join(map(str, summary["seeds"]))
-    table = Table(title=escape(f"held-out two-digit addition, {len(runs)} seeds ({seeds}): mean ± sd [min–max] "
-                        f"over seeds ({s['n_heldout']} unseen problems each)"))
-    for col in ("model", "params", "steps", "exact match", "CE", "KL(T‖S)"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    table = Table(title=escape(f"a source with many right answers, {len(runs)} seeds ({seeds}): mean ± se [min–max] "
+                               f"over seeds ({s['n_heldout']} held-out draws; each student saw {s['n_train']})"))
+    table.add_column("model", justify="left")
+    for col in ("params", "steps", *(label for label, _, _ in METRICS.values())):
+        table.add_column(col, justify="right")
     for i, (model, stats) in enumerate(summary["models"].items()):
         row = runs[0]["rows"][i]
-        cells = [fmt(stats.get("exact_match"), True), fmt(stats.get("heldout_ce"), False),
-                 fmt(stats.get("kl_to_teacher"), False)]
+        cells = [fmt(stats.get(k), scale, digits) for k, (_, scale, digits) in METRICS.items()]
         table.add_row(model, f"{row['params']:,}", str(row["train_steps"]), *map(escape, cells))
-    gaps = summary.get("kd_minus_sft")
-    if gaps:
-        ahead = sum(g > 0 for g in gaps)
-        tied = sum(g == 0 for g in gaps)
-        per_seed = ", ".join(f"{100 * g:+.1f}" for g in gaps)
-        table.caption = (f"KD - SFT exact match per seed (points): {per_seed}; KD ahead on {ahead}, "
-                         f"tied on {tied}, behind on {len(gaps) - ahead - tied} of {len(gaps)}")
+    d, gap = summary["kd_minus_sft_spread"], summary["gap_closed"]
+    per_seed = ", ".join(f"{g:+.4f}" for g in summary["kd_minus_sft"])
+    table.caption = (f"KD − SFT KL to the source per seed: {per_seed} (paired mean {d['mean']:+.4f} ± {d['se']:.4f}); "
+                     f"KD closer on {sum(g < 0 for g in summary['kd_minus_sft'])} of {len(runs)} seeds"
+                     + ("" if gap is None else f"; gap SFT→teacher closed {gap['mean']:.2f} ± {gap['se']:.2f}"))
     return table

@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run import SUBPROCESS_ENV, thread_env
+from distill_plugin.demo.run import SUBPROCESS_ENV, thread_env
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def sp_tokenizer():
     first ``<`` (newline + ``<`` is a merge), so a prompt ending in a newline is a tokenisation the
     student never saw in training (Axolotl tokenises the whole conversation); ending the generation
     prompt on a special token makes the prompt's ids a prefix of the trained ids (a test checks it)."""
-    from ..testing.tiny import SP_CHAT_TEMPLATE, build_sp_tokenizer
+    from distill_plugin.testing.tiny import SP_CHAT_TEMPLATE, build_sp_tokenizer
 
     header, prompt = "{{- '<|' + message['role'] + '|>\n' }}", "{{- '<|assistant|>\n' }}"
     assert header in SP_CHAT_TEMPLATE and prompt in SP_CHAT_TEMPLATE, "testing.tiny's SP template changed"
@@ -89,7 +89,7 @@ def sp_tokenizer():
 
 
 def _byte_tokenizer():
-    from ..testing.tiny import build_tokenizer
+    from distill_plugin.testing.tiny import build_tokenizer
 
     return build_tokenizer()
 
@@ -163,7 +163,7 @@ def teacher_trajectories(sh: Shared, s) -> None:
 def topk_store(sh: Shared, s) -> None:
     """Offline top-k KD: ``distill-data logits`` captures the teacher's top ``top_k`` log-probs (T = 1)
     of every training row, tokenised by Axolotl from the same recipe the students train with."""
-    from .recipe import student_recipe
+    from distill_plugin.demo.recipe import student_recipe
 
     work = sh.work("topk")
     recipe = student_recipe(work / "capture.yml", s, base_model=sh.teacher, data=sh.data("train"),
@@ -176,18 +176,18 @@ def topk_store(sh: Shared, s) -> None:
 def sampled_answer_budget(s) -> int:
     """Tokens a sampled answer may take: the longest possible one (every column carries) + 16; the
     tokenizer is byte-level, so characters bound tokens."""
-    from ..testing.addition import working
+    from distill_plugin.testing.addition import working
 
     top = 10**s.digits - 1
     return len(f"<think>\n{working(top, top, s.digits)}\n</think>\n\n{2 * top}") + 16
 
 
-def gkd(sh: Shared, s) -> dict:
-    """On-policy GKD: half the steps (λ = 0.5, drawn per optimizer step) train on completions the
+def gkd(sh: Shared, s, fraction: float = 0.5) -> dict:
+    """On-policy GKD: a ``fraction`` λ of the optimizer steps (drawn per step) train on completions the
     student samples, scored by the teacher with JSD(β = 0.5); the others on the data's answers. No CE:
     the plugin refuses it with on-policy steps (it would fit the student's own samples)."""
-    return {**logit_kd(sh, s, "jsd"), "beta": 0.5, "kd_weight": 1.0, "ce_weight": 0.0, "on_policy_fraction": 0.5,
-            "max_new_tokens": sampled_answer_budget(s), "generation_temperature": 1.0}
+    return {**logit_kd(sh, s, "jsd"), "beta": 0.5, "kd_weight": 1.0, "ce_weight": 0.0, "on_policy_fraction": fraction,
+            "max_new_tokens": s.answer_tokens or sampled_answer_budget(s), "generation_temperature": 1.0}
 
 
 def cross_tokenizer(sh: Shared, s, mode: str) -> dict:
@@ -225,7 +225,9 @@ METHODS: dict[str, Method] = {
                    distill=lambda sh, s: {"teacher_logits": str(sh.work("topk") / "store"), "divergence": "forward_kl",
                                           "temperature": s.temperature, "kd_weight": s.kd_weight,
                                           "ce_weight": s.ce_weight}),
+    "jsd": Method("logit KD, JSD (β=0.5)", distill=lambda sh, s: {**logit_kd(sh, s, "jsd"), "beta": 0.5}),
     "gkd": Method("on-policy GKD (JSD β=0.5, λ=0.5)", distill=gkd),
+    "gkd_full": Method("on-policy GKD (JSD β=0.5, λ=1)", distill=lambda sh, s: gkd(sh, s, 1.0)),
     # DistillKit's hidden-state distillation: CE on the data plus the hidden-state loss, no logit KD.
     "hidden": Method("hidden-state KD (+CE)", distill=lambda sh, s: {
         "teacher": str(sh.teacher), "kd_weight": 0.0, "ce_weight": 1.0, "hidden_weight": s.hidden_weight,

@@ -2,11 +2,12 @@
 
     python benchmarks/bench_quality.py [--quick] [--seed N ...] [--method NAME ...] [--tune]
 
-1. ``OUT/shared`` (built once, reused while its settings match): the addition data (``digits``-digit,
-   train / valid / held-out, disjoint by problem id), the tiny tokenizer, and a teacher trained with
-   the demo's torch loop (``core.train_causal_lm``); then each method's ``prepare`` (``methods.py``).
+1. ``OUT/shared`` (built once, reused while its settings match): the regime's data (``regimes.py``:
+   train / valid / held-out, and the teacher's own sample where it has one), the tiny tokenizer, and a
+   teacher trained with the demo's torch loop (``core.train_causal_lm``); then each method's ``prepare``
+   (``methods.py``).
 2. Per seed ``N`` (``OUT/seed_N``): a student init per (size, student tokenizer) (random, seeded by
-   ``N``) and one recipe per method (``recipe.student_recipe``: same init, data budget, steps, batch,
+   ``N``; in the warm regime then ``warm_steps`` of SFT on the train split) and one recipe per method (``recipe.student_recipe``: same init, data budget, steps, batch,
    lr and Axolotl seed ``N``; only the data file and the ``distill:`` block differ); all recipes of all
    seeds run through ``python -m axolotl.cli.train`` (forked from one process that imported Axolotl
    once, ``prefork.py``), ``jobs`` at a time, in one queue. Students of one tokenizer and data file
@@ -14,13 +15,14 @@
    rows equal an earlier run's of its seed is not trained: it takes that run's student and scores
    (``reuse.same_students``; seq_kd when the teacher's trajectories are the ground truth).
 3. Every student and the teacher are scored on the held-out split (``valid`` when tuning), each with
-   its own tokenizer and chat template: greedy exact match of the integer after ``</think>``, CE on
-   the ground-truth assistant tokens and token-mean KL(teacher ‖ student) (T = 1; only for students on
-   the teacher's tokenizer: across vocabularies a token-level KL is undefined, reported as ``None``/–).
-4. Per method over the seeds (``quality_table``, ``seeds.spread``): mean ± standard error of exact
-   match, KL, the fraction of the baseline→teacher gap closed (per seed: ``(EM − EM_base) /
-   (EM_teacher − EM_base)``, with the same seed's student of the method's ``baseline``: SFT on the
-   same tokenizer), and the wall time of one student's ``axolotl.cli.train`` run (plus the shared
+   its own tokenizer and chat template, by the regime's ``Scorer``: exact match (addition) or the KL
+   to the source and the sample scores (the Markov source), CE on the held-out answers and token-mean
+   KL(teacher ‖ student) (T = 1; only for students on the teacher's tokenizer: across vocabularies a
+   token-level KL is undefined, reported as ``None``/–).
+4. Per method over the seeds (``table.py``, ``seeds.spread``): mean ± standard error of each metric,
+   the paired per-seed difference of the regime's first metric against the same seed's student of the
+   method's ``baseline`` (SFT on the same tokenizer), the fraction of the baseline→teacher gap closed
+   on it (per seed: ``(m − m_base) / (m_teacher − m_base)``), and the wall time of one student's ``axolotl.cli.train`` run (plus the shared
    prepare step, once). Printed, and written to ``OUT/results.json`` and ``OUT/results.md``.
 """
 
@@ -30,93 +32,36 @@ import json
 import math
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from distill_plugin.demo.recipe import student_recipe
+from distill_plugin.demo.run import fresh, train_students
+
 from .methods import METHODS, TOKENIZERS, Shared, prepare_all
-from .recipe import student_recipe
+from .regimes import TEACHER_TOKENIZER, Regime, Scorer, write_data
 from .reuse import same_students
-from .quality_table import markdown, summarise
-from .run import fresh, train_students
-
-
-@dataclass(frozen=True)
-class Settings:
-    digits: int = 3
-    n_train: int = 2000
-    n_valid: int = 200
-    n_heldout: int = 200
-    # teacher: trained once with the demo's torch loop, shared by every method and seed
-    teacher_hidden: int = 96
-    teacher_layers: int = 3
-    teacher_steps: int = 700
-    teacher_batch: int = 32
-    teacher_lr: float = 3e-3
-    # students: one per method and seed through axolotl.cli.train, the same budget for all
-    student_hidden: int = 48
-    student_layers: int = 2
-    student_steps: int = 500
-    student_batch: int = 16
-    student_lr: float = 3e-3
-    pad_to_multiple_of: int = 8  # Axolotl's default 64 pads these ~100-token rows to 128: 16 % more CPU per step
-    # method settings (chosen on the tuning seed, see --tune)
-    temperature: float = 1.0
-    kd_weight: float = 1.0  # --tune on seed 0: (T 1, kd 1, ce 0) 39.0% vs (1, .5, .5) 11.5%, (2, .5, .5) 2.0%
-    ce_weight: float = 0.0
-    hidden_weight: float = 1.0  # --tune on seed 0: weight 1 16.0% vs weight 4 5.5%
-    # cross-tokenizer rows: the recipe's weights, from a five-seed sweep (docs/quality.md). They need CE:
-    # neither ULD nor the next-byte KL says which of the student's own tokens writes the text
-    cross_kd_weight: float = 0.1
-    cross_ce_weight: float = 1.0
-    cross_uld_weight: float = 1.0  # hybrid: ULD against the next-byte term (``distill.uld_weight``)
-    top_k: int = 16
-    seqkd_samples: int = 2
-    seqkd_temperature: float = 1.0
-    seqkd_keep_incorrect: bool = False  # True only in QUICK: its 30-step teacher is rarely right
-    seed: int = 0  # the student's: init and Axolotl seed (data order)
-
-
-# The teacher and the data depend on these only (a change rebuilds OUT/shared).
-SHARED_KEYS = ("digits", "n_train", "n_valid", "n_heldout", "teacher_hidden", "teacher_layers", "teacher_steps",
-               "teacher_batch", "teacher_lr")
-QUICK = Settings(n_train=128, n_valid=32, n_heldout=32, teacher_hidden=48, teacher_layers=2, teacher_steps=30,
-                 teacher_batch=16, student_hidden=32, student_layers=1, student_steps=8, student_batch=8, top_k=8,
-                 seqkd_samples=1, seqkd_keep_incorrect=True)
-# --device cuda: a larger scale (not run in this repository's CI: no GPU machine there).
-GPU = Settings(digits=4, n_train=20000, n_valid=500, n_heldout=1000, teacher_hidden=384, teacher_layers=6,
-               teacher_steps=4000, teacher_batch=64, student_hidden=96, student_layers=2, student_steps=3000,
-               student_batch=32)
-TUNING_SEED, EVAL_SEEDS, QUICK_SEEDS = 0, (1, 2, 3, 4, 5), (1,)
-SPLIT_SEED, TEACHER_INIT_SEED = 0, 1
-
-
-def with_overrides(s: Settings, pairs: list[str]) -> Settings:
-    """``key=value`` pairs (``--set``) applied with each field's own type."""
-    types = {f.name: type(getattr(s, f.name)) for f in fields(s)}
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in types:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
-        values[key] = value.lower() in ("1", "true", "yes") if types[key] is bool else types[key](value)
-    return replace(s, **values)
+from .settings import SHARED_KEYS, SPLIT_SEED, TEACHER_INIT_SEED, Settings
+from .table import markdown, summarise
 
 
 # ---------------------------------------------------------------------------------------------- shared
 
 
 def train_teacher(sh: Shared, s: Settings, console, out: Path | None = None) -> float:
-    """Train the teacher (the demo's loop, ``core.train_causal_lm``) on the training split; save it to
+    """Train the teacher (the demo's loop, ``core.train_causal_lm``) on its own sample (``teacher_train``)
+    where the regime has one, else on the students' training split; save it to
     ``out`` (default ``sh.teacher``) with the tokenizer; return its seconds."""
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers import AutoTokenizer
 
-    from ..testing.tiny import build_model
-    from . import core
+    from distill_plugin.testing.tiny import build_model
+    from distill_plugin.demo import core
 
     tok = AutoTokenizer.from_pretrained(str(sh.tokenizer))
-    train = [core.encode(tok, json.loads(line)) for line in sh.data("train").read_text().splitlines()]
+    data = sh.data("teacher_train") if sh.data("teacher_train").exists() else sh.data("train")
+    train = [core.encode(tok, json.loads(line)) for line in data.read_text().splitlines()]
     teacher = build_model(None, tok, hidden_size=s.teacher_hidden, num_layers=s.teacher_layers, num_heads=4,
                           seed=TEACHER_INIT_SEED).to(torch.device(sh.device))
     with Progress(TextColumn("teacher"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
@@ -132,26 +77,18 @@ def train_teacher(sh: Shared, s: Settings, console, out: Path | None = None) -> 
     return timer.seconds
 
 
-def build_shared(sh: Shared, s: Settings, console) -> dict:
+def build_shared(sh: Shared, s: Settings, regime: Regime, console) -> dict:
     """Data, tokenizer and teacher under ``sh.root``, reused when ``manifest.json`` has the same settings."""
-    from ..jsonl import write_jsonl_atomic
-    from ..testing.tiny import build_tokenizer
-    from ..testing.addition import make_split
+    from distill_plugin.testing.tiny import build_tokenizer
 
-    key = {k: getattr(s, k) for k in SHARED_KEYS}
+    key = {"data": regime.data, **{k: getattr(s, k) for k in SHARED_KEYS}}
     manifest = sh.root / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["settings"] == key:
         built = json.loads(manifest.read_text())
         console.print(f"reusing {sh.root} (teacher trained in {built['teacher_seconds']:.0f}s)")
         return built
     fresh(sh.root).mkdir(parents=True)
-    heldout = make_split(s.n_heldout, seed=10_000 + SPLIT_SEED, digits=s.digits, r1_layout=True)
-    valid = make_split(s.n_valid, seed=20_000 + SPLIT_SEED, exclude={r["id"] for r in heldout}, digits=s.digits,
-                       r1_layout=True)
-    train = make_split(s.n_train, seed=SPLIT_SEED, exclude={r["id"] for r in heldout + valid}, digits=s.digits,
-                       r1_layout=True)
-    for name, rows in (("train", train), ("valid", valid), ("heldout", heldout)):
-        write_jsonl_atomic(sh.data(name), rows)
+    write_data(sh, s, regime)
     build_tokenizer(sh.tokenizer)
     built = {"settings": key, "teacher_seconds": train_teacher(sh, s, console)}
     manifest.write_text(json.dumps(built))
@@ -167,24 +104,41 @@ def student_runs(out: Path, sh: Shared, rows: dict[str, tuple[str, Settings]], s
     shares them) and one recipe per row; returns ``{run: (row, recipe, steps)}``. Every recipe names
     its tokenizer's folder (``student_tokenizer``) and ``OUT/prepared``: one tokenised dataset per
     (tokenizer, data file), shared by every seed and row (``shared_preparation``)."""
-    from ..testing.tiny import build_model
-
     runs = {}
     sdir = out / f"seed_{seed}"
     fresh(sdir).mkdir(parents=True)
     for row, (method, s) in rows.items():
         m = METHODS[method]
-        init = sdir / f"student_init_{s.student_hidden}x{s.student_layers}_{m.tokenizer}"
-        if not init.exists():
-            vocab = TOKENIZERS[m.tokenizer]
-            build_model(init, vocab.build(), hidden_size=s.student_hidden, num_layers=s.student_layers,
-                        num_heads=4, seed=seed, architecture=vocab.architecture)
         s = replace(s, seed=seed)
+        init = student_init(sdir, sh, s, m.tokenizer)
         recipe = student_recipe(sdir / "recipes" / f"{row}.yml", s, base_model=init, data=m.data(sh),
                                 output_dir=sdir / row, prepared=out / "prepared", distill=m.distill(sh, s),
                                 tokenizer=student_tokenizer(out, m.tokenizer), pad_to_multiple_of=s.pad_to_multiple_of)
         runs[f"s{seed}_{row}"] = (row, recipe, s.student_steps)
     return runs
+
+
+def student_init(sdir: Path, sh: Shared, s: Settings, tokenizer: str) -> Path:
+    """The seed's student init for (size, tokenizer, warm steps), built on first use: random weights
+    seeded by ``s.seed``, then ``s.warm_steps`` of SFT on the train split (the demo's torch loop, the
+    students' batch and lr, data order seeded by ``s.seed``) when the regime warms its students."""
+    from distill_plugin.demo import core
+    from distill_plugin.testing.tiny import build_model
+
+    init = sdir / f"student_init_{s.student_hidden}x{s.student_layers}_{tokenizer}_warm{s.warm_steps}"
+    if init.exists():
+        return init
+    vocab = TOKENIZERS[tokenizer]
+    tok = vocab.build()
+    model = build_model(None, tok, hidden_size=s.student_hidden, num_layers=s.student_layers, num_heads=4,
+                        seed=s.seed, architecture=vocab.architecture)
+    if s.warm_steps:
+        rows = [json.loads(line) for line in sh.data("train").read_text().splitlines()]
+        core.train_causal_lm(model, [core.encode(tok, r) for r in rows], tok.pad_token_id, s.warm_steps,
+                             s.student_batch, s.student_lr, seed=s.seed, warmup=max(1, s.warm_steps // 20))
+    model.save_pretrained(str(init))
+    tok.save_pretrained(str(init))
+    return init
 
 
 def student_tokenizer(out: Path, key: str) -> Path:
@@ -207,50 +161,6 @@ def shared_preparation(out: Path) -> None:
         fresh(out / name).mkdir(parents=True)
 
 
-TEACHER_TOKENIZER = "a"  # the shared teacher's (Shared.tokenizer)
-
-
-class Scorer:
-    """Scores on one split: greedy exact match of the integer after ``</think>``, CE on the ground-truth
-    completions and token-mean KL(teacher ‖ student) (``evaluation.teacher_fit``, T = 1). Each model is
-    scored with its own tokenizer (prompt and completion rendered by its chat template, ``core.encode``);
-    the KL needs one vocabulary on both sides, so it is ``None`` for a student on another tokenizer."""
-
-    def __init__(self, sh: Shared, split: str):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.rows = [json.loads(line) for line in sh.data(split).read_text().splitlines()]
-        self.load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(sh.device).eval()
-        self.teacher = self.load(sh.teacher)
-        self._encoded: dict[str, tuple] = {}
-        self.encoded(TEACHER_TOKENIZER, AutoTokenizer.from_pretrained(str(sh.tokenizer)))
-
-    def encoded(self, tokenizer: str, tok=None) -> tuple:
-        """``(tokenizer object, the split encoded with it)`` for a key of ``methods.TOKENIZERS`` (built once)."""
-        from . import core
-
-        if tokenizer not in self._encoded:
-            tok = tok or TOKENIZERS[tokenizer].build()
-            self._encoded[tokenizer] = tok, [core.encode(tok, row) for row in self.rows]
-        return self._encoded[tokenizer]
-
-    def score(self, path: Path | None = None, tokenizer: str = TEACHER_TOKENIZER) -> dict:
-        """The teacher's scores (``path=None``) or those of the student saved at ``path``, whose
-        tokenizer is ``tokenizer`` (a key of ``methods.TOKENIZERS``)."""
-        from ..evaluation import teacher_fit
-        from . import core
-
-        model = self.teacher if path is None else self.load(path)
-        tok, examples = self.encoded(tokenizer)
-        em, texts = core.exact_match(model, tok, examples)
-        teacher = None if path is None or tokenizer != TEACHER_TOKENIZER else self.teacher
-        fit = teacher_fit(model, [(e.prompt_ids, e.target_ids) for e in examples], teacher,
-                          pad_id=tok.pad_token_id, vocab_size=len(tok), batch_size=64)
-        return {"exact_match": em, "kl_to_teacher": fit.kl,
-                "heldout_ce": fit.student_ce, "params": core.count_params(model), "sample": texts[0]}
-
-
 def claim(out: Path) -> Path:
     """``out`` resolved; refuse a non-empty folder that this benchmark did not write."""
     out = out.resolve()
@@ -262,9 +172,10 @@ def claim(out: Path) -> Path:
     return out
 
 
-def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: list[int], split: str = "heldout",
-        jobs: int = 2, threads: int = 1, device: str = "cpu", stem: str = "results", console=None) -> dict:
-    """The benchmark (module docstring); ``rows`` maps a row name to (method, its settings). The
+def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: list[int],
+        split: str = "heldout", jobs: int = 2, threads: int = 1, device: str = "cpu", stem: str = "results",
+        console=None) -> dict:
+    """The benchmark (module docstring) of one regime; ``rows`` maps a row name to (method, its settings). The
     students of every seed form one queue (seed by seed, ``jobs`` at a time, so no slot idles at a
     seed's end); each is scored as it ends, beside the runs still going (one thread), and the results
     so far are written to ``OUT/<stem>.json`` and ``.md`` whenever a seed is complete."""
@@ -281,15 +192,18 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
     out = claim(out)
     sh = Shared(out / "shared", device, threads)
     console.rule("[bold]1. shared: data, teacher, method preparation")
-    built = build_shared(sh, s, console)
+    built = build_shared(sh, s, regime, console)
     methods = sorted({m for m, _ in rows.values()})
     prep = prepare_all(sh, s, methods, console, jobs=jobs)
-    scorer = Scorer(sh, split)
+    scorer = Scorer(sh, split, regime, s)
+    primary = regime.primary
     with console.status(f"evaluating the teacher on the {split} split"):
         teacher = scorer.score()
-    console.print(f"teacher: exact match {100 * teacher['exact_match']:.1f}% on {len(scorer.rows)} {split} problems")
+    console.print(f"teacher: {primary.label} {primary.scale * teacher[primary.key]:.{primary.digits}f} "
+                  f"on {len(scorer.rows)} {split} rows")
     results = {
-        "settings": asdict(s), "seeds": [], "split": split, "split_size": len(scorer.rows), "jobs": jobs,
+        "regime": regime.name, "title": regime.title, "expectation": regime.expectation,
+        "metrics": [asdict(m) for m in regime.metrics], "settings": asdict(s), "seeds": [], "split": split, "split_size": len(scorer.rows), "jobs": jobs,
         "threads": threads, "device": device,
         "rows": {name: {"method": m, "label": row_label(name, m), "tokenizer": METHODS[m].tokenizer,
                         "baseline": baselines[name], "settings": asdict(rs)} for name, (m, rs) in rows.items()},
@@ -312,10 +226,12 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
         seed, row = seed_of[name], runs[name][0]
         tokenizer = METHODS[rows[row][0]].tokenizer
         scores = scorer.score(out / f"seed_{seed}" / row, tokenizer)
-        assert all(math.isfinite(scores[k]) for k in ("exact_match", "heldout_ce")), scores
+        assert all(math.isfinite(scores[m.key]) for m in regime.metrics if scores[m.key] is not None), scores
+        assert math.isfinite(scores["heldout_ce"]) and scores[primary.key if tokenizer == TEACHER_TOKENIZER
+                                                              else regime.metrics[-1].key] is not None, scores
         assert (scores["kl_to_teacher"] is None) == (tokenizer != TEACHER_TOKENIZER), scores
-        assert scores["kl_to_teacher"] is None or math.isfinite(scores["kl_to_teacher"]), scores
-        console.print(f"{name}: exact match {100 * scores['exact_match']:.1f}% ({seconds:.0f}s)")
+        console.print(f"{name}: {primary.label} {primary.scale * (scores[primary.key] or math.nan):.{primary.digits}f} "
+                      f"({seconds:.0f}s)")
         results["runs"].append({"seed": seed, "row": row, "tokenizer": tokenizer, **scores,
                                 "train_seconds": round(seconds, 1)})
         for copy in [c for c, source in same.items() if source == name]:
@@ -329,7 +245,7 @@ def run(out: Path, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: li
     def write_seed(seed: int) -> None:
         results["seeds"] = [x for x in seeds if x in results["seeds"] or x == seed]
         results["runs"].sort(key=lambda r: (seeds.index(r["seed"]), list(rows).index(r["row"])))
-        results["summary"] = summarise(teacher, results["runs"], list(rows), baselines)
+        results["summary"] = summarise(teacher, results["runs"], list(rows), regime.metrics, baselines)
         results["student_params"] = {r["tokenizer"]: r["params"] for r in results["runs"]}
         results["wall_seconds"] = round(time.perf_counter() - t0, 1)
         (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
