@@ -1,5 +1,5 @@
 """Config validation through Axolotl's own loader, bad-config errors, every recipe in recipes/ and
-every YAML snippet in the README."""
+every YAML snippet in the README and the user docs (USER_DOCS)."""
 
 from __future__ import annotations
 
@@ -16,18 +16,28 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yml"))
 
 
+# The pages whose snippets are checked: the README and the docs pages that show configs and commands.
+USER_DOCS = ["README.md", *(f"docs/{name}.md" for name in ("configuration", "recipes", "scaling", "testing", "evaluation")),
+             *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs" / "methods").glob("*.md"))]
+
+
+def page_blocks(page: str, lang: str) -> list[str]:
+    """One page's fenced code blocks in one language, in order."""
+    return re.findall(rf"^```{lang}\n(.*?)^```", (REPO / page).read_text(), flags=re.S | re.M)
+
+
 def readme_blocks(lang: str) -> list[str]:
-    """The README's fenced code blocks in one language, in order."""
-    return re.findall(rf"^```{lang}\n(.*?)^```", (REPO / "README.md").read_text(), flags=re.S | re.M)
+    """The fenced code blocks in one language of the README, then of the other USER_DOCS pages."""
+    return [block for page in USER_DOCS for block in page_blocks(page, lang)]
 
 
-# The README's YAML snippets are excerpts: validated on top of the keys Axolotl requires to train.
+# The YAML snippets are excerpts: validated on top of the keys Axolotl requires to train.
 TRAINING_KEYS = {"micro_batch_size": 1, "num_epochs": 1, "learning_rate": 1e-5, "output_dir": "out", "sequence_len": 512,
                  "base_model": "Qwen/Qwen2.5-1.5B", "plugins": ["distill_plugin.DistillPlugin"],
                  "datasets": [{"path": "data.jsonl", "type": "chat_template"}]}
 CONFIGS = {str(p.relative_to(REPO)): yaml.safe_load(p.read_text()) for p in RECIPES}
-CONFIGS.update({f"README.md yaml #{i}": {**TRAINING_KEYS, **yaml.safe_load(block)}
-                for i, block in enumerate(readme_blocks("yaml"), 1)})
+CONFIGS.update({f"{page} yaml #{i}": {**TRAINING_KEYS, **yaml.safe_load(block)}
+                for page in USER_DOCS for i, block in enumerate(page_blocks(page, "yaml"), 1)})
 
 
 def launched_like_its_recipe(name: str, monkeypatch) -> None:
@@ -196,7 +206,7 @@ def test_no_distill_block_means_no_trainer_and_no_collator():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_recipe_validates(name, monkeypatch):
-    """A recipe or README config that no longer validates fails (Axolotl's loader, plugin registered)."""
+    """A recipe or a docs config that no longer validates fails (Axolotl's loader, plugin registered)."""
     launched_like_its_recipe(name, monkeypatch)
     cfg = CONFIGS[name]
     validated = axolotl_validate(cfg)

@@ -1,6 +1,7 @@
-"""The package as a user meets it: the installed console scripts, and the README's commands and imports.
+"""The package as a user meets it: the installed console scripts, and the commands and imports of the
+README and the user docs (``test_config.USER_DOCS``).
 
-The README's YAML snippets are validated with the recipes (tests/test_config.py).
+Their YAML snippets are validated with the recipes (tests/test_config.py).
 """
 
 from __future__ import annotations

@@ -1,20 +1,20 @@
 """Chunk maths fused by ``torch.compile`` on CUDA, and an fp32-accumulating grad-weight GEMM.
 
-On a GPU the chunked loss is bound by memory traffic, not by its GEMMs: eager PyTorch runs every
-elementwise step of the chunk maths (upcast, log-softmax, exp, subtract, scale, cast) as its own pass
-over the fp32 [chunk, V] logits. Measured on one H100 (forward KL, V = 151,936, 8,192 rows, bf16):
-the eager chunk loop took 119 ms against a 28.5 ms GEMM floor. Compiled, the same maths is a few
-row-wise kernels that read the bf16 logits and write the bf16 gradient (``docs/benchmarks.md``).
+On a GPU the chunked loss is bound by memory traffic, not by its GEMMs: run eagerly, every
+elementwise step of the chunk maths (upcast, log-softmax, exp, subtract, scale, cast) is its own pass
+over the fp32 [chunk, V] logits. Compiled, the same maths is a few row-wise kernels that read the
+bf16 logits and write the bf16 gradient (measurements: ``docs/benchmarks.md``).
 
 ``forward_kl_chunk`` is the closed-form forward-KL (+ CE) chunk of ``kd.forward_kl_closed_form`` as
-one pure function (inductor needs no in-place buffer reuse to keep memory flat). With q = softmax(z/T),
-p = softmax(z_t/T) and c = softmax(z) (T = 1 for the hard-label term):
+one pure function (inductor needs no in-place buffer reuse to keep memory flat). Over the chunk's
+supervised rows (row t predicts token t+1), with q = softmax(z/T), p = softmax(z_t/T) and
+c = softmax(z) (T = 1 for the hard-label term):
 
     kd  = Σ_rows Σ_v p (log p − log q)            ce = −Σ_rows log c[target]
     d(kd_coef·kd + ce_coef·ce)/dz = kd_coef·(q − p) + ce_coef·(c − onehot(target))
 
-where ``kd_coef`` already holds the 1/T of the chain rule. The CPU keeps the eager in-place version
-(compiling costs seconds per shape there and buys little).
+where ``kd_coef`` already holds the 1/T of the chain rule. On CPU the eager in-place version runs
+instead (compiling costs seconds per shape there).
 """
 
 from __future__ import annotations

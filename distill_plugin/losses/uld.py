@@ -27,16 +27,11 @@ continuation of the same text (a common token boundary), or with none. For an al
     loss = (kd_weight · T^{2·[temperature_squared]} · Σ_{aligned i} (next_byte_i + w_uld · uld_i)
             + ce_weight · Σ_i ce_i) / N
 
-Why the next byte and not the ids both vocabularies spell alike (TRL GOLD's hybrid, and ours before):
-equal strings are different events when one side's tokens are finer. A byte-level teacher puts its
-mass on ``5`` ("the text goes on with 5"); the student's ``5`` means "the token 5, not the longer
-``5;`` my tokenizer writes for that text". Pulling the student's ``5`` up teaches it tokenisations
-it never reads: in the quality benchmark such students greedy-decoded ``+``, ``0``, ``=`` one
-character at a time where their tokenizer writes ``+4=``, and scored 0 % on every seed (SFT 13.9 %).
-The next-byte distribution moves mass between the student's tokens only by what they spell first.
-Within a class it is not neutral: ∂next_byte/∂z_v = Q(v)·(1 − P_B(c)/Q_B(c)) for v of class c, so the
-class's tokens rise in proportion to the student's own shares. Against a teacher sure of the byte it
-sharpens the student's guess within the class (measured in docs/quality.md, item 4).
+The next-byte term moves mass between the student's tokens only by the first byte they write; within
+a class it is not neutral: ∂next_byte/∂z_v = Q(v)·(1 − P_B(c)/Q_B(c)) for v of class c (D = forward
+KL, T = 1), so the class's tokens move in proportion to the student's own shares. Why the next byte
+rather than the ids both vocabularies spell alike, and what each term measured:
+docs/methods/cross_tokenizer.md.
 
 Normalisation: the sums run over *aligned spans* (one term per aligned row, whatever the span's
 length in tokens) and are divided, like the logit loss, by N = the optimizer step's supervised

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The open-ended pipeline end to end on CPU, as the README's worked example:
+# The open-ended pipeline end to end on CPU, the worked example of docs/data_prep.md:
 #   generate (a scripted teacher behind a real OpenAI-compatible server on 127.0.0.1)
 #   -> judge (an LLM judge on the same server: its verdicts scripted, the requests, retries and
 #      strict parsing real; then the same data scored by a tiny, randomly initialised reward model)

@@ -1,4 +1,4 @@
-"""The README's `distill:` table is generated from the schema: stale README → failing test."""
+"""The `distill:` table of docs/configuration.md is generated from the schema: stale page → failing test."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from distill_plugin.losses.divergences import DIVERGENCES
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gen_config_table.py"
+DOC = REPO / "docs" / "configuration.md"
 
 
-def check(readme: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--readme", str(readme)],
+def check(doc: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--doc", str(doc)],
                           capture_output=True, text=True)
 
 
@@ -25,18 +26,24 @@ def test_every_distill_field_has_a_description():
     assert not missing
 
 
-def test_readme_table_matches_the_schema():
-    result = check(REPO / "README.md")
+def test_doc_table_matches_the_schema():
+    result = check(DOC)
     assert result.returncode == 0, result.stderr + "\nrun: python scripts/gen_config_table.py --write"
 
 
 def test_a_stale_table_fails_the_check(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text((REPO / "README.md").read_text().replace("Skew-KL λ (DistiLLM).", "Skew-KL λ."))
-    result = check(readme)
+    doc = tmp_path / "configuration.md"
+    doc.write_text(DOC.read_text().replace("Skew-KL λ (DistiLLM).", "Skew-KL λ."))
+    result = check(doc)
     assert result.returncode == 1 and "differs from the schema" in result.stderr
-    subprocess.run([sys.executable, str(SCRIPT), "--write", "--readme", str(readme)], check=True)
-    assert check(readme).returncode == 0
+    subprocess.run([sys.executable, str(SCRIPT), "--write", "--doc", str(doc)], check=True)
+    assert check(doc).returncode == 0
+
+
+def test_default_page_is_docs_configuration(tmp_path):
+    """Without --doc the script checks docs/configuration.md."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 def test_divergence_choices_come_from_the_registry():
@@ -45,4 +52,4 @@ def test_divergence_choices_come_from_the_registry():
         assert DistillConfig(teacher="t", divergence=name).divergence == name
     with pytest.raises(ValueError, match="divergence"):
         DistillConfig(teacher="t", divergence="kl")
-    assert "`" + "` \\| `".join(DIVERGENCES) + "`" in (REPO / "README.md").read_text()
+    assert "`" + "` \\| `".join(DIVERGENCES) + "`" in DOC.read_text()
