@@ -132,7 +132,7 @@ CERTAIN_METRICS = (Metric("exact_match", "exact match %", 100, 1, higher_is_bett
 SOURCE_METRICS = (Metric("kl_to_source", "KL(source‖S) / letter"), Metric("seq_kl_to_source", "sequence KL / letter"),
                   Metric("kl_to_teacher", "KL(T‖S)"), Metric("validity", "valid %", 100, 1, True),
                   Metric("entropy_ratio", "entropy ratio", 1, 2, True), Metric("coverage", "coverage", 1, 2, True))
-UNCERTAIN = Settings(n_train=200, n_valid=200, n_heldout=200, n_teacher_train=20_000, teacher_steps=800,
+UNCERTAIN = Settings(n_train=200, n_valid=200, n_heldout=200, n_teacher_train=20_000, teacher_steps=400,
                      student_steps=300, student_batch=16, answer_tokens=24 + 8)
 UNCERTAIN_QUICK = replace(QUICK, n_train=32, n_valid=16, n_heldout=16, n_teacher_train=256, source_length=8,
                           samples=16, answer_tokens=8 + 8)
@@ -152,7 +152,7 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
     Regime("warm", "warm students: the uncertain source, students SFT'd first", data="source",
            expectation="from a student already SFT'd on its sample, every KD row ends closer to the source "
                        "than continued SFT; on-policy GKD (λ 0.5 and 1) at least as close as forward KL",
-           settings=replace(UNCERTAIN, warm_steps=150, student_steps=150),
+           settings=replace(UNCERTAIN, warm_steps=300, student_steps=150),
            quick=replace(UNCERTAIN_QUICK, warm_steps=4), metrics=SOURCE_METRICS,
            methods=("sft", "fkl", "rkl", "gkd", "gkd_full")),
 )}

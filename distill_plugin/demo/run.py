@@ -52,7 +52,7 @@ class Settings:
     # teacher: trained once with a torch loop, shared by every seed
     teacher_hidden: int = 96
     teacher_layers: int = 3
-    teacher_steps: int = 800
+    teacher_steps: int = 400
     teacher_batch: int = 32
     teacher_lr: float = 3e-3
     # student: trained twice per seed through axolotl.cli.train, identical but for the distill block

@@ -14,7 +14,7 @@ import math
 
 # key: (label, scale, digits); the first is the one the paired difference and the gap closed use
 METRICS = {"kl_to_source": ("KL(source‖·)", 1, 4), "kl_to_teacher": ("KL(T‖S)", 1, 4),
-           "validity": ("valid", 100, 1), "entropy_ratio": ("entropy ratio", 1, 2), "coverage": ("coverage", 1, 2)}
+           "validity": ("valid %", 100, 1), "entropy_ratio": ("entropy ratio", 1, 2), "coverage": ("coverage", 1, 2)}
 
 
 def spread(values: list[float]) -> dict:
