@@ -145,6 +145,36 @@ def test_lambda_one_improves_the_teachers_score_of_fresh_student_samples(tiny_pa
     assert after < before - 0.15, (before, after)
 
 
+@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
+def test_on_policy_step_follows_the_float64_gradient(tiny_pair, tmp_path, divergence):
+    """One on-policy step (λ = 1, plain SGD, no clipping) moves the student's head by exactly −lr × the
+    gradient of the float64 full-logit divergence on the batch it sampled: prompt and padding masked,
+    completion and its stop token supervised, normalised by the step's supervised tokens. A defect in
+    the on-policy path (what is sampled, which positions count, the shift, the normaliser) shows here."""
+    tok, teacher, student = load_pair(tiny_pair)
+    sharpen(teacher, 0.3, seed=1)
+    before = copy.deepcopy(student)
+    config = DistillConfig(**{**GKD, "divergence": divergence}, **SAMPLING, on_policy_fraction=1.0)
+    trainer = make_trainer(tmp_path, tok, teacher, student, config, chat_rows(tok), bs=4, ga=1, steps=1, lr=0.5,
+                           max_grad_norm=0.0)
+    train_logs(trainer)
+    ((_, batch, n_items),) = trainer.seen
+    reference, ref_teacher = before.double(), copy.deepcopy(teacher).double()
+    with torch.no_grad():
+        logp = torch.log_softmax(ref_teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+    logq = torch.log_softmax(reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+    rows = batch["labels"][:, 1:] != -100
+    p, q = logp[:, :-1][rows].exp(), logq[:, :-1][rows].exp()
+    kl = lambda a, b: (a * (a.log() - b.log())).sum(-1)
+    m = 0.5 * p + 0.5 * q
+    per_row = kl(q, p) if divergence == "reverse_kl" else 0.5 * kl(p, m) + 0.5 * kl(q, m)
+    (config.kd_weight * per_row.sum() / n_items).backward()
+    assert int(rows.sum()) == int(n_items) > 0 and config.ce_weight == 0
+    step = (before.lm_head.weight - trainer.model.lm_head.weight).double() / 0.5
+    assert torch.allclose(step, reference.lm_head.weight.grad, rtol=1e-4, atol=1e-7), \
+        (step - reference.lm_head.weight.grad).abs().max()
+
+
 class StepLog(Recorder):
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
         self.samplers.append((self.state.global_step, self.on_policy.sampler(self.state.global_step)))

@@ -46,9 +46,13 @@ class MarkovSource:
     min_support: int = 2
     max_support: int = 4
     seed: int = 0
-    table: dict = field(init=False, repr=False, compare=False)
+    # context (two symbols) -> probabilities over the alphabet; None: drawn from ``seed`` as above
+    table: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
+        if self.table is not None:
+            object.__setattr__(self, "table", {c: np.asarray(p, dtype=float) for c, p in self.table.items()})
+            return
         rng = np.random.default_rng(self.seed)
         k, table = len(self.alphabet), {}
         for c in [START + START] + [START + b for b in self.alphabet] + [a + b for a in self.alphabet for b in self.alphabet]:
@@ -108,7 +112,8 @@ def entropy(p: np.ndarray) -> float:
 def exact_kl(p: np.ndarray, log_q: np.ndarray) -> float:
     """Mean over rows of Σ_v p (log p − log q): ``p`` [n, K] the source's probabilities, ``log_q``
     [n, K] the model's log-probabilities of the same letters (normalised over its whole vocabulary)."""
-    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - log_q), 0.0)
+    safe = p > 0  # 0·log 0 = 0, also where log q = −inf
+    terms = np.where(safe, p * (np.log(np.where(safe, p, 1.0)) - np.where(safe, log_q, 0.0)), 0.0)
     return float(terms.sum(axis=1).mean())
 
 
