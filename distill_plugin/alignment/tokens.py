@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..signals import NUM_BYTE_CLASSES
+
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _CACHE: dict[tuple, object] = {}  # keyed by id(tokenizer): a tokenizer is built once per process
 
@@ -106,7 +108,6 @@ def token_lengths(tokenizer) -> np.ndarray:
 
 
 OTHER = 256  # the class of an id that writes no bytes, or starts with a byte no id of the other side does
-NUM_BYTE_CLASSES = 257
 
 
 class NextByteClasses(NamedTuple):

@@ -25,6 +25,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .cross_chunk import cross_tokenizer_chunk
+
 
 def forward_kl_chunk(student_logits, teacher_logits, targets, kd_coef, ce_coef, inv_t: float, teacher_cap, with_ce: bool):
     """``(kd_sum, ce_sum, grad)`` for one chunk; ``grad`` = d objective / d student_logits in their dtype.
@@ -76,8 +78,6 @@ def compiled_forward_kl_chunk(student_logits, teacher_logits, targets, *args):
 
 @functools.cache
 def _compiled_cross_tokenizer():
-    from .uld import cross_tokenizer_chunk
-
     return torch.compile(cross_tokenizer_chunk)
 
 
