@@ -23,16 +23,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = "distill_plugin"
-# Lowest first. A module may import its own layer and the layers below it. The name is the first
-# component under distill_plugin ("" is distill_plugin/__init__.py, which loads the plugin lazily).
+# Lowest first. A module may import its own layer and the layers below it. A module's layer is that
+# of the longest name here that it is or lies under, relative to distill_plugin ("" is
+# distill_plugin/__init__.py, which loads the plugin lazily).
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
-    {"signals", "errors", "jsonl", "shards", "no_cuda"},  # constants, batch keys, exceptions, files
+    {"signals", "errors", "jsonl", "shards", "no_cuda", "collators"},  # constants, batch keys, exceptions, files
     {"losses"},  # the maths: tensors in, tensors out
     {"modeling", "hidden", "alignment", "generation"},  # models, hidden states, tokens, inference
     {"offline", "evaluation"},  # stored teacher logits, evaluation of a teacher on data
     {"teachers"},  # where a batch's teacher signal comes from
     {"onpolicy"},  # rollouts during training
-    {"args", "preflight"},  # the distill: block and the checks made before loading models
+    {"args", "preflight", "alignment.setup"},  # the distill: block, the checks made before loading models
     {"trainer", "axolotl_trainer", "plugin", "serve", ""},  # entry points
     {"testing", "demo"},  # tiny models, twins, the demo
 ))
@@ -173,11 +174,12 @@ def scan(packages: tuple[str, ...] = (ROOT,)) -> Scan:
 
 
 def layer_of(module: str) -> int:
-    parts = module.split(".")
-    name = parts[1] if len(parts) > 1 else ""
-    for i, layer in enumerate(LAYERS):
-        if name in layer:
-            return i
+    parts = module.split(".")[1:]
+    for n in range(len(parts), -1, -1):
+        name = ".".join(parts[:n])
+        for i, layer in enumerate(LAYERS):
+            if name in layer:
+                return i
     raise KeyError(f"{module}: not in LAYERS (scripts/layer_report.py): declare its layer")
 
 
@@ -222,6 +224,18 @@ def cycles(edges: list[Edge]) -> list[list[str]]:
     return found
 
 
+def imports_of_tests(directory: str = "scripts") -> list[str]:
+    """Imports of tests/ modules (or ``sys.path`` edits reaching tests/) in the .py files of ``directory``."""
+    test_modules = {"tests"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
+    bad = []
+    for path in sorted((REPO / directory).rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        bad += [f"{rel}:{line}: {module}" for module, _, line, _ in imports(path) if module.split(".")[0] in test_modules]
+        bad += [f"{rel}:{n}: {text.strip()}" for n, text in enumerate(path.read_text().splitlines(), 1)
+                if re.search(r"sys\.path\.(insert|append)\(.*[\"'/]tests\b", text)]
+    return bad
+
+
 def files_naming(key: str) -> list[str]:
     """Library files (outside testing/ and demo/) that name config key ``key``: ``.key`` or ``"key"``
     as a whole word (an attribute or a string), or ``key:`` / ``key =`` opening a line (a field)."""
@@ -245,6 +259,9 @@ def main() -> int:
     print("".join(f"  {e.where()}\n" for e in up), end="")
     print(f"\nunresolved string routes: {len(result.unresolved)}")
     print("".join(f"  {u}\n" for u in result.unresolved), end="")
+    bad = imports_of_tests()
+    print(f"\nscripts importing tests/: {len(bad)}")
+    print("".join(f"  {b}\n" for b in bad), end="")
     print("\nlibrary files naming each method's config key (testing/, demo/ aside):")
     for key in CONFIG_KEYS:
         files = files_naming(key)
