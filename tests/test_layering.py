@@ -76,7 +76,8 @@ def test_string_routes_resolve_and_go_down():
     scan = layers.scan((layers.ROOT, "data_prep", "scripts"))
     assert not scan.unresolved, scan.unresolved
     assert any(e.route for e in scan.edges)  # the plugin's args path at least: the scan sees routes
-    assert not layers.upward([e for e in scan.edges if e.route])
+    up = layers.upward([e for e in scan.edges if e.route])
+    assert not up, [e.where() for e in up]
     # plugin paths in the recipes and the console-script entry points name something that exists
     paths = {p for recipe in (REPO / "recipes").rglob("*.yml")
              for p in (yaml.safe_load(recipe.read_text()) or {}).get("plugins", []) or []}
