@@ -38,7 +38,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"testing", "demo"},  # tiny models, twins, the demo
 ))
 CONFIG_KEYS = ("teacher_logits", "teacher_server", "cross_tokenizer", "hidden_weight", "on_policy_fraction", "teacher")
-ROUTE = re.compile(r"^distill_plugin(\.[A-Za-z_]\w*)*$")
+ROUTE = re.compile(r"^distill_plugin(\.[A-Za-z_]\w*)+$")
 ROUTE_CALLS = {"import_module", "resolve_class", "find_spec"}
 
 
