@@ -238,8 +238,9 @@ def imports_of_tests(directory: str = "scripts") -> list[str]:
 
 def files_naming(key: str) -> list[str]:
     """Library files (outside testing/ and demo/) that name config key ``key``: ``.key`` or ``"key"``
-    as a whole word (an attribute or a string), or ``key:`` / ``key =`` opening a line (a field)."""
-    pattern = rf"""([.'"]{key}\b)|(^\s*{key}\s*[:=])"""
+    as a whole word (an attribute or a string), ``key:`` opening a line (a field) or ``key=`` (a
+    keyword argument); a local variable of the same name does not count."""
+    pattern = rf"""([.'"]{key}\b)|(^\s*{key}\s*:)|(\b{key}=)"""
     out = subprocess.run(["grep", "-rlE", "--include=*.py", pattern, ROOT], cwd=REPO, capture_output=True, text=True).stdout
     return sorted(f for f in out.split() if not f.startswith((f"{ROOT}/testing/", f"{ROOT}/demo/")))
 
