@@ -25,8 +25,6 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .cross_chunk import cross_tokenizer_chunk
-
 
 def forward_kl_chunk(student_logits, teacher_logits, targets, kd_coef, ce_coef, inv_t: float, teacher_cap, with_ce: bool):
     """``(kd_sum, ce_sum, grad)`` for one chunk; ``grad`` = d objective / d student_logits in their dtype.
@@ -78,6 +76,8 @@ def compiled_forward_kl_chunk(student_logits, teacher_logits, targets, *args):
 
 @functools.cache
 def _compiled_cross_tokenizer():
+    from .cross_chunk import cross_tokenizer_chunk  # torch._dynamo loads with it: only when compiling
+
     return torch.compile(cross_tokenizer_chunk)
 
 
