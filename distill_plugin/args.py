@@ -16,7 +16,6 @@ from .losses.divergences import DIVERGENCES
 from .losses.hidden import HiddenLoss
 from .losses.kd import KDSettings
 from .losses.topk import TailMode
-from .teachers.server import TeacherServerConfig
 
 # Above this both distributions are near uniform for any realistic logit range: a typo, not a setting.
 MAX_TEMPERATURE = 20.0
@@ -34,6 +33,33 @@ CROSS_TOKENIZER_ONLY = ("teacher_tokenizer", "uld_top_k", "uld_weight")
 
 # The choices come from the registries, so a new divergence or tail mode is one edit in losses/.
 Divergence = Literal[DIVERGENCES]
+
+
+# --- teacher_server (issue #16) ---
+class TeacherServerConfig(BaseModel):
+    """``distill.teacher_server``: a teacher in an OpenAI-compatible inference server (vLLM, SGLang,
+    ``python -m distill_plugin.serve``) scoring each batch's tokens (``teachers.server``).
+
+    The server's prompt log-probs are of the raw logits (T = 1: vLLM applies no temperature to
+    them), so they enter the top-k loss at capture temperature 1 and are re-tempered there. The API
+    key is read from the environment variable named here, sent only in the Authorization header,
+    never logged or stored.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(description="Base URL of the server's OpenAI API, e.g. `http://10.0.0.2:8000/v1`.")
+    model: str = Field(description="Model name the server serves (checked against its `/models`).")
+    top_k: int = Field(
+        20, gt=0, description="Teacher log-probs per position; at most the server's limit (vLLM: `--max-logprobs`, default 20)."
+    )
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (none: no key sent).")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds per request before it is retried (5xx and timeouts are retried with backoff).")
+    max_concurrency: int = Field(8, gt=0, description="Requests in flight at once, per process.")
+    prefetch_steps: int = Field(
+        1, ge=0, description="Optimizer steps of batches whose teacher requests are sent ahead of training; 0 = on demand."
+    )
+# --- end teacher_server ---
 
 
 class DistillConfig(BaseModel):

@@ -40,11 +40,10 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import SetupError
 from ..generation.base import GenerationError
@@ -58,29 +57,16 @@ KEY = "distill.teacher_server"
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 (x+y)^2 = x^2 + 2xy + y^2\n"
 
 
-class TeacherServerConfig(BaseModel):
-    """``distill.teacher_server``: a teacher in an OpenAI-compatible inference server (vLLM, SGLang,
-    ``python -m distill_plugin.serve``) scoring each batch's tokens (``teachers.server``).
+class ServerSettings(Protocol):
+    """What the served teacher reads of ``distill.teacher_server`` (``args.TeacherServerConfig``)."""
 
-    The server's prompt log-probs are of the raw logits (T = 1: vLLM applies no temperature to
-    them), so they enter the top-k loss at capture temperature 1 and are re-tempered there. The API
-    key is read from the environment variable named here, sent only in the Authorization header,
-    never logged or stored.
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    url: str = Field(description="Base URL of the server's OpenAI API, e.g. `http://10.0.0.2:8000/v1`.")
-    model: str = Field(description="Model name the server serves (checked against its `/models`).")
-    top_k: int = Field(
-        20, gt=0, description="Teacher log-probs per position; at most the server's limit (vLLM: `--max-logprobs`, default 20)."
-    )
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key (none: no key sent).")
-    timeout_s: float = Field(120.0, gt=0, description="Seconds per request before it is retried (5xx and timeouts are retried with backoff).")
-    max_concurrency: int = Field(8, gt=0, description="Requests in flight at once, per process.")
-    prefetch_steps: int = Field(
-        1, ge=0, description="Optimizer steps of batches whose teacher requests are sent ahead of training; 0 = on demand."
-    )
+    url: str
+    model: str
+    top_k: int
+    api_key_env: str | None
+    timeout_s: float
+    max_concurrency: int
+    prefetch_steps: int
 
 
 class ServerSetupError(SetupError):
@@ -117,7 +103,7 @@ class ServerTopKSource:
     produces = (TopKLogprobs,)
     capture_temperature = 1.0  # prompt log-probs are of the raw logits
 
-    def __init__(self, config: TeacherServerConfig, tokenizer, check_tokenizer: bool = True, max_retries: int = 5,
+    def __init__(self, config: ServerSettings, tokenizer, check_tokenizer: bool = True, max_retries: int = 5,
                  backoff_s: float = 1.0):
         self.config, self.k, self.tokenizer, self.check_tokenizer = config, config.top_k, tokenizer, check_tokenizer
         self.vocab_size = len(tokenizer)  # ids above it (padding rows) are dropped: their mass is in the tail
