@@ -11,6 +11,7 @@ rewritten atomically on every run. Relative paths in the YAML are relative to th
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import logging
 import typing
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distill_plugin.generation import backend_class
 
 from .export import ExportConfig, export
 from .filters import FilterConfig, filter_rows
@@ -78,20 +81,12 @@ def unknown_key(model: type[BaseModel], raw: dict, prefix: str = "") -> str | No
     return None
 
 
-_BACKEND_CLASSES = {"hf": ("hf", "HFBackend"), "openai": ("openai_http", "OpenAIHTTPBackend"),
-                    "http": ("openai_http", "OpenAIHTTPBackend"), "vllm": ("vllm", "VLLMBackend")}
-
-
 def unknown_backend_option(backend: str, options: dict) -> str | None:
     """A ``generate.backend_options`` key the backend's constructor does not take, if any."""
-    import importlib
-    import inspect
-
     try:
-        module, name = _BACKEND_CLASSES[backend]
-        cls = getattr(importlib.import_module(f"distill_plugin.generation.{module}"), name)
+        cls = backend_class(backend)
         params = inspect.signature(cls.__init__).parameters
-    except (KeyError, ImportError, AttributeError, ValueError):  # unknown backend, or vllm not installed
+    except (ImportError, ValueError):  # unknown backend, or vllm not installed
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None

@@ -25,13 +25,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .args import DistillConfig
+from .errors import SetupError
 from .teachers.placement import engine_of, placement_error, world_size
 
 BLOCK = "distill"
-
-
-class SetupError(ValueError):
-    """A user error found before training starts; its message is one line naming the key."""
 
 
 def _near_misses(keys) -> list[str]:

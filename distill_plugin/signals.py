@@ -36,6 +36,8 @@ TEACHER_REQUEST = "teacher_server_request"  # a read-ahead batch's pending serve
 # never passed to model.forward
 NON_MODEL_KEYS = (LABELS, NUM_ITEMS, TOPK_IDS, TOPK_LOGPROBS, *CROSS_TOKENIZER_KEYS, TEACHER_REQUEST)
 IGNORE_INDEX = -100
+# Cross-tokenizer next-byte classes: 256 first bytes + OTHER (``alignment.tokens.next_byte_classes``).
+NUM_BYTE_CLASSES = 257
 
 
 @dataclass

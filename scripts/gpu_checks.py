@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distill_plugin.testing.runs import SUBPROCESS_ENV, parse_logs, write_recipe
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from axolotl_runs import SUBPROCESS_ENV, parse_logs, write_recipe  # noqa: E402
 
 KEYS = ("loss", "grad_norm", "kd_loss", "ce_loss")
 FSDP2 = {"fsdp_version": 2, "fsdp_config": {"offload_params": False, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",

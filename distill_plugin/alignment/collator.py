@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..offline.collator import base_collator_path, resolve_class
+from ..collators import DEFAULT_BASE_COLLATOR, base_collator_path, resolve_class
 from ..signals import ALIGNED_STUDENT, ALIGNED_TEACHER, IGNORE_INDEX, TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS
 from .spans import aligned_pairs, teacher_byte_ends
 from .templates import TemplatePair
@@ -118,7 +118,7 @@ class CrossTokenizerCollator:
 
     def __init__(self, tokenizer, *args, teacher_tokenizer: str, teacher_revision: str | None = None,
                  base_collator=None, **kwargs):
-        base_cls = resolve_class(base_collator or "axolotl.utils.collators.batching.DataCollatorForSeq2Seq")
+        base_cls = resolve_class(base_collator or DEFAULT_BASE_COLLATOR)
         self.base = base_cls(tokenizer, *args, **kwargs)
         self.tokenizer = tokenizer
         self.teacher_tokenizer = load_teacher_tokenizer(teacher_tokenizer, teacher_revision)

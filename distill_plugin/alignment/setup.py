@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ..teachers.loading import tokenizer_difference
 from .collator import load_teacher_tokenizer
-from .tokens import backend_json, next_byte_classes
+from .tokens import backend_json, next_byte_classes, tokenizer_difference
 
 
 def teacher_tokenizer_path(config) -> tuple[str, str | None]:

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..signals import NUM_BYTE_CLASSES
+
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _CACHE: dict[tuple, object] = {}  # keyed by id(tokenizer): a tokenizer is built once per process
 
@@ -106,7 +108,6 @@ def token_lengths(tokenizer) -> np.ndarray:
 
 
 OTHER = 256  # the class of an id that writes no bytes, or starts with a byte no id of the other side does
-NUM_BYTE_CLASSES = 257
 
 
 class NextByteClasses(NamedTuple):
@@ -150,3 +151,12 @@ def next_byte_classes(student_tokenizer, teacher_tokenizer, student_vocab: int |
         both = _used(student) & _used(teacher)
         _CACHE[key] = NextByteClasses(torch.where(both[student], student, OTHER), torch.where(both[teacher], teacher, OTHER))
     return _CACHE[key]  # type: ignore[return-value]
+
+
+def tokenizer_difference(tokenizer, other) -> str | None:
+    """None when both map the same strings to the same ids; else ``"A vs B tokens; first differences: …"``."""
+    vocab, other_vocab = tokenizer.get_vocab(), other.get_vocab()
+    if vocab == other_vocab:
+        return None
+    differing = sorted(set(vocab.items()) ^ set(other_vocab.items()), key=lambda kv: kv[1])[:5]
+    return f"{len(other_vocab)} vs {len(vocab)} tokens; first differences: {differing}"

@@ -13,22 +13,27 @@ from .hf import ADAPTER_CONFIG, adapter_base, load_causal_lm, load_tokenizer  # 
 BACKENDS = ("hf", "openai", "vllm")
 
 __all__ = ["ADAPTER_CONFIG", "BACKENDS", "Backend", "Completion", "GenerationError", "OnDone", "OnError", "Prompt", "SamplingParams", "ServerUnreachable", "TopK",
-           "adapter_base", "load_causal_lm", "load_tokenizer", "make_backend", "render_chat", "split_prefill"]
+           "adapter_base", "backend_class", "load_causal_lm", "load_tokenizer", "make_backend", "render_chat", "split_prefill"]
+
+
+def backend_class(kind: str) -> type[Backend]:
+    """The engine class a backend name stands for (imported on demand: vllm is optional)."""
+    if kind == "hf":
+        from .hf import HFBackend
+
+        return HFBackend
+    if kind in ("openai", "http"):
+        from .openai_http import OpenAIHTTPBackend
+
+        return OpenAIHTTPBackend
+    if kind == "vllm":
+        from .vllm import VLLMBackend
+
+        return VLLMBackend
+    raise ValueError(f"unknown backend {kind!r} ({' | '.join(BACKENDS)})")
 
 
 def make_backend(kind: str, model, **options) -> Backend:
     """A backend by name; ``options`` are the engine's own (``HFBackend``, ``VLLMBackend``,
     ``OpenAIHTTPBackend`` keyword arguments)."""
-    if kind == "hf":
-        from .hf import HFBackend
-
-        return HFBackend(model, **options)
-    if kind in ("openai", "http"):
-        from .openai_http import OpenAIHTTPBackend
-
-        return OpenAIHTTPBackend(model, **options)
-    if kind == "vllm":
-        from .vllm import VLLMBackend
-
-        return VLLMBackend(model, **options)
-    raise ValueError(f"unknown backend {kind!r} ({' | '.join(BACKENDS)})")
+    return backend_class(kind)(model, **options)

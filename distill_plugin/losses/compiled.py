@@ -76,7 +76,7 @@ def compiled_forward_kl_chunk(student_logits, teacher_logits, targets, *args):
 
 @functools.cache
 def _compiled_cross_tokenizer():
-    from .uld import cross_tokenizer_chunk
+    from .cross_chunk import cross_tokenizer_chunk  # torch._dynamo loads with it: only when compiling
 
     return torch.compile(cross_tokenizer_chunk)
 

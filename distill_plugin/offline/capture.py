@@ -163,7 +163,7 @@ def teacher_facts(teacher: str | Path, tokenizer, k: int) -> dict:
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from distill_plugin.teachers.loading import tokenizer_difference
+    from distill_plugin.alignment.tokens import tokenizer_difference
 
     if k > len(tokenizer):
         raise ValueError(f"--top-k {k} is larger than the vocabulary ({len(tokenizer)} tokens)")

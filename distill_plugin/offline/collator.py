@@ -20,14 +20,16 @@ whose captured positions disagree with its labels raises instead of training on 
 
 from __future__ import annotations
 
-import importlib
 import os
 from functools import lru_cache
 
 import numpy as np
 
+from distill_plugin.collators import DEFAULT_BASE_COLLATOR, base_collator_path, cfg_get, resolve_class
 from distill_plugin.offline.store import StoredRow, TopKStore, positions_mask, row_key
 from distill_plugin.signals import TOPK_IDS, TOPK_LOGPROBS
+
+__all__ = ["OfflineTopKCollator", "base_collator_path", "dense_targets", "offline_collator_cls_and_kwargs", "resolve_class"]
 
 
 @lru_cache(maxsize=4)
@@ -50,14 +52,6 @@ def dense_targets(row: StoredRow, labels, k: int) -> tuple[np.ndarray, np.ndarra
     return ids, lps
 
 
-def resolve_class(cls_or_path):
-    """A class, or the class a dotted path names (collators are passed either way)."""
-    if isinstance(cls_or_path, str):
-        module, _, name = cls_or_path.rpartition(".")
-        return getattr(importlib.import_module(module), name)
-    return cls_or_path
-
-
 class OfflineTopKCollator:
     """Wrap an Axolotl collator and attach ``teacher_topk_ids`` / ``teacher_topk_logprobs``.
 
@@ -68,7 +62,7 @@ class OfflineTopKCollator:
     """
 
     def __init__(self, tokenizer, *args, store_path: str, base_collator=None, k: int | None = None, **kwargs):
-        base_cls = resolve_class(base_collator or "axolotl.utils.collators.batching.DataCollatorForSeq2Seq")
+        base_cls = resolve_class(base_collator or DEFAULT_BASE_COLLATOR)
         self.base = base_cls(tokenizer, *args, **kwargs)
         self.tokenizer = tokenizer
         self.store_path = str(store_path)
@@ -114,27 +108,6 @@ class OfflineTopKCollator:
         return batch
 
 
-def _cfg_get(obj, name):
-    if obj is None:
-        return None
-    return obj.get(name) if hasattr(obj, "get") else getattr(obj, name, None)
-
-
-def base_collator_path(cfg, is_eval: bool = False) -> str:
-    """The collator Axolotl's ``HFCausalTrainerBuilder.build_collator`` would pick for this cfg."""
-    packing = _cfg_get(cfg, "eval_sample_packing") if is_eval else _cfg_get(cfg, "sample_packing")
-    if not packing:
-        return "axolotl.utils.collators.batching.DataCollatorForSeq2Seq"
-    from axolotl.monkeypatch.multipack import SUPPORTED_MULTIPACK_MODEL_TYPES
-
-    attn = _cfg_get(cfg, "attn_implementation")
-    model_type = _cfg_get(cfg, "model_config_type")
-    if attn == "flex_attention" or model_type in SUPPORTED_MULTIPACK_MODEL_TYPES or (
-            model_type == "llama" and attn != "flash_attention_2"):
-        return "axolotl.utils.collators.batching.V2BatchSamplerDataCollatorForSeq2Seq"
-    return "axolotl.utils.collators.batching.BatchSamplerDataCollatorForSeq2Seq"
-
-
 def offline_collator_cls_and_kwargs(cfg, is_eval: bool = False, store_path: str | None = None,
                                     k: int | None = None):
     """For ``BasePlugin.get_collator_cls_and_kwargs``: ``(OfflineTopKCollator, kwargs)`` or ``None``.
@@ -143,7 +116,7 @@ def offline_collator_cls_and_kwargs(cfg, is_eval: bool = False, store_path: str 
     when no ``teacher_logits`` store is configured. ``store_path`` defaults to
     ``cfg.distill.teacher_logits``.
     """
-    store_path = store_path or _cfg_get(_cfg_get(cfg, "distill"), "teacher_logits")
+    store_path = store_path or cfg_get(cfg_get(cfg, "distill"), "teacher_logits")
     if not store_path:
         return None
     return OfflineTopKCollator, {"store_path": str(store_path), "base_collator": base_collator_path(cfg, is_eval),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import torch
 
-from ..args import DistillConfig
+from ..alignment.tokens import tokenizer_difference
 from .placement import placement_error, shard_teacher, world_size
+
+__all__ = ["DTYPES", "TeacherSettings", "check_same_tokenizer", "load_teacher", "tokenizer_difference"]
 
 LOG = logging.getLogger(__name__)
 _TEACHERS: dict[tuple, torch.nn.Module] = {}  # one teacher per process, however often we are asked
@@ -15,7 +18,20 @@ _TEACHERS: dict[tuple, torch.nn.Module] = {}  # one teacher per process, however
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
 
 
-def load_teacher(config: DistillConfig, device: torch.device | str, attn_implementation: str | None = None) -> torch.nn.Module:
+class TeacherSettings(Protocol):
+    """What ``load_teacher`` reads of its config (fields of ``args.DistillConfig``)."""
+
+    teacher: str
+    teacher_revision: str | None
+    teacher_dtype: str
+    teacher_load_in_4bit: bool
+    teacher_load_in_8bit: bool
+    teacher_device: str | None
+    teacher_attn_implementation: str | None
+    teacher_placement: str
+
+
+def load_teacher(config: TeacherSettings, device: torch.device | str, attn_implementation: str | None = None) -> torch.nn.Module:
     """Load the teacher once per process: frozen, eval mode, no grad, optionally 4/8-bit.
 
     ``device``: ``config.teacher_device`` when set. Attention: ``config.teacher_attn_implementation``,
@@ -60,15 +76,6 @@ def load_teacher(config: DistillConfig, device: torch.device | str, attn_impleme
     model.requires_grad_(False)
     _TEACHERS[key] = model
     return model
-
-
-def tokenizer_difference(tokenizer, other) -> str | None:
-    """None when both map the same strings to the same ids; else ``"A vs B tokens; first differences: …"``."""
-    vocab, other_vocab = tokenizer.get_vocab(), other.get_vocab()
-    if vocab == other_vocab:
-        return None
-    differing = sorted(set(vocab.items()) ^ set(other_vocab.items()), key=lambda kv: kv[1])[:5]
-    return f"{len(other_vocab)} vs {len(vocab)} tokens; first differences: {differing}"
 
 
 def check_same_tokenizer(student_tokenizer, teacher_path: str, revision: str | None = None) -> None:

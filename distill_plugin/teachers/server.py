@@ -40,22 +40,33 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..args import TeacherServerConfig
+from ..errors import SetupError
 from ..generation.base import GenerationError
 from ..generation.openai_http import OpenAIHTTPBackend
 from ..generation.prompt_logprobs import decoded_prompt_tokens, parse_topk, score_body
 from ..losses.chunked import supervised_mask
-from ..preflight import SetupError
 from ..signals import LABELS, TEACHER_REQUEST, TopKLogprobs
 
 LOG = logging.getLogger("axolotl.distill_plugin")
 KEY = "distill.teacher_server"
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 (x+y)^2 = x^2 + 2xy + y^2\n"
+
+
+class ServerSettings(Protocol):
+    """What the served teacher reads of ``distill.teacher_server`` (``args.TeacherServerConfig``)."""
+
+    url: str
+    model: str
+    top_k: int
+    api_key_env: str | None
+    timeout_s: float
+    max_concurrency: int
+    prefetch_steps: int
 
 
 class ServerSetupError(SetupError):
@@ -92,7 +103,7 @@ class ServerTopKSource:
     produces = (TopKLogprobs,)
     capture_temperature = 1.0  # prompt log-probs are of the raw logits
 
-    def __init__(self, config: TeacherServerConfig, tokenizer, check_tokenizer: bool = True, max_retries: int = 5,
+    def __init__(self, config: ServerSettings, tokenizer, check_tokenizer: bool = True, max_retries: int = 5,
                  backoff_s: float = 1.0):
         self.config, self.k, self.tokenizer, self.check_tokenizer = config, config.top_k, tokenizer, check_tokenizer
         self.vocab_size = len(tokenizer)  # ids above it (padding rows) are dropped: their mass is in the tail
