@@ -145,6 +145,34 @@ def test_one_student_init_per_size_and_tokenizer(tmp_path):
     assert recipes["uld_hybrid"]["distill"]["teacher"] == str(sh.teacher)
 
 
+def test_warm_students_start_from_sft_steps_on_their_sample(tmp_path):
+    """The warm regime: every row of a seed starts from one init that took ``warm_steps`` SFT steps on
+    the train split (its loss on that split below the random init's), seeded like the random one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.quality.regimes import write_data
+    from distill_plugin.demo.core import encode
+    from distill_plugin.evaluation import teacher_fit
+
+    regime = REGIMES["warm"]
+    sh = Shared(tmp_path / "shared")
+    write_data(sh, regime.quick, regime)
+    rows = {m: (m, replace(regime.quick, warm_steps=20)) for m in ("sft", "rkl", "gkd")}
+    runs = student_runs(tmp_path, sh, rows, seed=2)
+    inits = {Path(yaml.safe_load(recipe.read_text())["base_model"]) for _, recipe, _ in runs.values()}
+    (warm,) = inits
+    assert warm.name.endswith("_warm20")
+    cold = student_runs(tmp_path / "cold", sh, {"sft": ("sft", replace(regime.quick, warm_steps=0))}, seed=2)
+    (cold,) = {Path(yaml.safe_load(recipe.read_text())["base_model"]) for _, recipe, _ in cold.values()}
+    tok = TOKENIZERS["a"].build()
+    train = [encode(tok, json.loads(line)) for line in sh.data("train").read_text().splitlines()]
+    ce = {name: teacher_fit(AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval(),
+                            [(e.prompt_ids, e.target_ids) for e in train], None, pad_id=tok.pad_token_id).student_ce
+          for name, path in (("warm", warm), ("cold", cold))}
+    assert ce["warm"] < ce["cold"] - 0.5, ce
+
+
 def test_students_of_one_tokenizer_and_data_share_one_tokenisation(tmp_path):
     """Axolotl's prepared-dataset key (its own hash function, on the recipe and the tokenizer's
     name_or_path as loaded from ``tokenizer_config``) is one for every seed's SFT and logit-KD students
@@ -225,17 +253,18 @@ def test_overrides_keep_types_and_refuse_unknown_keys():
 
 @pytest.mark.slow
 def test_quick_benchmark_end_to_end(tmp_path):
-    """``--quick --method topk --seed 1`` through the script as a user runs it: the shared teacher, one
-    ``prepare`` step through the ``distill-data logits`` CLI, the SFT baseline (added by the script) and
-    the plugin's offline top-k student through ``axolotl.cli.train``, scoring, results.json/.md.
+    """``--regime uncertain --quick --method topk --seed 1`` through the script as a user runs it: the
+    source's data and the teacher on its own sample, one ``prepare`` step through the ``distill-data
+    logits`` CLI, the SFT baseline (added by the script) and the plugin's offline top-k student through
+    ``axolotl.cli.train``, scoring against the source, results.json/.md.
 
     One prepare step and two students (trained at once): each extra Python process that imports
     Axolotl costs about a minute on a loaded 2-core machine. Sequence-level KD's four-step
     ``distill-data`` chain is run by the benchmark itself, not here."""
     out = tmp_path / "bench"
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_quality.py"), "--quick", "--out", str(out),
-                           "--method", "topk", "--seed", "1"],
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_quality.py"), "--regime", "uncertain",
+                           "--quick", "--out", str(out), "--method", "topk", "--seed", "1"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
@@ -243,15 +272,21 @@ def test_quick_benchmark_end_to_end(tmp_path):
 
 
 def check_quick_output(out: Path, output: str) -> None:
-    """What ``--quick --method topk --seed 1`` must have written to ``out`` and printed."""
+    """What ``--regime uncertain --quick --method topk --seed 1`` must have written to ``out`` and printed."""
     results = json.loads((out / "results.json").read_text())
-    assert list(results["summary"]) == ["sft", "topk"]
+    assert results["regime"] == "uncertain" and list(results["summary"]) == ["sft", "topk"]
     assert [(r["seed"], r["row"]) for r in results["runs"]] == [(1, "sft"), (1, "topk")]
     for r in results["runs"]:
-        assert 0 <= r["exact_match"] <= 1 and r["train_seconds"] > 0 and r["tokenizer"] == "a"
-        assert math.isfinite(r["kl_to_teacher"]) and r["kl_to_teacher"] >= 0 and math.isfinite(r["heldout_ce"])
-    assert 0 <= results["teacher"]["exact_match"] <= 1
+        assert r["train_seconds"] > 0 and r["tokenizer"] == "a" and 0 <= r["validity"] <= 1
+        for key in ("kl_to_source", "seq_kl_to_source", "kl_to_teacher", "heldout_ce"):
+            assert math.isfinite(r[key]) and r[key] >= 0, key
+    teacher = results["teacher"]
+    assert teacher["kl_to_teacher"] is None and math.isfinite(teacher["kl_to_source"])
     assert set(results["prepare_seconds"]) == {"topk"} and results["summary"]["topk"]["baseline"] == "sft"
+    # the paired difference is the topk student's KL to the source minus the same seed's SFT student's
+    kl = {r["row"]: r["kl_to_source"] for r in results["runs"]}
+    assert results["summary"]["topk"]["paired"]["mean"] == pytest.approx(kl["topk"] - kl["sft"])
+    assert (out / "shared" / "data" / "teacher_train.jsonl").exists()
     table = (out / "results.md").read_text()
     for label in ("teacher", "SFT (ground truth)", "offline top-k KD"):
         assert label in table and label in output
