@@ -5,25 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from distill_plugin.demo.run import Budget
+
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(Budget):
+    """Every knob of a run; the sizes and budgets (``Budget``) with the certain regime's defaults."""
+
+    teacher_steps: int = 700
+    student_steps: int = 500
     digits: int = 3
     n_train: int = 2000
     n_valid: int = 200
     n_heldout: int = 200
-    # teacher: trained once with the demo's torch loop, shared by every method and seed
-    teacher_hidden: int = 96
-    teacher_layers: int = 3
-    teacher_steps: int = 700
-    teacher_batch: int = 32
-    teacher_lr: float = 3e-3
-    # students: one per method and seed through axolotl.cli.train, the same budget for all
-    student_hidden: int = 48
-    student_layers: int = 2
-    student_steps: int = 500
-    student_batch: int = 16
-    student_lr: float = 3e-3
     pad_to_multiple_of: int = 8  # Axolotl's default 64 pads these ~100-token rows to 128: 16 % more CPU per step
     # method settings (chosen on the tuning seed, see --tune)
     temperature: float = 1.0

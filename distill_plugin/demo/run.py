@@ -43,24 +43,31 @@ SUBPROCESS_ENV = {
 
 
 @dataclass(frozen=True)
-class Settings:
-    source_length: int = 24
-    n_teacher_train: int = 20_000  # the teacher's sample of the source
-    n_train: int = 200  # each student's sample: one label per position
-    n_heldout: int = 200
-    samples: int = 200  # answers each model samples for validity, entropy ratio and coverage
-    # teacher: trained once with a torch loop, shared by every seed
+class Budget:
+    """The teacher's and the students' sizes and training budgets, shared by the demo's settings and
+    the quality benchmark's (each sets its own defaults)."""
+
+    # teacher: trained once with a torch loop (``core.train_causal_lm``)
     teacher_hidden: int = 96
     teacher_layers: int = 3
     teacher_steps: int = 400
     teacher_batch: int = 32
     teacher_lr: float = 3e-3
-    # student: trained twice per seed through axolotl.cli.train, identical but for the distill block
+    # students: through axolotl.cli.train, the same budget for every student of a comparison
     student_hidden: int = 48
     student_layers: int = 2
     student_steps: int = 300
     student_batch: int = 16
     student_lr: float = 3e-3
+
+
+@dataclass(frozen=True)
+class Settings(Budget):
+    source_length: int = 24
+    n_teacher_train: int = 20_000  # the teacher's sample of the source
+    n_train: int = 200  # each student's sample: one label per position
+    n_heldout: int = 200
+    samples: int = 200  # answers each model samples for validity, entropy ratio and coverage
     # KD settings (forward KL on the full vocabulary)
     divergence: str = "forward_kl"
     temperature: float = 1.0
