@@ -152,6 +152,8 @@ UNCERTAIN = Settings(n_train=200, n_valid=200, n_heldout=200, n_teacher_train=20
 # unlabelled: the teacher's own 2,000 labelled problems, 200 for the students, a pool of prompts only.
 # 1,000 student steps: where SFT on 2,000 labelled problems reaches the teacher (docs/quality.md, the
 # budget cliff), so what separates the rows is the data (200 labels vs the labelled pool), not the cliff.
+# The pool's cost, measured on the shared 2-core machine under another benchmark's load: 2,000 prompts
+# x 4 samples, generate 112 s, verify --majority 16 s, filter 4 s, export 25 s; the top-k capture 60 s.
 UNLABELLED = Settings(n_train=200, n_teacher_train=2000, n_pool=2000, seqkd_samples=4, student_steps=1000)
 UNLABELLED_QUICK = replace(QUICK, n_train=32, n_teacher_train=128, n_pool=64, seqkd_samples=2)
 UNCERTAIN_QUICK = replace(QUICK, n_train=32, n_valid=16, n_heldout=16, n_teacher_train=256, source_length=8,
