@@ -134,3 +134,18 @@ def test_existing_rows_keep_their_data(tmp_path):
     sh = Shared(tmp_path)
     assert METHODS["seq_kd"].data(sh) == sh.work("seq_kd") / "train.jsonl"
     assert METHODS["topk"].distill(sh, Settings())["teacher_logits"] == str(sh.work("topk") / "store")
+
+
+def test_the_pool_size_keys_the_shared_folder_only_where_there_is_a_pool(tmp_path, monkeypatch):
+    """A regime without a pool writes the manifest key it always did (its teacher is reused); a
+    regime with one keys on ``n_pool`` (another pool size rebuilds the teacher and the data)."""
+    from rich.console import Console
+
+    from benchmarks.quality import runner
+
+    monkeypatch.setattr(runner, "write_data", lambda sh, s, regime: None)
+    monkeypatch.setattr(runner, "train_teacher", lambda sh, s, console: 1.0)
+    for name, has_pool in (("certain", False), ("unlabelled", True)):
+        sh = Shared(tmp_path / name)
+        key = runner.build_shared(sh, REGIMES[name].settings, REGIMES[name], Console(quiet=True))["settings"]
+        assert set(key) == {"data", *runner.SHARED_KEYS} | ({"n_pool"} if has_pool else set())
