@@ -166,6 +166,7 @@ def verify_cmd(
     code_wall: float = 10.0,
     code_cpu: int = 10,
     code_memory_mb: int = 1024,
+    majority: Annotated[bool, typer.Option("--majority", help="Maths: a row without an answer is verified by its samples' most common final answer (self-consistency; needs -n >= 2 at generate).")] = False,
     strict: Strict = False,
 ):
     """Mark every generation correct/wrong/unverifiable (resumable)."""
@@ -175,7 +176,7 @@ def verify_cmd(
     kw = {"workers": workers} if workers else {}
     _report(lambda: verify(gen, out, VerifyConfig(
         task=task, timeout_s=timeout, code_wall_s=code_wall, code_cpu_s=code_cpu,
-        code_memory_mb=code_memory_mb, strict=strict, **kw)))
+        code_memory_mb=code_memory_mb, majority=majority, strict=strict, **kw)))
 
 
 @app.command("filter")

@@ -3,7 +3,8 @@
 Each generation gets ``verdict`` (correct | wrong | no_answer | timeout | unverifiable) and
 ``correct`` (True / False / None = could not be checked); each row gets ``n_correct``,
 ``n_checked`` and ``pass_rate``. Output: ``<out>/verified.jsonl`` (rows appended per chunk; a
-restart skips ids already there).
+restart skips ids already there). ``majority`` (maths only): a row without an answer is verified by
+the vote of its samples (:mod:`data_prep.majority`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
-from . import verify_code, verify_math, verify_mcq
+from . import majority as vote, verify_code, verify_math, verify_mcq
 from .guards import preflight, record_settings
 from .io import JsonlAppender, SkipLog, done_ids, read_rows
 from .pool import TIMEOUT
@@ -36,6 +37,13 @@ class VerifyConfig(BaseModel):
     code_memory_mb: int = 1024
     chunk_rows: int = 256
     strict: bool = False
+    majority: bool = False  # a row without an answer: its samples' most common answer (maths only)
+
+    @model_validator(mode="after")
+    def _majority_is_for_maths(self):
+        if self.majority and self.task != "math":
+            raise ValueError(f"--majority votes on maths answers only (got --task {self.task})")
+        return self
 
 
 SETTINGS = {"task", "timeout_s", "code_wall_s", "code_cpu_s", "code_memory_mb"}  # shape the verdicts
@@ -81,7 +89,9 @@ def verify(inputs, out_dir: str | Path, cfg: VerifyConfig) -> StageReport:
     out_dir = Path(out_dir)
     out_path = out_dir / "verified.jsonl"
     files = preflight(inputs, out_dir)
-    record_settings(out_dir, "verify", cfg.model_dump(include=SETTINGS), resumable=True)
+    # ``majority`` recorded only when on: folders verified before it existed still resume.
+    record_settings(out_dir, "verify", cfg.model_dump(include=SETTINGS | ({"majority"} if cfg.majority else set())),
+                    resumable=True)
     skips, report = SkipLog(cfg.strict), StageReport("verify")
     done = done_ids([out_path])
     report.extra["already_done"] = 0
@@ -94,20 +104,33 @@ def verify(inputs, out_dir: str | Path, cfg: VerifyConfig) -> StageReport:
                 yield row
 
     verdicts: Counter[str] = Counter()
-    pool = None
+    rows_by: Counter[str] = Counter()  # with --majority: answer | majority | no_majority
+    pool = extractor = None
     limits = Limits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
     bar = tqdm(desc=f"verify[{cfg.task}]", unit="row")
     try:
         with JsonlAppender(out_path) as sink:
             for chunk in chunks(todo(), cfg.chunk_rows):
-                if pool is None and cfg.task == "math":  # started only when there is work
+                voted = [r for r in chunk if cfg.majority and not vote.has_answer(r)]
+                graded = [r for r in chunk if not (cfg.majority and not vote.has_answer(r))]
+                pairs = [(r, g) for r in graded for g in r["generations"]]
+                if pool is None and cfg.task == "math" and pairs:  # started only when there is work
                     pool = verify_math.make_pool(cfg.workers, cfg.timeout_s)
-                pairs = [(r, g) for r in chunk for g in r["generations"]]
                 for (row, gen), (verdict, info) in zip(pairs, _check_all(pairs, cfg, pool, limits)):
                     gen["verdict"], gen["correct"] = verdict, _correct(verdict)
                     if info:
                         gen["tests"] = info
                     verdicts[verdict] += 1
+                if voted and extractor is None:
+                    extractor = verify_math.make_pool(cfg.workers, cfg.timeout_s, fn=verify_math.extract_item)
+                for row, row_verdicts in zip(voted, vote.verify_by_vote(voted, extractor, _answer_text) if voted else []):
+                    for gen, verdict in zip(row["generations"], row_verdicts):
+                        gen["verdict"], gen["correct"] = verdict, _correct(verdict)
+                        verdicts[verdict] += 1
+                    rows_by["majority" if row["pseudo_answer"] is not None else "no_majority"] += 1
+                for row in graded if cfg.majority else ():
+                    row["verified_by"] = "answer"
+                    rows_by["answer"] += 1
                 for row in chunk:
                     flags = [g["correct"] for g in row["generations"]]
                     row["n_correct"] = sum(1 for f in flags if f)
@@ -118,12 +141,15 @@ def verify(inputs, out_dir: str | Path, cfg: VerifyConfig) -> StageReport:
                 bar.update(len(chunk))
     finally:
         bar.close()
-        if pool is not None:
-            pool.close()
+        for p in (pool, extractor):
+            if p is not None:
+                p.close()
     checked = sum(v for k, v in verdicts.items() if k != "unverifiable")
     report.extra.update(task=cfg.task, verdicts=dict(verdicts),
                         generation_pass_rate=round(verdicts["correct"] / checked, 4) if checked else None,
-                        math_timeouts=pool.timeouts if pool else 0)
+                        math_timeouts=sum(p.timeouts for p in (pool, extractor) if p))
+    if cfg.majority:
+        report.extra["rows_verified_by"] = dict(rows_by)
     report.input_skips = skips.as_dict()
     report.write(out_dir)
     return report

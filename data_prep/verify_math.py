@@ -89,8 +89,39 @@ def check_item(item: tuple[str, str]) -> str:
         return NO_ANSWER
 
 
-def make_pool(workers: int = 2, timeout_s: float = 5.0):
+def extract(prediction: str) -> str | None:
+    """The final answer of ``prediction`` as a comparable key (``None``: no answer found): the value
+    math-verify parses (the first that :func:`check` would grade), printed by sympy, a number as an
+    exact rational first. So ``1236``, ``\\boxed{1236}``, ``1,236`` and ``1236.0`` are one key, and
+    ``0.5`` and ``1/2`` another; values sympy prints differently (a set and a tuple of the same
+    numbers) stay apart."""
+    import sympy
+
+    if not prediction or not prediction.strip():
+        return None
+    parsed = _parse(prediction)
+    if not parsed:
+        return None
+    value = parsed[0]
+    if isinstance(value, sympy.Basic) and value.is_number:
+        try:
+            value = sympy.nsimplify(value, rational=True)
+        except Exception:  # pragma: no cover - sympy refusing a number: keep it as parsed
+            pass
+    return str(value)
+
+
+def extract_item(prediction: str) -> str | None:
+    """Pool entry point: ``prediction`` → :func:`extract`; exceptions count as no answer."""
+    try:
+        return extract(prediction)
+    except Exception:
+        return None
+
+
+def make_pool(workers: int = 2, timeout_s: float = 5.0, fn=check_item):
+    """Worker processes running ``fn`` (:func:`check_item`, or :func:`extract_item`) with a hard
+    per-item timeout."""
     from .pool import HardTimeoutPool
 
-    return HardTimeoutPool(check_item, workers=workers, timeout_s=timeout_s,
-                           preload=["math_verify", "sympy"])
+    return HardTimeoutPool(fn, workers=workers, timeout_s=timeout_s, preload=["math_verify", "sympy"])

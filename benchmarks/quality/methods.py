@@ -36,6 +36,8 @@ from pathlib import Path
 
 from distill_plugin.demo.run import SUBPROCESS_ENV, thread_env
 
+from .unlabelled import POOL_KEYS, pool_data, pool_topk, pool_trajectories, prepare_from_pool
+
 
 @dataclass(frozen=True)
 class Shared:
@@ -111,7 +113,8 @@ class Method:
     label: str
     distill: Callable[[Shared, object], dict | None] = lambda sh, s: None
     data: Callable[[Shared], Path] = lambda sh: sh.data("train")
-    prepare: Callable[[Shared, object], None] | None = None
+    # Returns None (its time is the call's) or the seconds of work it did itself (not waiting on another's).
+    prepare: Callable[[Shared, object], float | None] | None = None
     # Settings fields the prepared artefact depends on (a change rebuilds it).
     prepare_keys: tuple[str, ...] = ()
     # Entered around the method's training runs (e.g. a teacher server); None = nothing.
@@ -120,10 +123,11 @@ class Method:
     baseline: str = "sft"
 
 
-def distill_data(*args: str, cwd: Path, threads: int = 1) -> None:
+def distill_data(*args: str, cwd: Path, threads: int = 1) -> float:
     """``distill-data ARGS`` in a subprocess with ``threads`` torch threads; its output goes to
-    ``cwd/distill-data.log``."""
+    ``cwd/distill-data.log``. Returns its wall seconds."""
     cmd = [sys.executable, "-m", "data_prep.cli", *args]
+    start = time.perf_counter()
     with (cwd / "distill-data.log").open("a") as log:
         log.write(f"$ distill-data {' '.join(args)}\n")
         log.flush()
@@ -132,6 +136,7 @@ def distill_data(*args: str, cwd: Path, threads: int = 1) -> None:
     if proc.returncode:
         tail = (cwd / "distill-data.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"distill-data {args[0]} failed ({proc.returncode}); log {cwd / 'distill-data.log'}:\n{tail}")
+    return time.perf_counter() - start
 
 
 def teacher_trajectories(sh: Shared, s) -> None:
@@ -139,38 +144,60 @@ def teacher_trajectories(sh: Shared, s) -> None:
     (``seqkd_temperature``, top-p 1) through ``distill-data generate`` (hf backend), ``verify``
     (maths checker on the answer after ``</think>``), ``filter`` (correct only; the prompts are distinct
     by construction, so no near-duplicate pass) and ``export`` (first correct, ``<think>`` kept).
-    ``seqkd_keep_incorrect`` (``--quick`` only, whose teacher is barely trained) keeps wrong ones too."""
+    ``seqkd_keep_incorrect`` (``--quick`` only, whose teacher is barely trained) keeps wrong and unverifiable ones too."""
     work = sh.work("seq_kd")
     prompts = work / "prompts.jsonl"
     rows = [json.loads(line) for line in sh.data("train").read_text().splitlines()]
     prompts.write_text("".join(json.dumps({"id": r["id"], "prompt": r["messages"][0]["content"],
                                            "answer": r["answer"]}) + "\n" for r in rows))
     max_tokens = max(len(r["messages"][-1]["content"]) for r in rows) + 16  # byte-level: chars ≥ tokens
-    distill_data("generate", str(prompts), "-o", "gen", "--model", str(sh.teacher), "--backend", "hf",
-                 "-n", str(s.seqkd_samples), "--temperature", str(s.seqkd_temperature), "--top-p", "1.0",
-                 "--max-tokens", str(max_tokens), "--seed", "0", "--suffix", "", "--batch-size", "64",
-                 "--chunk-size", "256", cwd=work, threads=sh.threads)
+    trajectories(sh, s, work, prompts, max_tokens)
+
+
+def trajectories(sh: Shared, s, work: Path, prompts: Path, max_tokens: int, majority: bool = False) -> dict:
+    """``distill-data generate → verify → filter → export`` of ``prompts`` into ``work/train.jsonl``
+    (:func:`teacher_trajectories`' settings); ``majority``: ``verify --majority`` (a row without an
+    answer is verified by the vote of its samples). Returns each stage's wall seconds (also written
+    to ``work/stages.json``); raises when nothing is kept."""
+    seconds = {"generate": distill_data(
+        "generate", str(prompts), "-o", "gen", "--model", str(sh.teacher), "--backend", "hf",
+        "-n", str(s.seqkd_samples), "--temperature", str(s.seqkd_temperature), "--top-p", "1.0",
+        "--max-tokens", str(max_tokens), "--seed", "0", "--suffix", "", "--batch-size", "64",
+        "--chunk-size", "256", cwd=work, threads=sh.threads)}
     # A generous per-item limit: a worker's first math-verify call warms its parser, slow on a loaded machine.
-    distill_data("verify", "gen", "-o", "ver", "--task", "math", "--workers", "1", "--timeout", "120", cwd=work, threads=sh.threads)
-    keep = ["--keep-incorrect"] if s.seqkd_keep_incorrect else []
-    distill_data("filter", "ver", "-o", "kept", "--no-dedup", *keep, cwd=work, threads=sh.threads)
-    distill_data("export", "kept", "-o", "train.jsonl", "--select", "first" if keep else "first_correct",
-                 "--check-template", str(sh.tokenizer), cwd=work, threads=sh.threads)
+    seconds["verify"] = distill_data("verify", "gen", "-o", "ver", "--task", "math", "--workers", "1", "--timeout",
+                                     "120", *(["--majority"] if majority else []), cwd=work, threads=sh.threads)
+    keep = ["--keep-incorrect", "--keep-unverifiable"] if s.seqkd_keep_incorrect else []
+    seconds["filter"] = distill_data("filter", "ver", "-o", "kept", "--no-dedup", *keep, cwd=work, threads=sh.threads)
+    seconds["export"] = distill_data("export", "kept", "-o", "train.jsonl", "--select", "first" if keep else "first_correct",
+                                     "--check-template", str(sh.tokenizer), cwd=work, threads=sh.threads)
+    (work / "stages.json").write_text(json.dumps({k: round(v, 1) for k, v in seconds.items()}))
     if not (work / "train.jsonl").read_text().strip():
-        raise RuntimeError(f"seq_kd: the teacher produced no kept trajectory (see {work / 'kept'}); train it longer")
+        raise RuntimeError(f"{work.name}: the teacher produced no kept trajectory (see {work / 'kept'}); train it longer")
+    return seconds
 
 
 def topk_store(sh: Shared, s) -> None:
     """Offline top-k KD: ``distill-data logits`` captures the teacher's top ``top_k`` log-probs (T = 1)
     of every training row, tokenised by Axolotl from the same recipe the students train with."""
+    capture_topk(sh, s, sh.work("topk"), sh.data("train"))
+
+
+def capture_topk(sh: Shared, s, work: Path, data: Path) -> None:
+    """``distill-data logits`` of the rows of ``data`` into ``work/store`` (:func:`topk_store`)."""
     from distill_plugin.demo.recipe import student_recipe
 
-    work = sh.work("topk")
-    recipe = student_recipe(work / "capture.yml", s, base_model=sh.teacher, data=sh.data("train"),
+    recipe = student_recipe(work / "capture.yml", s, base_model=sh.teacher, data=data,
                             output_dir=work / "unused", prepared=work / "prepared",
                             distill={"teacher_logits": str(work / "store")})
     distill_data("logits", "--config", str(recipe), "--teacher", str(sh.teacher), "-o", "store",
                  "--top-k", str(s.top_k), "--batch-size", "64", "--device", sh.device, cwd=work, threads=sh.threads)
+
+
+def topk_block(sh: Shared, s, name: str = "topk") -> dict:
+    """The offline top-k block reading the store :func:`capture_topk` wrote under ``sh.work(name)``."""
+    return {"teacher_logits": str(sh.work(name) / "store"), "divergence": "forward_kl",
+            "temperature": s.temperature, "kd_weight": s.kd_weight, "ce_weight": s.ce_weight}
 
 
 def sampled_answer_budget(s) -> int:
@@ -221,10 +248,7 @@ METHODS: dict[str, Method] = {
                      prepare_keys=("seqkd_samples", "seqkd_temperature", "seqkd_keep_incorrect")),
     "fkl": Method("logit KD, forward KL", distill=lambda sh, s: logit_kd(sh, s, "forward_kl")),
     "rkl": Method("logit KD, reverse KL", distill=lambda sh, s: logit_kd(sh, s, "reverse_kl")),
-    "topk": Method("offline top-k KD (forward KL)", prepare=topk_store, prepare_keys=("top_k",),
-                   distill=lambda sh, s: {"teacher_logits": str(sh.work("topk") / "store"), "divergence": "forward_kl",
-                                          "temperature": s.temperature, "kd_weight": s.kd_weight,
-                                          "ce_weight": s.ce_weight}),
+    "topk": Method("offline top-k KD (forward KL)", prepare=topk_store, prepare_keys=("top_k",), distill=topk_block),
     "jsd": Method("logit KD, JSD (β=0.5)", distill=lambda sh, s: {**logit_kd(sh, s, "jsd"), "beta": 0.5}),
     "gkd": Method("on-policy GKD (JSD β=0.5, λ=0.5)", distill=gkd),
     "gkd_full": Method("on-policy GKD (JSD β=0.5, λ=1)", distill=lambda sh, s: gkd(sh, s, 1.0)),
@@ -238,13 +262,22 @@ METHODS: dict[str, Method] = {
                   distill=lambda sh, s: cross_tokenizer(sh, s, "uld")),
     "uld_hybrid": Method("cross-tokenizer KD, hybrid (next-byte KL + ULD), student tokenizer B", tokenizer="b",
                          baseline="sft_b", distill=lambda sh, s: cross_tokenizer(sh, s, "hybrid")),
+    # Regime "unlabelled" (unlabelled.py): trained on the teacher's majority-verified trajectories over the pool.
+    "seq_kd_pool": Method("sequence-level KD (teacher's trajectories over the pool, majority-verified)",
+                          prepare=lambda sh, s: pool_trajectories(sh, s)["total"], data=pool_data, prepare_keys=POOL_KEYS),
+    "fkl_pool": Method("logit KD, forward KL, on the pool's trajectories", prepare=prepare_from_pool, data=pool_data,
+                       prepare_keys=POOL_KEYS, distill=lambda sh, s: logit_kd(sh, s, "forward_kl")),
+    "topk_pool": Method("offline top-k KD (forward KL) on the pool's trajectories", prepare=pool_topk, data=pool_data,
+                        prepare_keys=(*POOL_KEYS, "top_k"), distill=lambda sh, s: topk_block(sh, s, "topk_pool")),
+    "gkd_pool": Method("on-policy GKD (JSD β=0.5, λ=0.5) on the pool's prompts", prepare=prepare_from_pool,
+                       data=pool_data, prepare_keys=POOL_KEYS, distill=gkd),
 }
 
 
 def prepare_all(sh: Shared, s, names: list[str], console, jobs: int = 1) -> dict[str, float]:
     """Run each method's ``prepare`` once (skipped when ``OUT/shared/<name>/done.json`` holds the same
     settings), ``jobs`` at a time (each runs its own ``distill-data`` subprocesses with ``sh.threads``
-    threads); returns the seconds each took when it was built."""
+    threads); returns the seconds each took when it was built (what its ``prepare`` returns, if anything)."""
     from concurrent.futures import ThreadPoolExecutor
 
     seconds, todo = {}, []
@@ -265,8 +298,8 @@ def prepare_all(sh: Shared, s, names: list[str], console, jobs: int = 1) -> dict
 
     def build(name: str, key: dict) -> None:
         start = time.perf_counter()
-        METHODS[name].prepare(sh, s)
-        seconds[name] = time.perf_counter() - start
+        took = METHODS[name].prepare(sh, s)
+        seconds[name] = time.perf_counter() - start if took is None else took
         (sh.work(name) / "done.json").write_text(json.dumps({"settings": key, "seconds": seconds[name]}))
         console.print(f"{name}: prepared in {seconds[name]:.0f}s -> {sh.work(name)}")
 

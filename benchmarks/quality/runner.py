@@ -81,7 +81,8 @@ def build_shared(sh: Shared, s: Settings, regime: Regime, console) -> dict:
     """Data, tokenizer and teacher under ``sh.root``, reused when ``manifest.json`` has the same settings."""
     from distill_plugin.testing.tiny import build_tokenizer
 
-    key = {"data": regime.data, **{k: getattr(s, k) for k in SHARED_KEYS}}
+    key = {"data": regime.data, **{k: getattr(s, k) for k in SHARED_KEYS},
+           **({"n_pool": s.n_pool} if s.n_pool else {})}  # only where a pool exists: older manifests still match
     manifest = sh.root / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["settings"] == key:
         built = json.loads(manifest.read_text())

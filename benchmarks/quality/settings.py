@@ -36,6 +36,7 @@ class Settings(Budget):
     # the uncertain-teacher source (regimes "uncertain" and "warm": distill_plugin/demo/source.py)
     source_length: int = 24
     n_teacher_train: int = 0  # 0: the teacher trains on the students' train split; else on its own sample
+    n_pool: int = 0  # regime "unlabelled": prompts without answers the teacher labels (0: no pool)
     samples: int = 200  # answers each model samples for validity, entropy ratio and coverage
     warm_steps: int = 0  # SFT steps (the demo's torch loop) every student takes before its method's steps
     answer_tokens: int = 0  # on-policy answers' token budget; 0: the longest addition answer + 16
