@@ -19,6 +19,12 @@ student init) and prints three tables.
    steps. Before the first step: the share of the reverse KL that sits on tokens the teacher gives
    less than 1e-3 (the student's mass off the teacher's support).
 
+4. **The end of the answer** (``--trained``, for any regime's output: the seed's trained students):
+   the mean log-probability each gives the end-of-turn token after the 24 letters, where the teacher
+   gives ~1, and its mass on the letters at the letter positions. A divergence whose gradient at a
+   token is proportional to the student's own probability there (reverse KL, JSD) cannot raise a
+   token the student starts near 0 on.
+
 If the plugin's curves follow the reference's, the table shows what the divergence does to this
 student, not a defect of the code.
 """
@@ -102,6 +108,28 @@ def off_support_share(student, teacher, batch: dict, floor: float = 1e-3) -> flo
         return float(terms[logp.exp() < floor].sum() / terms.sum())
 
 
+def end_of_answer(bench: Path, seed: int, tok, source: MarkovSource, rows: list[dict]) -> None:
+    """Table 4: each trained student's log Q(end | the letters) and its letter mass (module docstring)."""
+    from transformers import AutoModelForCausalLM
+
+    from distill_plugin.demo.source_scores import answer_log_probs, letter_ids
+
+    examples = [core.encode(tok, r) for r in rows]
+    ids, n = letter_ids(tok, source.alphabet), source.length
+    print(f"\n4. the end of the answer (seed {seed}'s trained students, {len(rows)} held-out draws)")
+    print("| model | mean log Q(end-of-turn after the letters) | mean mass on the letters |\n|---|---|---|")
+    students = sorted(p for p in (bench / f"seed_{seed}").iterdir() if (p / "config.json").exists() and
+                      not p.name.startswith("student_init") and (p / "tokenizer_config.json").exists())
+    for path in [bench / "shared" / "teacher", *students]:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        if model.config.vocab_size != len(tok):
+            continue  # another tokenizer's student
+        per_row = answer_log_probs(model, examples, tok.pad_token_id)
+        end = sum(float(lp[n, e.target_ids[n]]) for lp, e in zip(per_row, examples)) / len(examples)
+        mass = float(torch.stack([lp[:n, ids].exp().sum(-1).mean() for lp in per_row]).mean())
+        print(f"| {'teacher' if path.parent.name == 'shared' else path.name} | {end:.3f} | {mass:.4f} |")
+
+
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,6 +140,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--trained", action="store_true", help="only table 4, on the seed's trained students")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     settings = json.loads((a.bench / "results.json").read_text())["settings"]
@@ -122,6 +151,9 @@ def main() -> None:
     (init,) = sorted((a.bench / f"seed_{a.seed}").glob("student_init_*_a_warm*"))
     train = [json.loads(line) for line in (a.bench / "shared" / "data" / "train.jsonl").read_text().splitlines()]
     heldout = [json.loads(line) for line in (a.bench / "shared" / "data" / "heldout.jsonl").read_text().splitlines()]
+    if a.trained:
+        end_of_answer(a.bench, a.seed, tok, source, heldout[:100])
+        return
     reference_draws = [r["answer"] for r in source.rows(settings["samples"], seed=30_000)]
     examples = [core.encode(tok, r) for r in train]
     batches = [completion_batch([(e.prompt_ids, e.target_ids) for e in examples[i:i + a.batch]], tok.pad_token_id)
