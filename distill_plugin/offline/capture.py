@@ -138,32 +138,33 @@ def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, 
             todo.append(e)
     todo = sorted(todo, key=lambda e: len(e.input_ids))[:max_rows]
     writer = StoreWriter(out_dir, meta, shard, num_shards, rows_per_part, command=command)
-    bar = tqdm(total=len(todo), unit="row", desc="capture", disable=not progress)
     start = time.perf_counter()
-    for i in range(0, len(todo), batch_size):
-        batch = todo[i:i + batch_size]
-        scored = backend.prompt_topk([e.input_ids for e in batch], [e.mask for e in batch], meta.k,
-                                     meta.capture_temperature, vocab_size=meta.vocab_size)
-        if i == 0:
-            writer.estimated_bytes = check_capture_room(out_dir, meta, todo, scored)
-        for e, (ids, vals) in zip(batch, scored):
-            writer.add(e.input_ids, e.labels, ids, vals, e.row_id)
-            stats.rows += 1
-            stats.positions += len(ids)
-            stats.tokens += len(e.input_ids)
-        stats.seconds = time.perf_counter() - start
-        bar.update(len(batch))
-        bar.set_postfix(tok_s=f"{stats.tokens_per_s:,.0f}")
-    writer.close()
-    bar.close()
+    with tqdm(total=len(todo), unit="row", desc="capture", disable=not progress) as bar:  # closed before an error prints
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            scored = backend.prompt_topk([e.input_ids for e in batch], [e.mask for e in batch], meta.k,
+                                         meta.capture_temperature, vocab_size=meta.vocab_size)
+            if i == 0:
+                writer.estimated_bytes = check_capture_room(out_dir, meta, todo, scored, rows_per_part)
+            for e, (ids, vals) in zip(batch, scored):
+                writer.add(e.input_ids, e.labels, ids, vals, e.row_id)
+                stats.rows += 1
+                stats.positions += len(ids)
+                stats.tokens += len(e.input_ids)
+            stats.seconds = time.perf_counter() - start
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{stats.tokens_per_s:,.0f}")
+        writer.close()
     stats.seconds = time.perf_counter() - start
     return stats
 
 
 ROW_BYTES = 48  # per stored row besides its top-k blob: row key, id, counts (compressed Parquet columns)
+PART_BYTES = 8192  # per part file: footer, page headers, the metadata and codec tables
 
 
-def check_capture_room(out_dir: str | Path, meta: StoreMeta, todo: list[Example], scored: list) -> int:
+def check_capture_room(out_dir: str | Path, meta: StoreMeta, todo: list[Example], scored: list,
+                       rows_per_part: int = 256) -> int:
     """Size the rows ``todo`` at the bytes per position of the first scored batch (encoded as a part
     would be); raise ``DiskFullError`` when the filesystem cannot hold them. Returns the store's
     estimated total size (the parts already written plus the estimate)."""
@@ -173,7 +174,7 @@ def check_capture_room(out_dir: str | Path, meta: StoreMeta, todo: list[Example]
     measured = sum(len(encode(ids, vals, tables, cfg)) for ids, vals in pairs)
     per_position = measured / max(1, sum(len(ids) for ids, _ in pairs))
     positions = sum(int(e.mask.sum()) for e in todo)
-    fixed = sum(ROW_BYTES + len(e.input_ids) // 8 for e in todo)
+    fixed = sum(ROW_BYTES + len(e.input_ids) // 8 for e in todo) + PART_BYTES * -(-len(todo) // rows_per_part)
     needed = estimate_bytes(positions, per_position, fixed)
     written = sum(p.stat().st_size for p in Path(out_dir).glob("part-*.parquet"))
     check_room(out_dir, needed, written + needed)
