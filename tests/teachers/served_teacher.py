@@ -65,6 +65,47 @@ def serve(model_dir, *args: str, env: dict | None = None, timeout: float = 300.0
             proc.wait()
 
 
+class Restartable:
+    """The served ``model_dir`` on one fixed 127.0.0.1 port that a test kills (SIGKILL, as a crash or a
+    node drain does) and starts again: ``start(wait=False)`` returns at once, the server comes up later."""
+
+    def __init__(self, model_dir, *args: str, env: dict | None = None):
+        import os
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.cmd = [sys.executable, str(HERE), str(model_dir), "--port", str(self.port), *args]
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True, timeout: float = 300.0) -> "Restartable":
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while wait:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"teacher server exited ({self.proc.returncode})")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/faults", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"teacher server on port {self.port} not up after {timeout}s")
+            time.sleep(0.2)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def up(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/faults", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
 def teacher_with_other_tokenizer(teacher_dir, out_dir) -> Path:
     """A copy of ``teacher_dir`` whose tokenizer orders the same bytes in reverse: same size, other ids."""
     import shutil
