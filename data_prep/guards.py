@@ -91,8 +91,16 @@ def record_settings(out_dir: str | Path, stage: str, settings: dict, resumable: 
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # shards may write it at the same time
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        from distill_plugin.offline.diskspace import DiskFullError, is_disk_full
+
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(err):
+            raise DiskFullError(path) from None
+        raise
     return path
 
 
