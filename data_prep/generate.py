@@ -191,7 +191,7 @@ class RoomGuard:
         self.estimated: int | None = None
 
     def write(self, row: dict) -> None:
-        from distill_plugin.offline.diskspace import DiskFullError, check_room, estimate_bytes, is_disk_full
+        from distill_plugin.offline import DiskFullError, check_room, estimate_bytes, is_disk_full
 
         before = self.sink.fh.tell()
         try:

@@ -95,7 +95,7 @@ def record_settings(out_dir: str | Path, stage: str, settings: dict, resumable: 
         tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
     except OSError as err:
-        from distill_plugin.offline.diskspace import DiskFullError, is_disk_full
+        from distill_plugin.offline import DiskFullError, is_disk_full
 
         tmp.unlink(missing_ok=True)
         if is_disk_full(err):
