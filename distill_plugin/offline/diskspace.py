@@ -9,6 +9,7 @@ full disk (``ENOSPC``, or another writer filled it meanwhile) is reported by the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -69,3 +70,16 @@ def check_room(path: str | os.PathLike, needed: int, store_total: int | None = N
     """Raise ``DiskFullError`` when ``needed`` more bytes do not fit on the filesystem of ``path``."""
     if needed > free_bytes(path):
         raise DiskFullError(path, store_total if store_total is not None else needed, needed, before=True)
+
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: str | os.PathLike, where: str | os.PathLike, estimated: int | None = None):
+    """Around the writing of ``tmp`` (later renamed into place): on an ``OSError`` ``tmp`` is removed,
+    and a full disk is raised as ``DiskFullError`` naming ``where``."""
+    try:
+        yield
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(err):
+            raise DiskFullError(where, estimated) from None
+        raise

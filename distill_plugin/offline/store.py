@@ -36,7 +36,7 @@ import numpy as np
 
 from distill_plugin.offline.checksums import CHECKSUMS_KEY, SIDE_KEYS, CorruptStoreError, record_part, verify_part
 from distill_plugin.offline.codec import CodecConfig, CodecTables, decode, encode, fit_tables
-from distill_plugin.offline.diskspace import DiskFullError, is_disk_full
+from distill_plugin.offline.diskspace import removed_on_failure
 
 FORMAT_VERSION = 1
 META_KEY = b"distill_plugin.store"
@@ -189,14 +189,9 @@ class StoreWriter:
                 raise StoreMismatchError(f"{self.root} holds a capture with different {', '.join(differs)}")
         else:
             tmp = meta_path.with_suffix(".tmp")
-            try:
+            with removed_on_failure(tmp, self.root):
                 tmp.write_text(json.dumps(json.loads(meta.to_json()) | {CHECKSUMS_KEY: {}}, sort_keys=True))
                 os.replace(tmp, meta_path)
-            except OSError as err:
-                tmp.unlink(missing_ok=True)
-                if is_disk_full(err):
-                    raise DiskFullError(self.root, self.estimated_bytes) from None
-                raise
         self.prefix = f"part-s{shard:03d}of{num_shards:03d}-"
         # after the highest sequence number, not the count: a part deleted to be re-captured leaves a gap
         seqs = [int(p.stem.rpartition("-")[2]) for p in self.root.glob(self.prefix + "*.parquet")
@@ -237,17 +232,12 @@ class StoreWriter:
         table = table.replace_schema_metadata({META_KEY: json.dumps(file_meta).encode()})
         path = self.root / f"{self.prefix}{self._seq:06d}.parquet"
         tmp = path.with_suffix(".tmp")
-        try:
+        with removed_on_failure(tmp, self.root, self.estimated_bytes):
             pq.write_table(table, tmp, compression={"row_key": "zstd", "row_id": "zstd", "positions": "zstd",
                                                     "n_tokens": "zstd", "n_positions": "zstd", "topk": "none"},
                            row_group_size=16)
             record_part(self.root, tmp, path.name, self.command)
             os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            if is_disk_full(err):
-                raise DiskFullError(self.root, self.estimated_bytes) from None
-            raise
         self._seq += 1
         self._rows = []
         return path

@@ -32,6 +32,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_until_up(proc: subprocess.Popen, port: int, timeout: float) -> None:
+    """Until the server on ``port`` answers (its output in the error when it exits first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            output = proc.stdout.read()[-3000:] if proc.stdout else ""
+            raise RuntimeError(f"teacher server exited ({proc.returncode}):\n{output}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/faults", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"teacher server on port {port} not up after {timeout}s")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def serve(model_dir, *args: str, env: dict | None = None, timeout: float = 300.0):
     """Yield the base URL (``http://127.0.0.1:P/v1``) of the served ``model_dir``; ``args`` go to the CLI."""
@@ -43,18 +60,7 @@ def serve(model_dir, *args: str, env: dict | None = None, timeout: float = 300.0
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"teacher server exited ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/faults", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"teacher server on port {port} not up after {timeout}s")
-            time.sleep(0.2)
+        wait_until_up(proc, port, timeout)
         yield url
     finally:
         proc.terminate()
@@ -80,18 +86,8 @@ class Restartable:
 
     def start(self, wait: bool = True, timeout: float = 300.0) -> "Restartable":
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while wait:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"teacher server exited ({self.proc.returncode})")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/faults", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"teacher server on port {self.port} not up after {timeout}s")
-            time.sleep(0.2)
+        if wait:
+            wait_until_up(self.proc, self.port, timeout)
         return self
 
     def kill(self) -> None:
