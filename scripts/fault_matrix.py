@@ -57,7 +57,8 @@ CELLS: dict[tuple[str, str], tuple[str, str, list[str]]] = {
     ("train: stored", "corrupt input"): ("stops", "checksum per part: preflight and reader refuse it; no checksums: warning", [
         O + "test_checksums.py::test_every_part_has_its_checksum_and_a_flipped_byte_is_named",
         O + "test_checksums.py::test_truncated_part_is_named_with_its_sizes",
-        O + "test_checksums.py::test_store_without_checksums_warns_and_is_read"]),
+        O + "test_checksums.py::test_store_without_checksums_warns_and_is_read",
+        "tests/faults/test_stored_train_faults.py::test_axolotl_refuses_a_flipped_store_and_trains_on_one_without_checksums"]),
     ("train: stored", "dropped connection"): ("n/a", "no server", []),
     ("train: online", "dropped connection"): ("n/a", "no server", []),
     ("train: on-policy", "dropped connection"): ("n/a", "no server", []),

@@ -178,7 +178,9 @@ def verify_store(root: str | os.PathLike, workers: int | None = None, progress: 
             bar.update((root / name).stat().st_size)
     if errors:
         first = errors[min(errors)]
-        more = f" ({len(errors) - 1} more corrupt part(s): {', '.join(sorted(errors)[1:4])}…)" if len(errors) > 1 else ""
+        others = sorted(errors)[1:]
+        listed = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        more = f" ({len(others)} more corrupt part(s): {listed})" if others else ""
         raise CorruptStoreError(str(first) + more)
     return check
 
