@@ -9,7 +9,8 @@ retrying until 600 s"), and one when the server answers again. Other failures (4
 unparsable answer) are not outages: they raise at once.
 
 The trainer (``trainer.DistillTrainerMixin.training_step``) turns ``TeacherOutage`` into a
-checkpoint of the last completed optimizer step and exit code 2 (``stop_for_outage``).
+checkpoint of the last completed optimizer step and exit code 2 (``stop_for_outage``). Under DDP
+the processes agree on it per teacher batch (``agree_on_outage``), so all stop at the same step.
 """
 
 from __future__ import annotations
@@ -88,9 +89,34 @@ class OutageBudget:
             return result
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def agree_on_outage(err: TeacherOutage | None, url: str, budget: float, device) -> None:
+    """Raise ``TeacherOutage`` on every process when it was raised on any (DDP), else return.
+
+    Every process calls this once per teacher batch, so all of them stop at the same micro-batch of
+    the same step and none is left waiting in a collective of the next one: one scalar all-reduce
+    (whether any process saw one, and the longest) per batch, only when there are several processes."""
+    if _distributed():
+        import torch
+        import torch.distributed as dist
+
+        seen = torch.tensor([0.0, 0.0] if err is None else [1.0, float(err.seconds)], dtype=torch.float64, device=device)
+        dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+        if err is None and seen[0].item():
+            err = TeacherOutage(url, seen[1].item(), budget, GenerationError("another process's requests", "peer"))
+    if err is not None:
+        raise err
+
+
 def stop_for_outage(trainer, model, err: TeacherOutage) -> None:
     """Save the last completed optimizer step as a checkpoint (the Trainer's own format, resumable with
-    ``resume_from_checkpoint``), print one line naming the URL and how to resume, exit with code 2."""
+    ``resume_from_checkpoint``; every process takes part, then waits for the others), print one line
+    naming the URL and how to resume (the main process), exit with code 2."""
     import os
     import sys
 
@@ -99,11 +125,14 @@ def stop_for_outage(trainer, model, err: TeacherOutage) -> None:
     if step == 0:
         saved = "no optimizer step was completed, nothing to save; run again once the server is back"
     else:
-        if not os.path.isdir(folder):
-            trainer._save_checkpoint(model, trial=None)
+        trainer._save_checkpoint(model, trial=None)  # again if the schedule saved this step: same files
+        if _distributed():
+            import torch.distributed as dist
+
+            dist.barrier()  # no process exits (ending the job) before the checkpoint is written
         saved = (f"saved step {step} as {folder}; resume once the server is back with "
                  f"`resume_from_checkpoint: {folder}` (or `axolotl train CONFIG --resume_from_checkpoint {folder}`)")
-    if trainer.args.should_save or step == 0:
+    if trainer.args.should_save:
         print(f"distill_plugin: error: distill.teacher_server: {err.url} unreachable for {err.seconds:.0f} s "
               f"(max_outage_s {err.budget:g}); {saved}", file=sys.stderr, flush=True)
     raise SystemExit(2)

@@ -54,7 +54,7 @@ from ..generation.prompt_logprobs import decoded_prompt_tokens, parse_topk, scor
 from ..losses.chunked import supervised_mask
 from ..preflight import SetupError
 from ..signals import LABELS, TEACHER_REQUEST, TopKLogprobs
-from .outage import OutageBudget
+from .outage import OutageBudget, TeacherOutage, agree_on_outage
 
 LOG = logging.getLogger("axolotl.distill_plugin")
 KEY = "distill.teacher_server"
@@ -229,7 +229,11 @@ class ServerTopKSource:
     def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
         future = inputs.get(TEACHER_REQUEST) or self.submit(inputs)  # evaluation batches are not read ahead
         started = time.perf_counter()
-        ids, lps = future.result()
+        try:
+            ids, lps, outage = *future.result(), None
+        except TeacherOutage as err:
+            outage = err
+        agree_on_outage(outage, self.url, self.config.max_outage_s, mask.device)  # every process stops together
         if torch.is_grad_enabled():  # training micro-batches only
             self._wait_s += time.perf_counter() - started
             self._waited_batches += 1

@@ -118,3 +118,36 @@ def test_a_server_that_never_returns_stops_with_a_checkpoint_and_resumes(tiny_pa
     resumed.train(resume_from_checkpoint=str(checkpoint))
     resumed.teacher_source.close()
     assert losses(resumed) == losses(uninterrupted)  # the checkpoint's logged steps, then the resumed ones
+
+
+@pytest.mark.slow  # two processes that each import the Trainer: about three minutes on the shared 2-core machine
+def test_under_ddp_every_process_stops_at_the_same_step(tiny_pair, arithmetic_data, server, tmp_path):
+    """Two gloo processes, each with its own server; rank 1's is killed for good while rank 0's keeps
+    answering: both stop at the same step with exit code 2 (rank 0 is not left in the next step's
+    gradient all-reduce), the checkpoint holds both processes' RNG states, one line is printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from axolotl_runs import SUBPROCESS_ENV
+    from test_sharded import free_port
+
+    other = Restartable(tiny_pair[0], "--served-model-name", MODEL, "--max-logprobs", str(K)).start()
+    worker = Path(__file__).with_name("outage_ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(worker), *map(str, tiny_pair), str(arithmetic_data), server.url, other.url, str(tmp_path),
+           str(other.proc.pid)]
+    try:
+        proc = subprocess.run(cmd, env={**SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        other.kill()
+    output = proc.stdout + proc.stderr
+    stops = sorted(re.findall(r"STOPPED rank=(\d) step=(\d+) code=(\d+)", output))
+    assert [rank for rank, _, _ in stops] == ["0", "1"], output[-5000:]
+    assert len({step for _, step, _ in stops}) == 1 and {code for _, _, code in stops} == {"2"}, stops
+    step = int(stops[0][1])
+    checkpoint = tmp_path / f"checkpoint-{step}"
+    assert step >= KILL_AT and (checkpoint / "rng_state_0.pth").exists() and (checkpoint / "rng_state_1.pth").exists()
+    lines = [line for line in output.splitlines() if "distill_plugin: error:" in line]
+    assert len(lines) == 1 and f"saved step {step} as {checkpoint}" in lines[0], lines
