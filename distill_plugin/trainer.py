@@ -165,6 +165,14 @@ class DistillTrainerMixin:
                     param.grad /= self.accelerator.num_processes
         return loss
 
+    def prediction_step(self, model, *args, **kwargs):
+        from .teachers.outage import TeacherOutage, stop_for_outage
+
+        try:
+            return super().prediction_step(model, *args, **kwargs)
+        except TeacherOutage as err:  # during evaluation, between steps: the last step is complete
+            stop_for_outage(self, model, err)
+
     def _clip_grad_norm(self, model):
         """One norm over the student's and the projectors' gradients (``grad_norm`` covers both)."""
         params = self._distill_parameters()

@@ -64,9 +64,11 @@ CELLS: dict[tuple[str, str], tuple[str, str, list[str]]] = {
     ("train: on-policy", "dropped connection"): ("n/a", "no server", []),
     ("train: hidden", "dropped connection"): ("n/a", "no server", []),
     ("train: served", "dropped connection"): ("rides out", "server killed and restarted: the same per-step losses; "
-                                              "never back within max_outage_s: checkpoint, one line, resume reproduces", [
+                                              "never back within max_outage_s: checkpoint, one line, resume reproduces; "
+                                              "DDP: all processes stop at one step", [
         "tests/teachers/test_outage.py::test_a_restarted_server_is_ridden_out_with_the_same_losses",
-        "tests/teachers/test_outage.py::test_a_server_that_never_returns_stops_with_a_checkpoint_and_resumes"]),
+        "tests/teachers/test_outage.py::test_a_server_that_never_returns_stops_with_a_checkpoint_and_resumes",
+        "tests/teachers/test_outage.py::test_under_ddp_every_process_stops_at_the_same_step"]),
 }
 
 

@@ -125,6 +125,8 @@ def test_under_ddp_every_process_stops_at_the_same_step(tiny_pair, arithmetic_da
     """Two gloo processes, each with its own server; rank 1's is killed for good while rank 0's keeps
     answering: both stop at the same step with exit code 2 (rank 0 is not left in the next step's
     gradient all-reduce), the checkpoint holds both processes' RNG states, one line is printed."""
+    import os
+    import signal
     import subprocess
     import sys
     from pathlib import Path
@@ -137,12 +139,16 @@ def test_under_ddp_every_process_stops_at_the_same_step(tiny_pair, arithmetic_da
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(worker), *map(str, tiny_pair), str(arithmetic_data), server.url, other.url, str(tmp_path),
            str(other.proc.pid)]
+    proc = subprocess.Popen(cmd, env={**SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, env={**SUBPROCESS_ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True,
-                              timeout=600)
+        output, _ = proc.communicate(timeout=480)
+    except subprocess.TimeoutExpired:  # a process left in a collective: end the launcher and both ranks
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the DDP run hung:\n{output[-4000:]}")
     finally:
         other.kill()
-    output = proc.stdout + proc.stderr
     stops = sorted(re.findall(r"STOPPED rank=(\d) step=(\d+) code=(\d+)", output))
     assert [rank for rank, _, _ in stops] == ["0", "1"], output[-5000:]
     assert len({step for _, step, _ in stops}) == 1 and {code for _, _, code in stops} == {"2"}, stops
