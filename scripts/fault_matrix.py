@@ -59,6 +59,10 @@ CELLS: dict[tuple[str, str], tuple[str, str, list[str]]] = {
         O + "test_checksums.py::test_truncated_part_is_named_with_its_sizes",
         O + "test_checksums.py::test_store_without_checksums_warns_and_is_read",
         "tests/faults/test_stored_train_faults.py::test_axolotl_refuses_a_flipped_store_and_trains_on_one_without_checksums"]),
+    ("train: online", "SIGKILL"): ("resumes", "from the last checkpoint: the same per-step losses", [
+        "tests/faults/test_train_kill.py::test_a_killed_run_resumes_to_the_same_losses"]),
+    ("train: served", "SIGKILL"): ("resumes", "from the last checkpoint: the same per-step losses", [
+        "tests/faults/test_train_kill.py::test_a_killed_run_resumes_to_the_same_losses"]),
     ("train: stored", "dropped connection"): ("n/a", "no server", []),
     ("train: online", "dropped connection"): ("n/a", "no server", []),
     ("train: on-policy", "dropped connection"): ("n/a", "no server", []),
