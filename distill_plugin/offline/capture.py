@@ -115,7 +115,7 @@ def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, 
     rows captured in this call. ``command``: the command line re-capturing this shard, recorded in
     ``meta.json`` for the corrupt-part message.
 
-    Faults: the parts already stored are verified first (``CorruptStoreError`` names a corrupt one
+    Faults: the parts this shard already stored are verified first (``CorruptStoreError`` names a corrupt one
     and the command re-capturing it). After the first batch is scored, the rows still to do are sized
     at the bytes per captured position measured on it (``offline.diskspace``); ``DiskFullError``
     refuses, before anything is written, when the filesystem cannot hold them, and reports a full
@@ -123,8 +123,8 @@ def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, 
     """
     from tqdm.auto import tqdm
 
-    if (Path(out_dir) / "meta.json").exists():
-        verify_store(out_dir)
+    if (Path(out_dir) / "meta.json").exists():  # this shard's parts (the other shards verify their own)
+        verify_store(out_dir, prefix=f"part-s{shard:03d}of{num_shards:03d}-")
     done = stored_keys(out_dir)
     todo, seen, stats = [], set(), CaptureStats()
     for e in examples:

@@ -149,13 +149,14 @@ class StoreCheck:
     bytes: int = 0
 
 
-def verify_store(root: str | os.PathLike, workers: int | None = None, progress: bool | None = None) -> StoreCheck:
-    """Verify every part of the store at ``root``; raise ``CorruptStoreError`` for the first corrupt one
-    (in part order), naming how many others are corrupt too. ``progress``: default, stores of
-    ``PROGRESS_BYTES`` or more."""
-    root = Path(root)
+def verify_store(root: str | os.PathLike, workers: int | None = None, progress: bool | None = None,
+                 prefix: str = "part-") -> StoreCheck:
+    """Verify every part of the store at ``root`` whose name starts with ``prefix`` (default: all; a
+    shard's ``part-sIIIofNNN-``); raise ``CorruptStoreError`` for the first corrupt one (in part order),
+    naming how many others are corrupt too. ``progress``: default, stores of ``PROGRESS_BYTES`` or more."""
+    root = Path(root).absolute()
     recorded = read_meta_dict(root)
-    parts = sorted(p.name for p in root.glob("part-*.parquet"))
+    parts = sorted(p.name for p in root.glob(f"{prefix}*.parquet"))
     check = StoreCheck(bytes=sum((root / n).stat().st_size for n in parts))
     if progress is None:
         progress = check.bytes >= PROGRESS_BYTES
