@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -147,11 +148,13 @@ def drive(backend: Backend, requests, sampling: SamplingParams, chunk_size: int,
 def run_backend(backend: Backend, todo: list[dict], cfg: GenerateConfig, out_path: Path, report: StageReport,
                 finish: Counter, errors: ErrorLog) -> None:
     """Generate ``todo`` and append each prompt's row as soon as its ``n`` samples are done; a prompt
-    that fails for good goes to ``errors`` (which stops the run past ``max_errors``)."""
+    that fails for good goes to ``errors`` (which stops the run past ``max_errors``). The output's
+    filesystem is watched (``RoomGuard``): a run that will not fit, or a full disk, stops in one line."""
     meta = {**backend.describe(), **cfg.sampling.model_dump()}
     requests = (cfg.prompt.request(cfg.prompt.messages(r["prompt"])) for r in todo)  # lazy, in todo order
     bar = tqdm(total=len(todo), desc="generate", unit="prompt")
     with JsonlAppender(out_path) as sink, bar:
+        guard = RoomGuard(sink, len(todo))
         def on_done(i: int, completions) -> None:
             row = todo[i]
             gens = [Generation.from_completion(c, cfg.prompt).as_dict() for c in completions]
@@ -161,7 +164,7 @@ def run_backend(backend: Backend, todo: list[dict], cfg: GenerateConfig, out_pat
                 finish[g["finish_reason"]] += 1
                 if g["completion_tokens"] is not None:
                     report.token_lengths.append(g["completion_tokens"])
-            sink.write({**row, "messages": cfg.prompt.messages(row["prompt"]), "generations": gens, "gen_meta": meta})
+            guard.write({**row, "messages": cfg.prompt.messages(row["prompt"]), "generations": gens, "gen_meta": meta})
             report.rows_out += 1
             bar.update(1)
 
@@ -170,6 +173,44 @@ def run_backend(backend: Backend, todo: list[dict], cfg: GenerateConfig, out_pat
             bar.update(1)
 
         drive(backend, requests, cfg.sampling, cfg.chunk_size, on_done, on_error)
+
+
+class RoomGuard:
+    """Appends rows through ``sink`` (a ``JsonlAppender``) while watching the disk.
+
+    After ``measure_after`` rows the output's bytes per row (prompt and ``n`` completions: the tokens
+    generated times their bytes, measured) sizes the rows still to do; when the filesystem cannot hold
+    them the run stops with ``DiskFullError`` (one line: the path, the free space, the estimate), the
+    rows written kept for the resume. A write that meets a full disk removes its torn line and raises
+    the same error.
+    """
+
+    def __init__(self, sink, rows_todo: int, measure_after: int = 4):
+        self.sink, self.rows_todo, self.measure_after = sink, rows_todo, measure_after
+        self.start = sink.fh.tell()
+        self.estimated: int | None = None
+
+    def write(self, row: dict) -> None:
+        from distill_plugin.offline import DiskFullError, check_room, estimate_bytes, is_disk_full
+
+        before = self.sink.fh.tell()
+        try:
+            self.sink.write(row)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            try:
+                self.sink.fh.close()  # its buffer cannot be written either
+            except OSError:
+                pass
+            os.truncate(self.sink.path, before)  # no torn line left behind
+            self.sink.fh = open(self.sink.path, "ab")
+            raise DiskFullError(self.sink.path, self.estimated) from None
+        if self.sink.count == self.measure_after and self.rows_todo > self.measure_after:
+            per_row = (self.sink.fh.tell() - self.start) / self.sink.count
+            needed = estimate_bytes(self.rows_todo - self.sink.count, per_row)
+            self.estimated = self.sink.fh.tell() + needed
+            check_room(self.sink.path.parent, needed, self.estimated)
 
 
 def merge(in_dir: str | Path, out_path: str | Path) -> StageReport:

@@ -91,8 +91,11 @@ def record_settings(out_dir: str | Path, stage: str, settings: dict, resumable: 
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # shards may write it at the same time
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from distill_plugin.offline import removed_on_failure
+
+    with removed_on_failure(tmp, path):
+        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
     return path
 
 

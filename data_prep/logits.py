@@ -24,9 +24,14 @@ def logits(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU) | bfloat16 | float16 | float32"),
     bits: int = typer.Option(8, "--bits", help="log-prob quantisation bits (KL <= step^2/8)"),
 ):
-    """Capture top-k teacher log-probs for offline distillation (resumable, shardable)."""
+    """Capture top-k teacher log-probs for offline distillation (resumable, shardable).
+
+    A corrupt part of an existing store, a filesystem too small for the estimated store and a full
+    disk stop with one line and exit code 2 (the parts already complete are kept)."""
     from distill_plugin.offline import capture_teacher
     from distill_plugin.shards import parse_shard
+
+    from .cli import _run
 
     if (data is None) == (config is None):
         raise typer.BadParameter("give either a JSONL file or --config")
@@ -34,11 +39,24 @@ def logits(
         i, n = parse_shard(shard)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    stats = capture_teacher(teacher, out, config=config, data=data, tokenizer=tokenizer, k=top_k,
-                            temperature=temperature, backend=backend, sequence_len=sequence_len, device=device,
-                            dtype=dtype, batch_size=batch_size, shard=i, num_shards=n, max_rows=max_rows, bits=bits)
+    stats = _run(lambda: capture_teacher(
+        teacher, out, config=config, data=data, tokenizer=tokenizer, k=top_k, temperature=temperature,
+        backend=backend, sequence_len=sequence_len, device=device, dtype=dtype, batch_size=batch_size, shard=i,
+        num_shards=n, max_rows=max_rows, bits=bits, command=recapture_command(f"{i}/{n}")))
     typer.echo(f"captured {stats.rows} rows ({stats.skipped} already stored), {stats.tokens} tokens, "
                f"{stats.positions} positions in {stats.seconds:.1f}s: {stats.tokens_per_s:,.0f} tokens/s")
+
+
+def recapture_command(shard: str) -> str:
+    """This command line, run from this directory, with ``--shard`` set: what re-captures one shard."""
+    import os
+    import shlex
+    import sys
+
+    args = list(sys.argv[1:])
+    if not any(a == "--shard" or a.startswith("--shard=") for a in args):
+        args += ["--shard", shard]
+    return f"cd {shlex.quote(os.getcwd())} && distill-data {shlex.join(args)}"
 
 
 def import_axolotl_kd(

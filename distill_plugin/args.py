@@ -59,6 +59,11 @@ class TeacherServerConfig(BaseModel):
     prefetch_steps: int = Field(
         1, ge=0, description="Optimizer steps of batches whose teacher requests are sent ahead of training; 0 = on demand."
     )
+    max_outage_s: float = Field(
+        600.0, ge=0, description="Seconds the server may stay unreachable during training (a restart, a node drain) while "
+        "requests are retried with capped exponential backoff; then the last completed step is saved as a checkpoint "
+        "and the run stops (exit 2)."
+    )
 # --- end teacher_server ---
 
 

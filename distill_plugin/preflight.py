@@ -233,6 +233,26 @@ def check_resources(cfg, config: DistillConfig) -> None:
             f"distill.teacher_logits: the store holds token ids up to {largest}, but the student "
             f"{cfg.get('base_model')!r} has {rows} vocabulary rows; capture with a teacher of the student's vocabulary"
         )
+    check_store_integrity(store)
+
+
+def check_store_integrity(store: Path) -> None:
+    """Every part of the offline store matches the checksum recorded at capture (``offline.checksums``,
+    parts hashed in parallel, a progress bar for large stores). A corrupt part is a ``SetupError``
+    naming the file and the command that re-captures it; parts without checksums (stores written
+    before they were recorded) are logged as one warning and used."""
+    import logging
+
+    from .offline.checksums import CorruptStoreError, unrecorded_warning, verify_store
+
+    if store.is_file():  # a single part file outside a store directory: no meta.json to hold checksums
+        return
+    try:
+        warning = unrecorded_warning(store, verify_store(store))
+    except CorruptStoreError as err:
+        raise SetupError(f"distill.teacher_logits: {err}") from None
+    if warning:
+        logging.getLogger("axolotl.distill_plugin").warning("distill_plugin: %s", warning)
 
 
 # Axolotl's Triton LoRA kernels: the same LoRA forward and backward as PEFT's modules, fused, CUDA only.

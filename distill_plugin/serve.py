@@ -1,7 +1,7 @@
 """A small teacher server: the part of vLLM's OpenAI completions API that ``teacher_server`` uses.
 
     python -m distill_plugin.serve MODEL_DIR --port 8000 [--served-model-name NAME]
-        [--max-logprobs 20] [--api-key-env VAR] [--device cuda:0] [--dtype bfloat16]
+        [--max-logprobs 20] [--api-key-env VAR] [--max-body-bytes 16777216] [--device cuda:0] [--dtype bfloat16]
 
 For users without vLLM (a teacher on a second CPU box or an older GPU) and for the tests, which
 run it on 127.0.0.1 over the tiny teacher. It scores prompts, it does not sample:
@@ -13,7 +13,11 @@ run it on 127.0.0.1 over the tiny teacher. It scores prompts, it does not sample
                              "generated" token is the greedy next token.
 
 Like vLLM it refuses more log-probs than ``--max-logprobs`` (default 20, vLLM's) with a 400 naming
-the limit, an unknown model name with a 404, and token ids outside the vocabulary with a 400.
+the limit, an unknown model name with a 404, and token ids outside the vocabulary with a 400. With
+``--api-key-env`` every request must send ``Authorization: Bearer <key>`` (compared in constant
+time), else 401. A request body larger than ``--max-body-bytes`` (default 16 MiB, far above a
+32k-token document's few hundred kB) is refused with a 413 before it is held in memory whole,
+whether it declares its ``Content-Length`` or streams chunks.
 Log-probs are ``log_softmax`` of the raw logits (T = 1; vLLM does not temper prompt log-probs
 either) over the tokenizer's vocabulary (lm_head padding rows cut, as the offline capture does),
 in fp32, ``--chunk`` positions through the head at a time (``generation.hf.head_logprobs``).
@@ -23,6 +27,7 @@ Entry j of the prompt log-probs is the distribution at position j-1 that predict
 from __future__ import annotations
 
 import argparse
+import hmac
 import os
 import threading
 
@@ -97,14 +102,65 @@ def echo_logprobs(scorer: Scorer, ids: list[int], rows: list, greedy: int, as_id
             "top_logprobs": tops + [None], "text_offset": [0] * len(tokens)}
 
 
+MAX_BODY_BYTES = 16 << 20
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413 (declared by ``Content-Length``
+    or counted while it streams); at most ``max_bytes`` of it is ever buffered."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def too_large(self, send) -> None:
+        body = error(413, f"request body exceeds this server's limit of {self.max_bytes} bytes (--max-body-bytes)").body
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self.too_large(send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self.too_large(send)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def key_matches(header: str | None, api_key: str) -> bool:
+    """``Authorization: Bearer <api_key>``, compared in constant time (no timing oracle on the key)."""
+    return hmac.compare_digest((header or "").encode(), f"Bearer {api_key}".encode())
+
+
 def build_app(model, tokenizer, served_name: str, max_logprobs: int = 20, api_key: str | None = None,
-              max_model_len: int | None = None) -> FastAPI:
+              max_model_len: int | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     scorer = Scorer(model, tokenizer)
     max_model_len = max_model_len or getattr(model.config, "max_position_embeddings", None)
     app = FastAPI()
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     def refused(request: Request, body: dict | None = None) -> JSONResponse | None:
-        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+        if api_key and not key_matches(request.headers.get("authorization"), api_key):
             return error(401, "invalid API key")
         if body is not None and body.get("model") not in (None, served_name):
             return error(404, f"The model `{body.get('model')}` does not exist.")
@@ -163,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--served-model-name", default=None, help="name clients give as `model` (default: MODEL_DIR)")
     ap.add_argument("--max-logprobs", type=int, default=20, help="most log-probs per position a request may ask (vLLM's default 20)")
     ap.add_argument("--api-key-env", default=None, help="environment variable with the key clients must send")
+    ap.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                    help="largest request body accepted; larger ones get a 413 (default 16 MiB)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     return ap
@@ -175,7 +233,8 @@ def main(argv: list[str] | None = None, app_wrapper=None) -> None:
     args = parser().parse_args(argv)
     model, tokenizer = load(args.model_dir, args.device, args.dtype)
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    app = build_app(model, tokenizer, args.served_model_name or args.model_dir, args.max_logprobs, key)
+    app = build_app(model, tokenizer, args.served_model_name or args.model_dir, args.max_logprobs, key,
+                    max_body_bytes=args.max_body_bytes)
     uvicorn.run(app_wrapper(app) if app_wrapper else app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -150,7 +150,12 @@ class DistillTrainerMixin:
         return optimizer
 
     def training_step(self, *args, **kwargs):
-        loss = super().training_step(*args, **kwargs)
+        from .teachers.outage import TeacherOutage, stop_for_outage
+
+        try:
+            loss = super().training_step(*args, **kwargs)
+        except TeacherOutage as err:  # a served teacher down past max_outage_s: checkpoint, one line, exit 2
+            stop_for_outage(self, args[0] if args else kwargs["model"], err)
         # DDP all-reduces only the model's gradients. Averaging the accumulated projector gradients
         # after every backward is exact under accumulation too: avg(avg(a) + b) = avg(a) + avg(b).
         if self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
@@ -159,6 +164,14 @@ class DistillTrainerMixin:
                     torch.distributed.all_reduce(param.grad)
                     param.grad /= self.accelerator.num_processes
         return loss
+
+    def prediction_step(self, model, *args, **kwargs):
+        from .teachers.outage import TeacherOutage, stop_for_outage
+
+        try:
+            return super().prediction_step(model, *args, **kwargs)
+        except TeacherOutage as err:  # during evaluation, between steps: the last step is complete
+            stop_for_outage(self, model, err)
 
     def _clip_grad_norm(self, model):
         """One norm over the student's and the projectors' gradients (``grad_norm`` covers both)."""

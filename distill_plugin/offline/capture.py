@@ -23,6 +23,9 @@ import numpy as np
 
 from distill_plugin.generation import Backend, make_backend
 from distill_plugin.jsonl import SkipLog, read_jsonl
+from distill_plugin.offline.checksums import verify_store
+from distill_plugin.offline.codec import encode, fit_tables
+from distill_plugin.offline.diskspace import check_room, estimate_bytes
 from distill_plugin.offline.store import (
     StoreMeta, StoreWriter, chat_template_hash, positions_mask, row_key, stored_keys, tokenizer_hash,
 )
@@ -104,15 +107,24 @@ class CaptureStats:
 
 def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, meta: StoreMeta, shard: int = 0,
             num_shards: int = 1, batch_size: int = 8, max_rows: int | None = None, rows_per_part: int = 256,
-            progress: bool = True) -> CaptureStats:
+            progress: bool = True, command: str | None = None) -> CaptureStats:
     """Capture the rows of this shard not yet stored under ``out_dir`` (resumable by row key).
 
     ``backend.prompt_topk`` scores each batch at the store's ``k`` and capture temperature. Batches
     are formed from examples sorted by length (less padding). ``max_rows`` bounds the number of new
-    rows captured in this call.
+    rows captured in this call. ``command``: the command line re-capturing this shard, recorded in
+    ``meta.json`` for the corrupt-part message.
+
+    Faults: the parts this shard already stored are verified first (``CorruptStoreError`` names a corrupt one
+    and the command re-capturing it). After the first batch is scored, the rows still to do are sized
+    at the bytes per captured position measured on it (``offline.diskspace``); ``DiskFullError``
+    refuses, before anything is written, when the filesystem cannot hold them, and reports a full
+    disk met while writing (the part being written removed, the complete ones kept for resume).
     """
     from tqdm.auto import tqdm
 
+    if (Path(out_dir) / "meta.json").exists():  # this shard's parts (the other shards verify their own)
+        verify_store(out_dir, prefix=f"part-s{shard:03d}of{num_shards:03d}-")
     done = stored_keys(out_dir)
     todo, seen, stats = [], set(), CaptureStats()
     for e in examples:
@@ -125,25 +137,48 @@ def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, 
         elif e.mask.any():
             todo.append(e)
     todo = sorted(todo, key=lambda e: len(e.input_ids))[:max_rows]
-    writer = StoreWriter(out_dir, meta, shard, num_shards, rows_per_part)
-    bar = tqdm(total=len(todo), unit="row", desc="capture", disable=not progress)
+    writer = StoreWriter(out_dir, meta, shard, num_shards, rows_per_part, command=command)
     start = time.perf_counter()
-    for i in range(0, len(todo), batch_size):
-        batch = todo[i:i + batch_size]
-        scored = backend.prompt_topk([e.input_ids for e in batch], [e.mask for e in batch], meta.k,
-                                     meta.capture_temperature, vocab_size=meta.vocab_size)
-        for e, (ids, vals) in zip(batch, scored):
-            writer.add(e.input_ids, e.labels, ids, vals, e.row_id)
-            stats.rows += 1
-            stats.positions += len(ids)
-            stats.tokens += len(e.input_ids)
-        stats.seconds = time.perf_counter() - start
-        bar.update(len(batch))
-        bar.set_postfix(tok_s=f"{stats.tokens_per_s:,.0f}")
-    writer.close()
-    bar.close()
+    with tqdm(total=len(todo), unit="row", desc="capture", disable=not progress) as bar:  # closed before an error prints
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            scored = backend.prompt_topk([e.input_ids for e in batch], [e.mask for e in batch], meta.k,
+                                         meta.capture_temperature, vocab_size=meta.vocab_size)
+            if i == 0:
+                writer.estimated_bytes = check_capture_room(out_dir, meta, todo, scored, rows_per_part)
+            for e, (ids, vals) in zip(batch, scored):
+                writer.add(e.input_ids, e.labels, ids, vals, e.row_id)
+                stats.rows += 1
+                stats.positions += len(ids)
+                stats.tokens += len(e.input_ids)
+            stats.seconds = time.perf_counter() - start
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{stats.tokens_per_s:,.0f}")
+        writer.close()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+ROW_BYTES = 48  # per stored row besides its top-k blob: row key, id, counts (compressed Parquet columns)
+PART_BYTES = 8192  # per part file: footer, page headers, the metadata and codec tables
+
+
+def check_capture_room(out_dir: str | Path, meta: StoreMeta, todo: list[Example], scored: list,
+                       rows_per_part: int = 256) -> int:
+    """Size the rows ``todo`` at the bytes per position of the first scored batch (encoded as a part
+    would be); raise ``DiskFullError`` when the filesystem cannot hold them. Returns the store's
+    estimated total size (the parts already written plus the estimate)."""
+    cfg = meta.codec_config
+    pairs = [(np.asarray(ids)[:, :meta.k], np.asarray(vals)[:, :meta.k]) for ids, vals in scored if len(ids)]
+    tables = fit_tables(pairs, cfg)
+    measured = sum(len(encode(ids, vals, tables, cfg)) for ids, vals in pairs)
+    per_position = measured / max(1, sum(len(ids) for ids, _ in pairs))
+    positions = sum(int(e.mask.sum()) for e in todo)
+    fixed = sum(ROW_BYTES + len(e.input_ids) // 8 for e in todo) + PART_BYTES * -(-len(todo) // rows_per_part)
+    needed = estimate_bytes(positions, per_position, fixed)
+    written = sum(p.stat().st_size for p in Path(out_dir).glob("part-*.parquet"))
+    check_room(out_dir, needed, written + needed)
+    return written + needed
 
 
 def make_meta(teacher: str, tokenizer, k: int, temperature: float, sequence_len: int | None,
@@ -180,7 +215,8 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
                     data: str | Path | None = None, tokenizer=None, k: int = 64, temperature: float = 1.0,
                     backend: str = "hf", sequence_len: int | None = None, device: str | None = None,
                     dtype: str = "auto", batch_size: int = 8, shard: int = 0, num_shards: int = 1,
-                    max_rows: int | None = None, bits: int = 8, progress: bool = True) -> CaptureStats:
+                    max_rows: int | None = None, bits: int = 8, progress: bool = True,
+                    command: str | None = None) -> CaptureStats:
     """One-call capture for Python users and tests: examples from ``config`` (Axolotl YAML) or
     ``data`` (JSONL + ``tokenizer``, a path or an object), then the chosen backend."""
     from transformers import AutoTokenizer
@@ -202,4 +238,5 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
         runner = make_backend("vllm", str(teacher), max_logprobs=k)
     else:
         raise ValueError(f"unknown capture backend {backend!r} (hf | vllm)")
-    return capture(examples, runner, out_dir, meta, shard, num_shards, batch_size, max_rows, progress=progress)
+    return capture(examples, runner, out_dir, meta, shard, num_shards, batch_size, max_rows, progress=progress,
+                   command=command)

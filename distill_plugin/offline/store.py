@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from distill_plugin.offline.checksums import CHECKSUMS_KEY, SIDE_KEYS, CorruptStoreError, record_part, verify_part
 from distill_plugin.offline.codec import CodecConfig, CodecTables, decode, encode, fit_tables
+from distill_plugin.offline.diskspace import removed_on_failure
 
 FORMAT_VERSION = 1
 META_KEY = b"distill_plugin.store"
@@ -94,7 +96,8 @@ class StoreMeta:
     @classmethod
     def from_json(cls, text: str | bytes) -> "StoreMeta":
         data = json.loads(text)
-        data.pop("tables", None)
+        for key in ("tables", *SIDE_KEYS):  # a part's codec tables; meta.json's checksums
+            data.pop(key, None)
         return cls(**data)
 
     def same_capture(self, other: "StoreMeta") -> list[str]:
@@ -167,13 +170,18 @@ class StoreWriter:
 
     ``meta.json`` is created on first use; reopening a directory whose metadata differs from
     ``meta`` (other teacher, tokenizer, k, temperature, ...) raises instead of mixing captures.
+    Every part's checksum is recorded in ``meta.json`` (``offline.checksums``), with ``command``
+    (the command line that re-captures this shard) when given. A full disk raises
+    ``DiskFullError`` (one line: the path, the free space, ``estimated_bytes`` when set) with the
+    part being written removed; the parts already written stay and a re-run resumes after them.
     """
 
     def __init__(self, root: str | os.PathLike, meta: StoreMeta, shard: int = 0, num_shards: int = 1,
-                 rows_per_part: int = 256):
+                 rows_per_part: int = 256, command: str | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.meta, self.rows_per_part = meta, rows_per_part
+        self.meta, self.rows_per_part, self.command = meta, rows_per_part, command
+        self.estimated_bytes: int | None = None
         meta_path = self.root / META_FILE
         if meta_path.exists():
             differs = StoreMeta.from_json(meta_path.read_text()).same_capture(meta)
@@ -181,10 +189,14 @@ class StoreWriter:
                 raise StoreMismatchError(f"{self.root} holds a capture with different {', '.join(differs)}")
         else:
             tmp = meta_path.with_suffix(".tmp")
-            tmp.write_text(meta.to_json())
-            os.replace(tmp, meta_path)
+            with removed_on_failure(tmp, self.root):
+                tmp.write_text(json.dumps(json.loads(meta.to_json()) | {CHECKSUMS_KEY: {}}, sort_keys=True))
+                os.replace(tmp, meta_path)
         self.prefix = f"part-s{shard:03d}of{num_shards:03d}-"
-        self._seq = len(list(self.root.glob(self.prefix + "*.parquet")))
+        # after the highest sequence number, not the count: a part deleted to be re-captured leaves a gap
+        seqs = [int(p.stem.rpartition("-")[2]) for p in self.root.glob(self.prefix + "*.parquet")
+                if p.stem.rpartition("-")[2].isdigit()]
+        self._seq = max(seqs, default=-1) + 1
         self._rows: list[dict] = []
 
     def add(self, input_ids, labels, ids: np.ndarray, logprobs: np.ndarray, row_id: str | None = None) -> None:
@@ -220,10 +232,12 @@ class StoreWriter:
         table = table.replace_schema_metadata({META_KEY: json.dumps(file_meta).encode()})
         path = self.root / f"{self.prefix}{self._seq:06d}.parquet"
         tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp, compression={"row_key": "zstd", "row_id": "zstd", "positions": "zstd",
-                                                "n_tokens": "zstd", "n_positions": "zstd", "topk": "none"},
-                       row_group_size=16)
-        os.replace(tmp, path)
+        with removed_on_failure(tmp, self.root, self.estimated_bytes):
+            pq.write_table(table, tmp, compression={"row_key": "zstd", "row_id": "zstd", "positions": "zstd",
+                                                    "n_tokens": "zstd", "n_positions": "zstd", "topk": "none"},
+                           row_group_size=16)
+            record_part(self.root, tmp, path.name, self.command)
+            os.replace(tmp, path)
         self._seq += 1
         self._rows = []
         return path
@@ -254,17 +268,27 @@ class StoredRow:
 
 
 class TopKStore:
-    """Random access to a store by row key; decodes one Parquet row group at a time (LRU cached)."""
+    """Random access to a store by row key; decodes one Parquet row group at a time (LRU cached).
+
+    Each part is checked against its recorded checksum (``offline.checksums``) before its first row
+    group is decoded, and when it cannot be opened: a corrupt part raises ``CorruptStoreError``.
+    """
 
     def __init__(self, root: str | os.PathLike, cache_row_groups: int = 8):
         import pyarrow.parquet as pq
 
         self.root = Path(root)
         self.meta = read_meta(self.root)
-        self._files, self._tables, self._index = [], [], {}
-        for fi, path in enumerate(_part_paths(self.root)):
-            pf = pq.ParquetFile(path)
-            part_meta = json.loads(pf.schema_arrow.metadata[META_KEY])
+        self._recorded = json.loads((self.root / META_FILE).read_text()) if self.root.is_dir() else {}
+        self._files, self._tables, self._index, self._verified = [], [], {}, set()
+        self._paths = _part_paths(self.root)
+        for fi, path in enumerate(self._paths):
+            try:
+                pf = pq.ParquetFile(path)
+                part_meta = json.loads(pf.schema_arrow.metadata[META_KEY])
+            except Exception:  # an unreadable footer: name the corrupt part if its checksum says so
+                verify_part(self.root, path.name, self._recorded)
+                raise
             differs = StoreMeta.from_json(json.dumps(part_meta)).same_capture(self.meta)
             if differs:
                 raise StoreMismatchError(f"{path.name} was captured with different {', '.join(differs)}")
@@ -288,8 +312,14 @@ class TopKStore:
     def keys(self):
         return self._index.keys()
 
+    def _verify(self, fi: int) -> None:
+        if fi not in self._verified:
+            verify_part(self.root, self._paths[fi].name, self._recorded)
+            self._verified.add(fi)
+
     def _row_group(self, fi: int, rg: int):
         key = (fi, rg)
+        self._verify(fi)
         if key not in self._cache:
             self._cache[key] = self._files[fi].read_row_group(rg).to_pydict()
             if len(self._cache) > self._cache_size:
@@ -299,6 +329,8 @@ class TopKStore:
 
     def get(self, key: str) -> StoredRow:
         if key not in self._index:
+            for fi in range(len(self._paths)):  # a corrupt row_key column hides rows: name the part
+                self._verify(fi)
             raise KeyError(
                 f"row {key} is not in the offline logits store {self.root}: the training tokens differ from "
                 "the captured ones (other dataset, sequence_len, template or tokenizer?) or the capture is incomplete"

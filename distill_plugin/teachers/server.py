@@ -23,7 +23,9 @@ Prefetch: ``read_ahead`` wraps the training epoch's batch iterator so the reques
 current ones (a bounded queue: at most ``prefetch_steps × gradient_accumulation_steps`` batches
 ahead). Requests run on one background event loop with one HTTP client and at most
 ``max_concurrency`` requests in flight; the retries, backoff and error messages are the generation
-layer's (``OpenAIHTTPBackend.send``). Every process asks for its own batches (DDP). The time the
+layer's (``OpenAIHTTPBackend.send``); on top of them a training batch's requests ride out a
+server restart for up to ``max_outage_s`` (``teachers.outage``; the start-up checks do not wait: an
+unreachable server at start is an error at once). Every process asks for its own batches (DDP). The time the
 trainer blocks on the server is logged as ``teacher_wait_s`` (seconds per optimizer step).
 
 Shutdown: ``close`` (also ``with`` exit and, for the trainer's source, interpreter exit) cancels
@@ -51,6 +53,7 @@ from ..generation.openai_http import OpenAIHTTPBackend
 from ..generation.prompt_logprobs import decoded_prompt_tokens, parse_topk, score_body
 from ..losses.chunked import supervised_mask
 from ..signals import LABELS, TEACHER_REQUEST, TopKLogprobs
+from .outage import OutageBudget, TeacherOutage, agree_on_outage
 
 LOG = logging.getLogger("axolotl.distill_plugin")
 KEY = "distill.teacher_server"
@@ -67,6 +70,7 @@ class ServerSettings(Protocol):
     timeout_s: float
     max_concurrency: int
     prefetch_steps: int
+    max_outage_s: float
 
 
 class ServerSetupError(SetupError):
@@ -104,7 +108,7 @@ class ServerTopKSource:
     capture_temperature = 1.0  # prompt log-probs are of the raw logits
 
     def __init__(self, config: ServerSettings, tokenizer, check_tokenizer: bool = True, max_retries: int = 5,
-                 backoff_s: float = 1.0):
+                 backoff_s: float = 1.0, outage_backoff_max_s: float = 30.0):
         self.config, self.k, self.tokenizer, self.check_tokenizer = config, config.top_k, tokenizer, check_tokenizer
         self.vocab_size = len(tokenizer)  # ids above it (padding rows) are dropped: their mass is in the tail
         self.url = config.url.rstrip("/")
@@ -113,6 +117,8 @@ class ServerTopKSource:
                                          concurrency=config.max_concurrency, timeout_s=config.timeout_s,
                                          max_retries=max_retries, backoff_s=backoff_s)
         self.api: str | None = None
+        # per-batch requests ride out a restart for up to max_outage_s (teachers.outage); start-up checks do not
+        self.outage = OutageBudget(self.url, config.max_outage_s, backoff_s, outage_backoff_max_s)
         self._wait_s, self._waited_batches = 0.0, 0
         self._ahead: ReadAhead | None = None
         self._loop = asyncio.new_event_loop()
@@ -199,9 +205,10 @@ class ServerTopKSource:
     async def _get(self, url: str) -> dict:
         return (await self.backend.send(self._client, self._sem, url, None)).json()
 
-    async def _post(self, body: dict) -> dict:
+    async def _post(self, body: dict, ride_out: bool = False) -> dict:
         url = self.url + "/completions"
-        resp = await self.backend.send(self._client, self._sem, url, body)
+        send = lambda: self.backend.send(self._client, self._sem, url, body)  # noqa: E731
+        resp = await (self.outage.run(send) if ride_out else send())
         try:
             return resp.json()["choices"][0]
         except (ValueError, KeyError, IndexError, TypeError) as err:
@@ -218,7 +225,7 @@ class ServerTopKSource:
         return asyncio.run_coroutine_threadsafe(self._score(spans, *batch["input_ids"].shape), self._loop)
 
     async def _score(self, spans: list, B: int, T: int):
-        answers = await asyncio.gather(*(self._post(score_body(self.config.model, ids, self.k, self.api))
+        answers = await asyncio.gather(*(self._post(score_body(self.config.model, ids, self.k, self.api), ride_out=True)
                                          for _, _, ids in spans))
         ids = torch.zeros(B, T, self.k, dtype=torch.long)
         lps = torch.full((B, T, self.k), -torch.inf)
@@ -234,7 +241,11 @@ class ServerTopKSource:
     def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
         future = inputs.get(TEACHER_REQUEST) or self.submit(inputs)  # evaluation batches are not read ahead
         started = time.perf_counter()
-        ids, lps = future.result()
+        try:
+            ids, lps, outage = *future.result(), None
+        except TeacherOutage as err:
+            outage = err
+        agree_on_outage(outage, self.url, self.config.max_outage_s, mask.device)  # every process stops together
         if torch.is_grad_enabled():  # training micro-batches only
             self._wait_s += time.perf_counter() - started
             self._waited_batches += 1

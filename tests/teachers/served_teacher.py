@@ -32,6 +32,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_until_up(proc: subprocess.Popen, port: int, timeout: float) -> None:
+    """Until the server on ``port`` answers (its output in the error when it exits first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            output = proc.stdout.read()[-3000:] if proc.stdout else ""
+            raise RuntimeError(f"teacher server exited ({proc.returncode}):\n{output}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/faults", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"teacher server on port {port} not up after {timeout}s")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def serve(model_dir, *args: str, env: dict | None = None, timeout: float = 300.0):
     """Yield the base URL (``http://127.0.0.1:P/v1``) of the served ``model_dir``; ``args`` go to the CLI."""
@@ -43,18 +60,7 @@ def serve(model_dir, *args: str, env: dict | None = None, timeout: float = 300.0
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"teacher server exited ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/faults", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"teacher server on port {port} not up after {timeout}s")
-            time.sleep(0.2)
+        wait_until_up(proc, port, timeout)
         yield url
     finally:
         proc.terminate()
@@ -63,6 +69,37 @@ def serve(model_dir, *args: str, env: dict | None = None, timeout: float = 300.0
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class Restartable:
+    """The served ``model_dir`` on one fixed 127.0.0.1 port that a test kills (SIGKILL, as a crash or a
+    node drain does) and starts again: ``start(wait=False)`` returns at once, the server comes up later."""
+
+    def __init__(self, model_dir, *args: str, env: dict | None = None):
+        import os
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.cmd = [sys.executable, str(HERE), str(model_dir), "--port", str(self.port), *args]
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True, timeout: float = 300.0) -> "Restartable":
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait:
+            wait_until_up(self.proc, self.port, timeout)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def up(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/faults", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 def teacher_with_other_tokenizer(teacher_dir, out_dir) -> Path:

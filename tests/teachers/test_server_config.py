@@ -28,7 +28,7 @@ def test_block_survives_axolotl_loader():
                        "num_epochs": 1, "learning_rate": 1e-5, "output_dir": "out", "sequence_len": 512})
     prepare_plugins(cfg)
     config = DistillConfig.model_validate(dict(validate_config(cfg)["distill"]))
-    assert config.teacher_server.model_dump() == {**SERVER, "prefetch_steps": 1}
+    assert config.teacher_server.model_dump() == {**SERVER, "prefetch_steps": 1, "max_outage_s": 600.0}
     assert config.topk_tail == "renormalize" and config.temperature == 2.0
 
 
