@@ -231,8 +231,8 @@ def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Setti
         assert math.isfinite(scores["heldout_ce"]) and scores[primary.key if tokenizer == TEACHER_TOKENIZER
                                                               else regime.metrics[-1].key] is not None, scores
         assert (scores["kl_to_teacher"] is None) == (tokenizer != TEACHER_TOKENIZER), scores
-        console.print(f"{name}: {primary.label} {primary.scale * (scores[primary.key] or math.nan):.{primary.digits}f} "
-                      f"({seconds:.0f}s)")
+        value = scores[primary.key] if scores[primary.key] is not None else math.nan  # 0.0 is a score
+        console.print(f"{name}: {primary.label} {primary.scale * value:.{primary.digits}f} ({seconds:.0f}s)")
         results["runs"].append({"seed": seed, "row": row, "tokenizer": tokenizer, **scores,
                                 "train_seconds": round(seconds, 1)})
         for copy in [c for c, source in same.items() if source == name]:
