@@ -381,3 +381,15 @@ def test_a_reused_rows_table_cell_names_the_row_it_is():
                "student_params": {"a": 10}, "teacher_seconds": 3.0, "wall_seconds": 60.0, "jobs": 2, "threads": 1}
     line = next(x for x in markdown(results).splitlines() if x.startswith(f"| {METHODS['seq_kd'].label}"))
     assert "= SFT (ground truth) (identical data, reused)" in line and "| 5 |" in line
+
+
+def test_a_non_empty_folder_the_benchmark_did_not_write_is_refused(tmp_path):
+    from distill_plugin.demo.run import claim_output
+
+    (tmp_path / "mine.txt").write_text("a user's file")
+    with pytest.raises(SystemExit, match="not a previous output of benchmarks/bench_quality.py"):
+        claim_output(tmp_path, ".bench_quality", "benchmarks/bench_quality.py")
+    fresh = claim_output(tmp_path / "new", ".bench_quality", "benchmarks/bench_quality.py")
+    assert claim_output(fresh, ".bench_quality", "benchmarks/bench_quality.py") == fresh  # its own output: reused
+    with pytest.raises(SystemExit, match="distill_plugin.demo"):
+        claim_output(fresh)  # the demo does not take the benchmark's folder

@@ -36,7 +36,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from distill_plugin.demo.recipe import student_recipe
-from distill_plugin.demo.run import fresh, train_students
+from distill_plugin.demo.run import claim_output, fresh, train_students
 
 from .methods import METHODS, TOKENIZERS, Shared, prepare_all
 from .regimes import TEACHER_TOKENIZER, Regime, Scorer, write_data
@@ -162,17 +162,6 @@ def shared_preparation(out: Path) -> None:
         fresh(out / name).mkdir(parents=True)
 
 
-def claim(out: Path) -> Path:
-    """``out`` resolved; refuse a non-empty folder that this benchmark did not write."""
-    out = out.resolve()
-    marker = out / ".bench_quality"
-    if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise SystemExit(f"{out} is not empty and is not a previous bench_quality output; pass a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("output of benchmarks/bench_quality.py; seed_N folders are recreated, shared/ reused\n")
-    return out
-
-
 def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: list[int],
         split: str = "heldout", jobs: int = 2, threads: int = 1, device: str = "cpu", stem: str = "results",
         console=None) -> dict:
@@ -190,7 +179,7 @@ def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Setti
     torch.set_num_threads(max(1, jobs * threads))
     t0 = time.perf_counter()
     baselines = baseline_rows(rows)  # before any work: a row without its baseline is refused
-    out = claim(out)
+    out = claim_output(out, ".bench_quality", "benchmarks/bench_quality.py")
     sh = Shared(out / "shared", device, threads)
     console.rule("[bold]1. shared: data, teacher, method preparation")
     built = build_shared(sh, s, regime, console)

@@ -169,14 +169,15 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def claim_output(out: Path) -> Path:
-    """``out`` resolved and marked as the demo's; refuse a non-empty folder that is not a demo output."""
+def claim_output(out: Path, marker: str = ".distill_demo", owner: str = "python -m distill_plugin.demo") -> Path:
+    """``out`` resolved and marked as ``owner``'s output; refuse a non-empty folder ``owner`` did not write."""
     out = out.resolve()
-    marker = out / ".distill_demo"
-    if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise SystemExit(f"{out} is not empty and is not a previous demo output; pass --out with a new or empty directory")
+    mark = out / marker
+    if out.exists() and any(out.iterdir()) and not mark.exists():
+        raise SystemExit(f"{out} is not empty and is not a previous output of {owner}; pass --out with a new or "
+                         "empty directory")
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("output of python -m distill_plugin.demo; its seed_N sub-folders are recreated on each run\n")
+    mark.write_text(f"output of {owner}; its seed_N sub-folders are recreated on each run\n")
     return out
 
 
