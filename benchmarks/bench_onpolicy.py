@@ -91,7 +91,7 @@ def run(a) -> list[dict]:
             sync()
             start = time.perf_counter()
             if case == "on-policy":
-                batch = trainer.on_policy.generated(batch, student)
+                batch = trainer.distill_hooks["on_policy"].steps.generated(batch, student)
                 generated.append(int(batch["labels"].ne(-100).sum()))
             sync()
             mid = time.perf_counter()

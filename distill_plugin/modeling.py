@@ -33,6 +33,11 @@ from torch import nn
 
 from .signals import NON_MODEL_KEYS, OutputHead
 
+# Attention implementations that keep packed documents apart in Axolotl 0.19: varlen kernels read
+# position_ids; with sdpa/eager Axolotl drops the attention mask and transformers builds a
+# block-diagonal one from position_ids (``attn_decontaminates_packing`` in Axolotl's config).
+PACKING_SAFE = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
 
 def unwrap_distributed(model: nn.Module) -> nn.Module:
     """Strip DDP/FSDP/DeepSpeed-style ``.module`` wrappers (PEFT wrappers stay)."""

@@ -8,9 +8,9 @@ CUDA, ``preflight.switch_off_cuda_only``; ``pre_model_load`` runs it if a launch
 both also fix multi-process runs without CUDA, see ``no_cuda``),
 ``get_input_args`` (declares the ``distill:`` block so Axolotl's loader keeps and
 validates it), ``get_trainer_cls`` (our trainer class), ``get_collator_cls_and_kwargs`` (the
-teacher-logit collator for offline KD; ``None`` otherwise, never ``(None, None)``, which would
-disable Axolotl's default collator) and ``post_trainer_create`` (loads the teacher once per process
-and attaches it). No training-args mixin is contributed, so the plugin does not depend on being
+collator a method needs, e.g. the stored teacher logits'; ``None`` otherwise, never ``(None, None)``,
+which would disable Axolotl's default collator) and ``post_trainer_create`` (builds the teacher
+source and loss terms, ``methods``, and attaches them). Nothing here is specific to one method. No training-args mixin is contributed, so the plugin does not depend on being
 registered before ``axolotl.core.training_args`` is imported.
 """
 
@@ -22,7 +22,7 @@ import sys
 
 from axolotl.integrations.base import BasePlugin
 
-from . import no_cuda
+from . import methods, no_cuda
 from .args import DistillConfig
 from .preflight import SetupError, check_raw_config, check_resources, packing_warning, switch_off_cuda_only
 
@@ -53,7 +53,7 @@ def distill_config_of(cfg) -> DistillConfig | None:
 
 
 class DistillPlugin(BasePlugin):
-    """Knowledge distillation for Axolotl (online logit KD, offline top-k KD, hidden-state KD)."""
+    """Knowledge distillation for Axolotl (every method of ``distill_plugin.methods``)."""
 
     def __init__(self):
         super().__init__()
@@ -101,68 +101,18 @@ class DistillPlugin(BasePlugin):
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval: bool = False):
         config = distill_config_of(cfg)
-        if config is not None and config.cross_tokenizer != "off":  # cross-tokenizer KD (issue #15)
-            from .alignment.collator import cross_tokenizer_collator_cls_and_kwargs
-            from .alignment.setup import teacher_tokenizer_path
-
-            return cross_tokenizer_collator_cls_and_kwargs(cfg, *teacher_tokenizer_path(config), is_eval=is_eval)
-        if config is None or config.teacher_logits is None:
-            return None
-        from .offline.collator import offline_collator_cls_and_kwargs
-
-        return offline_collator_cls_and_kwargs(cfg, is_eval, store_path=config.teacher_logits, k=config.topk)
+        return None if config is None else methods.collator(cfg, config, is_eval)
 
     @exits_on_setup_error
     def post_trainer_create(self, cfg, trainer) -> None:
         config = distill_config_of(cfg)
         if config is None or not hasattr(trainer, "setup_distillation"):
             return
-        tokenizer = trainer.processing_class
-        sources = []
-        if config.teacher_server is not None:  # --- teacher_server (issue #16) ---
-            from .teachers.server import connected_source
+        from .modeling import unwrap_causal_lm
 
-            sources.append(connected_source(config, tokenizer))
-        if config.teacher_logits is not None:
-            from .offline.store import check_compatible, read_meta
-            from .teachers import StoredTopKSource
-
-            meta = read_meta(config.teacher_logits)  # again, now with the tokenizer Axolotl built
-            check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
-            sources.append(StoredTopKSource(meta.capture_temperature))
-            LOG.info("distill_plugin: teacher = offline top-%d logits %s (teacher %s, captured at T=%g), "
-                     "vocab %d shared tokens", config.topk or meta.k, config.teacher_logits, meta.teacher,
-                     meta.capture_temperature, len(tokenizer))
-        if config.teacher is not None:  # online KD, or the hidden states next to offline logits
-            from .modeling import output_head, unwrap_causal_lm
-            from .teachers import TeacherModelSource, check_same_tokenizer, load_teacher
-
-            if config.check_tokenizer and config.cross_tokenizer == "off":
-                check_same_tokenizer(tokenizer, config.teacher, config.teacher_revision)
-            student = unwrap_causal_lm(trainer.model)
-            attn = getattr(student.config, "_attn_implementation", None)
-            teacher = load_teacher(config, trainer.args.device, attn)
-            if config.cross_tokenizer != "off":  # cross-tokenizer KD (issue #15): the teacher reads its own tokens
-                from .alignment.setup import aligned_teacher_source, check_pair
-
-                LOG.info("distill_plugin: %s", check_pair(tokenizer, config))
-                online = aligned_teacher_source(config, tokenizer, teacher, trainer.args.device)
-            else:
-                online = TeacherModelSource(teacher, len(tokenizer), logits=config.teacher_logits is None,
-                                            device=trainer.args.device)
-            sources.append(online)
-            rows = (output_head(teacher).weight.shape[0], output_head(student).weight.shape[0])
-            cut = "" if rows[0] == rows[1] == len(tokenizer) else f", lm_head rows teacher {rows[0]} / student {rows[1]} cut to it"
-            vocab = f"vocab {len(tokenizer)} shared tokens{cut}"
-            if config.cross_tokenizer != "off":
-                vocab = f"vocab {online.vocab_size} teacher / {len(tokenizer)} student tokens"
-            LOG.info("distill_plugin: teacher = online %s, dtype %s, device %s, attention %s; %s%s",
-                     config.teacher, next(teacher.parameters()).dtype, online.teacher_device,
-                     teacher.config._attn_implementation, vocab,
-                     "; hidden states only (logits from the store)" if config.teacher_logits else "")
-        from .teachers import CombinedSources
-
-        source = sources[0] if len(sources) == 1 else CombinedSources(*sources)
-        trainer.setup_distillation(config, source)
-        LOG.info("distill_plugin: divergence %s, T=%g, kd_weight %g, ce_weight %g; logged ppl = exp(ce_loss)",
-                 config.divergence, config.temperature, config.kd_weight, config.ce_weight)
+        setup = methods.Setup(config, trainer.processing_class, unwrap_causal_lm(trainer.model), trainer.args.device,
+                              log=LOG)
+        trainer.setup_distillation(config, methods.teacher_source(config, setup), methods.loss_terms(config, setup))
+        LOG.info("distill_plugin: %s; divergence %s, T=%g, kd_weight %g, ce_weight %g; logged ppl = exp(ce_loss)",
+                 ", ".join(m.name for m in methods.active(config)), config.divergence, config.temperature,
+                 config.kd_weight, config.ce_weight)

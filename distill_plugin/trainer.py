@@ -14,20 +14,23 @@ the student model, so the trainer adds them to the optimizer as their own param 
 their gradients across processes itself (DDP only covers the model), and saves them apart from the
 student in every checkpoint (``hidden.projector``), restoring them on resume.
 
-On-policy distillation (``distill.on_policy_fraction`` / ``seq_kd``, ``distill_plugin.onpolicy``)
-hooks in at ``get_batch_samples``, where the Trainer fetches all micro-batches of one optimizer step
-and counts their supervised tokens: the step's decision is made there once, every micro-batch is
-generated, and the count is taken over the generated labels.
+A method may act on each optimizer step (``methods.StepHook``: on-policy sampling, a served
+teacher's read-ahead). Its hook wraps the iterator at ``get_batch_samples``, where the Trainer
+fetches all micro-batches of one optimizer step and then counts their supervised tokens (so a
+step's completions can be regenerated before they are counted), and adds its values to each
+training log.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from transformers import TrainerCallback
 
+from . import methods
 from .args import DistillConfig
 from .losses.chunked import supervised_mask
 from .hidden.capture import hidden_rows
@@ -35,6 +38,11 @@ from .hidden.projector import PROJECTOR_FILE, load_projectors, save_projectors
 from .losses.terms import LossTerm, TermOutput, check_signals, component_names, run_terms
 from .modeling import inside_forward, model_inputs, through_head, unwrap_causal_lm, unwrap_distributed
 from .signals import LABELS, StudentRows
+
+
+def hook_state_file(name: str) -> str:
+    """The file holding a step hook's state (``StepHook.state_dict``) in a checkpoint."""
+    return f"distill_{name}_state.safetensors"
 
 
 class _ZeroGradsAfterStep(TrainerCallback):
@@ -71,12 +79,15 @@ class DistillTrainerMixin:
     teacher_source = None
     loss_terms: tuple[LossTerm, ...] = ()
     distill_modules: torch.nn.ModuleList | None = None  # the terms' trainable modules (projectors)
-    on_policy = None  # onpolicy.steps.OnPolicySteps when the config samples completions
+    distill_hooks: dict = {}  # {method name: methods.StepHook}
 
     def setup_distillation(self, config: DistillConfig, teacher_source, terms: Sequence[LossTerm] | None = None) -> None:
-        """Attach the teacher source and the loss terms (default: ``config.loss_terms()``)."""
+        """Attach the teacher source, the loss terms (default: the config's, ``methods.loss_terms``, with
+        the source's teacher model) and the methods' step hooks."""
         if terms is None:
-            terms = config.loss_terms(student=unwrap_causal_lm(self.model), teacher=getattr(teacher_source, "model", None))
+            setup = methods.Setup(config, self.processing_class, unwrap_causal_lm(self.model), self.args.device,
+                                  teacher_model=getattr(teacher_source, "model", None), load=False)
+            terms = methods.loss_terms(config, setup)
         terms = tuple(terms)
         teacher_layers = {h for term in terms for h in getattr(term, "teacher_layers", ())}
         if teacher_layers:
@@ -95,7 +106,7 @@ class DistillTrainerMixin:
         # Running component sums stay on the device: no host sync per micro-batch, one per log.
         self._distill_sums = {"train": None, "eval": None}
         self._distill_counts = {"train": 0, "eval": 0}
-        self._setup_on_policy(config, teacher_source)
+        self.distill_hooks = methods.step_hooks(config, self)
         self._distill_steps = 0  # optimizer steps since the last train log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -118,35 +129,24 @@ class DistillTrainerMixin:
         self._record("train" if model.training else "eval", sums / normalizer * scale)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
 
-    # --- on-policy distillation (distill_plugin.onpolicy): two hooks and the setup ---
-    def _setup_on_policy(self, config: DistillConfig, teacher_source) -> None:
-        from .onpolicy.steps import on_policy_steps
-
-        if (config.on_policy_fraction or config.seq_kd) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
-            raise ValueError("distill: on-policy / seq_kd sampling needs the whole student on each process (no FSDP/DeepSpeed)")
-        self.on_policy = on_policy_steps(config, self.processing_class, unwrap_distributed(self.model),
-                                         getattr(teacher_source, "model", None), self.args.seed)
-
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
-        """The step's micro-batches, generated when the step samples (its decision is drawn once here,
-        for all of them); the Trainer counts ``num_items_in_batch`` over what this returns."""
-        read_ahead = getattr(self.teacher_source, "read_ahead", None)
-        if read_ahead is not None:  # a served teacher: the next steps' requests go out now
-            epoch_iterator = read_ahead(epoch_iterator, self.args.gradient_accumulation_steps)
-        if self.on_policy is not None:
-            # self.model, not model_wrapped: DDP's forward may broadcast buffers on every call, and ranks
-            # whose samples end at different lengths make different numbers of calls (a deadlock).
-            epoch_iterator = self.on_policy.batches(self.state.global_step, epoch_iterator, self.model)
+        """The step's micro-batches as the methods' step hooks give them (read ahead, regenerated); the
+        Trainer counts ``num_items_in_batch`` over what this returns."""
+        for hook in self.distill_hooks.values():
+            epoch_iterator = hook.batches(self, epoch_iterator)
         return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
-    # --- end on-policy ---
 
     def create_optimizer(self, *args, **kwargs):
+        """The student's optimizer plus one param group per term with trainable modules (its
+        ``trainable_lr``, else the student's learning rate)."""
         optimizer = super().create_optimizer(*args, **kwargs)
-        params = [p for p in self._distill_parameters() if p.requires_grad]
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if params and id(params[0]) not in present:  # create_optimizer may be called again
-            lr = self.distill_config.hidden_projector_lr or self.args.learning_rate
-            optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": self.args.weight_decay})
+        for term in self.loss_terms:
+            module = getattr(term, "trainable", None)
+            params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+            if params and id(params[0]) not in present:  # create_optimizer may be called again
+                lr = getattr(term, "trainable_lr", None) or self.args.learning_rate
+                optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": self.args.weight_decay})
         return optimizer
 
     def training_step(self, *args, **kwargs):
@@ -193,8 +193,16 @@ class DistillTrainerMixin:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self._distill_parameters() and not load_projectors(self.distill_modules, resume_from_checkpoint):
             raise FileNotFoundError(f"distill_plugin: {resume_from_checkpoint} has no {PROJECTOR_FILE} to resume the projectors from")
+        for name, hook in self.distill_hooks.items():
+            if hasattr(hook, "load_state_dict"):
+                from safetensors.torch import load_file
 
-    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+                path = Path(resume_from_checkpoint) / hook_state_file(name)
+                if not path.exists():
+                    raise FileNotFoundError(f"distill_plugin: {resume_from_checkpoint} has no {path.name} to resume {name} from")
+                hook.load_state_dict(load_file(str(path)))
+
+    def sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over all processes (on the accelerator's device for NCCL), back on the CPU."""
         return self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum").cpu()
 
@@ -202,8 +210,17 @@ class DistillTrainerMixin:
         return list(self.distill_modules.parameters()) if self.distill_modules is not None else []
 
     def _save_distill_modules(self, output_dir: str | None) -> None:
-        if self._distill_parameters() and self.args.should_save:
+        """The terms' trainable modules and the step hooks' state, beside the student's weights."""
+        if not self.args.should_save:
+            return
+        if self._distill_parameters():
             save_projectors(self.distill_modules, output_dir or self.args.output_dir)
+        for name, hook in self.distill_hooks.items():
+            if hasattr(hook, "state_dict"):
+                from safetensors.torch import save_file
+
+                state = {k: v.detach().contiguous().cpu() for k, v in hook.state_dict().items()}
+                save_file(state, str(Path(output_dir or self.args.output_dir) / hook_state_file(name)))
 
     def _loss_scale(self, num_items_in_batch) -> float:
         """Mirror transformers.Trainer: a loss normalised by a count summed over processes is
@@ -240,18 +257,14 @@ class DistillTrainerMixin:
         prefix = "eval_" if split == "eval" else ""
         return {f"{prefix}{name}": round(v, 6) for name, v in zip(self.distill_metrics, values)}
 
-    # --- teacher_server (issue #16): the source reads the training batches ahead (its requests in
-    # flight while the student trains) and reports how long training blocked on it ---
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.distill_config is not None:
             if "loss" in logs:
                 logs.update(self._flush("train"))
-                if self.on_policy is not None:
-                    # Summed over processes: each one sampled for its own prompts (a collective: every
-                    # process logs the train loss together, as _flush's gather above relies on too).
-                    logs.update(self.on_policy.logs(self.state.global_step, reduce_sum=self._sum_over_processes))
-                if hasattr(self.teacher_source, "pop_metrics"):
-                    logs.update(self.teacher_source.pop_metrics(self.args.gradient_accumulation_steps))
+                for hook in self.distill_hooks.values():
+                    # a collective where a hook sums over processes: every process logs the train loss
+                    # together, as _flush's gather above relies on too
+                    logs.update(hook.logs(self))
             elif "eval_loss" in logs:
                 logs.update(self._flush("eval"))
         super().log(logs, *args, **kwargs)
@@ -262,36 +275,18 @@ def make_trl_trainer_class():
     from trl import SFTTrainer
 
     class DistillSFTTrainer(DistillTrainerMixin, SFTTrainer):
-        """SFTTrainer + KD. Pass ``teacher_model`` (a model or path) and ``distill_config``, or a served
-        teacher in ``distill_config["teacher_server"]`` (top-k KD over HTTP, read ahead like Axolotl's)."""
+        """SFTTrainer + KD. Pass ``teacher_model`` (a model or path) and ``distill_config`` (the
+        ``distill:`` keys, e.g. a served teacher's). The sources and terms are built as the Axolotl
+        plugin builds them (``methods``); methods that need the plugin's collator are refused."""
 
         def __init__(self, *args, teacher_model=None, distill_config: DistillConfig | dict | None = None, **kwargs):
             super().__init__(*args, **kwargs)
-            from .teachers import TeacherModelSource, check_same_tokenizer, load_teacher
-
             fields = dict(distill_config or {}) if not isinstance(distill_config, DistillConfig) else distill_config.model_dump()
-            if isinstance(teacher_model, torch.nn.Module):
-                fields["teacher"] = getattr(teacher_model, "name_or_path", "") or "<in-memory teacher>"
-            elif teacher_model is not None:
-                fields["teacher"] = teacher_model
+            fields, teacher_model = methods.with_teacher_model(fields, teacher_model, self.args.device)
             config = DistillConfig.model_validate(fields)
-            if config.cross_tokenizer != "off":  # needs the cross-tokenizer collator (issue #15)
-                raise ValueError("distill.cross_tokenizer is supported through Axolotl (the plugin supplies the collator), not DistillSFTTrainer")
-            if config.teacher_logits is not None:  # needs the offline collator's targets in each batch
-                raise ValueError("distill.teacher_logits is supported through Axolotl (the plugin supplies the collator), "
-                                 "not DistillSFTTrainer; use `teacher_model` or `teacher_server`")
-            if config.teacher_server is not None:
-                from .teachers.server import connected_source
-
-                self.setup_distillation(config, connected_source(config, self.processing_class))
-                return
-            if isinstance(teacher_model, torch.nn.Module):
-                teacher = teacher_model.to(config.teacher_device or self.args.device).eval().requires_grad_(False)
-            else:
-                if config.check_tokenizer:
-                    check_same_tokenizer(self.processing_class, config.teacher, config.teacher_revision)
-                attn = getattr(unwrap_distributed(self.model).config, "_attn_implementation", None)
-                teacher = load_teacher(config, self.args.device, attn)
-            self.setup_distillation(config, TeacherModelSource(teacher, len(self.processing_class), device=self.args.device))
+            methods.refuse_outside_axolotl(config)
+            setup = methods.Setup(config, self.processing_class, unwrap_causal_lm(self.model), self.args.device,
+                                  teacher_model=teacher_model)
+            self.setup_distillation(config, methods.teacher_source(config, setup), methods.loss_terms(config, setup))
 
     return DistillSFTTrainer

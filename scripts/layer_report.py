@@ -33,7 +33,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"offline", "evaluation"},  # stored teacher logits, evaluation of a teacher on data
     {"teachers"},  # where a batch's teacher signal comes from
     {"onpolicy"},  # rollouts during training
-    {"args", "preflight", "alignment.setup"},  # the distill: block, the checks made before loading models
+    {"methods", "alignment.setup"},  # one module per method: its keys, checks, source and terms
+    {"args", "preflight"},  # the distill: block, the checks made before loading models
     {"trainer", "axolotl_trainer", "plugin", "serve", ""},  # entry points
     {"testing", "demo"},  # tiny models, twins, the demo
 ))

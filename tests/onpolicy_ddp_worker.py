@@ -42,12 +42,12 @@ def main(teacher_path: str, student_path: str, out: str) -> None:
     trainer = make_trainer(out, tok, teacher, student, config, chat_rows(tok, n=16), bs=BS, ga=GA, steps=STEPS)
     rank, world = trainer.args.process_index, trainer.args.world_size
     assert world == 2 and dist.is_initialized()
-    eos_ids = trainer.on_policy.eos_ids
+    eos_ids = trainer.distill_hooks["on_policy"].steps.eos_ids
     if rank == 1:
         force_eos(student, eos_ids[0])
 
     sampled = []  # (step, prompts given, prompts of the generated rows, completion lengths)
-    generated = trainer.on_policy.generated
+    generated = trainer.distill_hooks["on_policy"].steps.generated
 
     def recording(batch, model):
         out_batch = generated(batch, model)
@@ -58,7 +58,7 @@ def main(teacher_path: str, student_path: str, out: str) -> None:
                         out_batch["attention_mask"]), lengths))
         return out_batch
 
-    trainer.on_policy.generated = recording
+    trainer.distill_hooks["on_policy"].steps.generated = recording
     trainer.train()
     seen = [(step, int((batch["labels"][:, 1:] != -100).sum()), int(n)) for step, batch, n in trainer.seen]
     records = [None] * world

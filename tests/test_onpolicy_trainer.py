@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from distill_plugin.args import DistillConfig
+from distill_plugin.methods.on_policy import OnPolicyHook
 from distill_plugin.testing.addition import make_split
 from distill_plugin.generation import SamplingParams
 from distill_plugin.generation.rollout import Rollout
@@ -64,11 +65,12 @@ def test_lambda_zero_is_the_off_policy_objective(tiny_pair, tmp_path):
     tok, teacher, student = load_pair(tiny_pair)
     data, config = chat_rows(tok), DistillConfig(**GKD)  # no on_policy_fraction: nothing sampled
     plain = make_trainer(tmp_path / "plain", tok, teacher, copy.deepcopy(student), config, data)
-    assert plain.on_policy is None
+    assert "on_policy" not in plain.distill_hooks
     plain_logs = train_logs(plain)
     hooked = make_trainer(tmp_path / "hooked", tok, teacher, copy.deepcopy(student), config, data)
     rollout = Rollout(tok, SamplingParams(n=1, max_tokens=12))
-    hooked.on_policy = OnPolicySteps(StepSchedule(0.0, seed=0), rollout, tok, stop_ids(tok, student))
+    hooked.distill_hooks = {"on_policy": OnPolicyHook(OnPolicySteps(StepSchedule(0.0, seed=0), rollout, tok,
+                                                                   stop_ids(tok, student)))}
     hooked_logs = train_logs(hooked)
     moved = (plain.model.lm_head.weight - student.lm_head.weight).abs().max()
     assert moved > 1e-4, "the steps did not move the weights; the comparison would prove nothing"
@@ -177,7 +179,7 @@ def test_on_policy_step_follows_the_float64_gradient(tiny_pair, tmp_path, diverg
 
 class StepLog(Recorder):
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
-        self.samplers.append((self.state.global_step, self.on_policy.sampler(self.state.global_step)))
+        self.samplers.append((self.state.global_step, self.distill_hooks["on_policy"].steps.sampler(self.state.global_step)))
         return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
 
 

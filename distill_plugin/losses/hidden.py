@@ -54,13 +54,15 @@ class HiddenTerm:
     """The ``hidden`` component (weight ``hidden_weight``) over the layer ``pairs``.
 
     ``projector`` maps each pair's student rows to the teacher's width (``hidden.projector``); it is
-    trained with the student (``trainable``) and saved apart from it.
+    trained with the student (``trainable``, at learning rate ``trainable_lr``; None: the
+    student's) and saved apart from it.
     """
 
     pairs: tuple[tuple[int, int], ...]
     projector: nn.Module
     loss: HiddenLoss = "cosine"
     weight: float = 1.0
+    trainable_lr: float | None = None
     accepts = (HiddenStates,)
 
     def __post_init__(self):

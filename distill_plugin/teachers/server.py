@@ -61,7 +61,7 @@ PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 (x+y)^2 = 
 
 
 class ServerSettings(Protocol):
-    """What the served teacher reads of ``distill.teacher_server`` (``args.TeacherServerConfig``)."""
+    """What the served teacher reads of ``distill.teacher_server`` (``methods.served.TeacherServerConfig``)."""
 
     url: str
     model: str

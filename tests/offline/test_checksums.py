@@ -18,7 +18,8 @@ from distill_plugin.offline import capture as cap
 from distill_plugin.offline.checksums import CorruptStoreError, unrecorded_warning, verify_store
 from distill_plugin.offline.collator import OfflineTopKCollator
 from distill_plugin.offline.store import TopKStore, row_key
-from distill_plugin.preflight import SetupError, check_store_integrity
+from distill_plugin.errors import SetupError
+from distill_plugin.methods.stored import check_store_integrity
 
 K = 8
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from distill_plugin.args import GENERATION_ONLY, DistillConfig
+from distill_plugin.args import DistillConfig
+from distill_plugin.methods.on_policy import GENERATION_ONLY
 from distill_plugin.preflight import SetupError, check_raw_config
 
 ONLINE = {"teacher": "t", "divergence": "jsd"}

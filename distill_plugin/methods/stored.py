@@ -1,0 +1,120 @@
+"""Offline top-k KD: ``distill.teacher_logits``, a store written by ``distill-data logits``.
+
+Signal: ``TopKLogprobs`` (the stored top-k ids and log-probs at the capture temperature, put in each
+batch by the offline collator; entry [b, t] predicts token t+1). Term: the fused ``kd`` + ``ce``
+over the top-k and the tail (``topk_tail``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from ..errors import SetupError, first_line
+from .base import FieldsBase, Method, Setup
+
+
+class StoredFields(FieldsBase):
+    teacher_logits: str | None = Field(
+        None, description="Directory written by `distill-data logits` (offline top-k KD)."
+    )
+    topk: int | None = Field(None, gt=0, description="Offline KD: use the first k of the stored top-K (default: all).")
+
+    @model_validator(mode="after")
+    def _check_stored(self):
+        if self.teacher_logits is not None and getattr(self, "teacher", None) is not None \
+                and not getattr(self, "hidden_weight", 0):
+            # both only with hidden-state KD: the logits from the store, the hidden states online
+            raise ValueError("distill: set exactly one of `teacher` (online KD), `teacher_logits` (offline top-k KD) "
+                             "or `teacher_server` (top-k KD from a server)")
+        if getattr(self, "teacher_server", None) is not None:
+            source = "with a served teacher (`teacher_server`, whose `top_k` sets k)"
+        else:
+            source = "with an online teacher (`teacher`)"
+        self.refuse_unless(["topk"], self.teacher_logits is not None, source)
+        return self
+
+
+def student_vocab_rows(cfg) -> int | None:
+    """Rows of the student's output layer, from its config.json (None when it cannot be read)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.get("base_model"), trust_remote_code=bool(cfg.get("trust_remote_code")))
+    except Exception:
+        return None  # Axolotl reports an unloadable base_model itself
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "vocab_size", None)
+
+
+def check_store_integrity(store: Path) -> None:
+    """Every part of the offline store matches the checksum recorded at capture (``offline.checksums``,
+    parts hashed in parallel, a progress bar for large stores). A corrupt part is a ``SetupError``
+    naming the file and the command that re-captures it; parts without checksums (stores written
+    before they were recorded) are logged as one warning and used."""
+    import logging
+
+    from ..offline.checksums import CorruptStoreError, unrecorded_warning, verify_store
+
+    if store.is_file():  # a single part file outside a store directory: no meta.json to hold checksums
+        return
+    try:
+        warning = unrecorded_warning(store, verify_store(store))
+    except CorruptStoreError as err:
+        raise SetupError(f"distill.teacher_logits: {err}") from None
+    if warning:
+        logging.getLogger("axolotl.distill_plugin").warning("distill_plugin: %s", warning)
+
+
+class StoredTopK(Method):
+    name = "stored"
+    key = "teacher_logits"
+    is_teacher_source = True
+    Fields = StoredFields
+    needs_collator = True
+
+    def active(self, config) -> bool:
+        return config.teacher_logits is not None
+
+    def check_resources(self, cfg, config, tokenizer) -> None:
+        """The store exists, matches the student's tokenizer, fits its vocabulary, and is intact."""
+        from ..offline.store import StoreMismatchError, check_compatible, read_meta
+
+        store = Path(config.teacher_logits)
+        if not (store.exists() and (store.is_file() or (store / "meta.json").exists())):
+            raise SetupError(f"distill.teacher_logits: no offline store at {str(store)!r} (write one with `distill-data logits`)")
+        meta = read_meta(store)
+        if tokenizer is not None:
+            try:
+                check_compatible(meta, tokenizer, k=config.topk, sequence_len=cfg.get("sequence_len"))
+            except StoreMismatchError as err:
+                raise SetupError(f"distill.teacher_logits: {first_line(err)}") from None
+        rows = student_vocab_rows(cfg)
+        largest = meta.vocab_size - 1  # capture cuts the teacher's padding rows: no stored id is larger
+        if rows is not None and largest >= rows:
+            raise SetupError(
+                f"distill.teacher_logits: the store holds token ids up to {largest}, but the student "
+                f"{cfg.get('base_model')!r} has {rows} vocabulary rows; capture with a teacher of the student's vocabulary"
+            )
+        check_store_integrity(store)
+
+    def collator(self, cfg, config, is_eval: bool):
+        from ..offline.collator import offline_collator_cls_and_kwargs
+
+        return offline_collator_cls_and_kwargs(cfg, is_eval, store_path=config.teacher_logits, k=config.topk)
+
+    def source(self, config, setup: Setup):
+        from ..offline.store import check_compatible, read_meta
+        from ..teachers import StoredTopKSource
+
+        meta = read_meta(config.teacher_logits)
+        # checked before the student loaded (check_resources); now with the tokenizer the trainer built
+        check_compatible(meta, setup.tokenizer, k=config.topk)
+        setup.info("teacher = offline top-%d logits %s (teacher %s, captured at T=%g), vocab %d shared tokens",
+                   config.topk or meta.k, config.teacher_logits, meta.teacher, meta.capture_temperature,
+                   len(setup.tokenizer))
+        return StoredTopKSource(meta.capture_temperature)
+
+    def terms(self, config, setup: Setup) -> list:
+        return [config.logit_terms()]
