@@ -195,6 +195,6 @@ def render(report: dict) -> str:
         table.add_column(column)
     for c in report["checks"]:
         table.add_row(c["name"], c["status"], c["detail"])
-    console = Console(width=140, file=io.StringIO())
+    console = Console(width=110, file=io.StringIO())
     console.print(table)
     return console.file.getvalue() + "\n".join(memory_lines(report["memory"]))

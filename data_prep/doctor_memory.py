@@ -54,8 +54,10 @@ def size(n: float) -> str:
 
 
 def memory_lines(memory: dict) -> list[str]:
-    lines = ["memory estimate per GPU: " + ", ".join(f"{k} {size(v)}" for k, v in memory["parts"].items() if v)]
+    lines = [f"memory per GPU ({size(memory['bytes'])}): " + ", ".join(f"{k} {size(v)}" for k, v in memory["parts"].items() if v)]
+    if memory["options"]:
+        lines.append(f"settings that lower it (budget {memory['budget_gib']:g} GiB):")
     for option in memory["options"]:
         mark = "fits" if option["gib"] <= memory["budget_gib"] else "still over"
-        lines.append(f"  {option['setting']}: {option['gib']:.1f} GiB ({mark})")
+        lines.append(f"  {option['setting']}: {size(option['gib'] * GIB)} ({mark})")
     return lines

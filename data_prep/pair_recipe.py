@@ -2,10 +2,10 @@
 
 What ``doctor`` and ``tune-temperature`` read of a recipe: ``base_model`` (the student), the
 ``distill:`` block (validated by the plugin's own ``DistillConfig``: an unknown or misspelt key is a
-one-line error), ``adapter`` / ``lora_r`` / ``load_in_4bit``, ``optimizer``, ``bf16``/``fp16``, and the
-chat rows of ``test_datasets[0]`` (else ``datasets[0]``: its last rows, the ones a small
-``val_set_size`` split is most likely to leave out of training is *not* guaranteed — Axolotl's split
-is random; these rows only need to be rows the untrained student has not seen) read as local JSONL.
+one-line error), ``adapter`` / ``lora_r``, ``optimizer``, ``bf16``/``fp16``, and the
+chat rows of ``test_datasets[0]`` (its first rows), else of ``datasets[0]`` (its last rows: Axolotl's
+``val_set_size`` split is random and cannot be reproduced here, but before training any row is one
+the student has not been trained on), read as local JSONL (``field_messages``, default ``messages``).
 Paths in the recipe are taken relative to the working directory (as Axolotl does), else to the
 recipe's folder.
 
