@@ -20,7 +20,9 @@ from distill_plugin.generation import SamplingParams
 from .guards import prepare_generate, preflight
 from .cli_options import EngineOptions, PromptOptions, option_groups
 from .io import InputError
+from .doctor import doctor
 from .logits import import_axolotl_kd, logits
+from .tune_temperature import tune_temperature
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -323,6 +325,8 @@ def main() -> None:  # pragma: no cover
 
 app.command("logits")(logits)
 app.command("import-axolotl-kd")(import_axolotl_kd)
+app.command("tune-temperature")(tune_temperature)
+app.command("doctor")(doctor)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,8 +18,11 @@ _spec = importlib.util.spec_from_file_location("layer_report", REPO / "scripts" 
 layers = sys.modules.setdefault("layer_report", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(layers)
 # What data_prep may import from the library: public modules that export what it needs.
+# ``args`` (the distill: block, to validate a recipe) and ``teachers`` (``load_teacher``): the
+# pre-training checks (data_prep/pair_recipe.py) load a recipe's pair exactly as training does.
 PUBLIC_FOR_DATA_PREP = {"distill_plugin.generation", "distill_plugin.jsonl", "distill_plugin.shards",
-                        "distill_plugin.offline", "distill_plugin.evaluation"}
+                        "distill_plugin.offline", "distill_plugin.evaluation", "distill_plugin.args",
+                        "distill_plugin.teachers"}
 
 
 def sources(package: str) -> list[Path]:

@@ -15,11 +15,24 @@ The stable API (``distill-data evaluate`` and ``benchmarks/bench_quality.py`` us
 * ``gap_closed(student, baseline, teacher, higher_is_better=True)``: the fraction of the
   baseline→teacher gap (e.g. SFT → teacher) the student closed.
 
-Formulas and conventions: ``teacher_fit`` and ``stats`` module docstrings.
+* ``pair_stats(student, teacher, sequences, temperatures, *, pad_id, vocab_size, batch_size, chunk_size,
+  divergence, beta, skew)`` → one ``PairStats`` per temperature: top-1 agreement, probability
+  correlation, KL(teacher ‖ student), the named divergence and both entropies, row means through
+  the fused chunked pass (``distill-data doctor`` and ``tune-temperature``);
+  ``suggest_temperature(stats, max_entropy_fraction)``: the largest T whose teacher entropy ≤ f·log V.
+* ``RunShape`` → ``estimate_memory`` → ``MemoryEstimate`` (bytes per component, ``gib``) and
+  ``memory_options(run, budget_gib)``: what a run needs per GPU and the settings that lower it.
+
+Formulas and conventions: ``teacher_fit``, ``stats``, ``pair_checks`` and ``memory`` module docstrings.
 """
 
+from .memory import MemoryEstimate, RunShape
+from .memory import estimate as estimate_memory
+from .memory import options as memory_options
+from .pair_checks import MAX_ENTROPY_FRACTION, PairStats, pair_stats, suggest_temperature
 from .stats import Estimate, clustered_mean, gap_closed, pass_at_1
 from .teacher_fit import ScoredSequence, TeacherFit, completion_batch, encode_completion, teacher_fit, tokenizer_mismatch
 
-__all__ = ["Estimate", "ScoredSequence", "TeacherFit", "clustered_mean", "completion_batch", "encode_completion",
-           "gap_closed", "pass_at_1", "teacher_fit", "tokenizer_mismatch"]
+__all__ = ["MAX_ENTROPY_FRACTION", "Estimate", "MemoryEstimate", "PairStats", "RunShape", "ScoredSequence", "TeacherFit",
+           "clustered_mean", "completion_batch", "encode_completion", "estimate_memory", "gap_closed", "memory_options",
+           "pair_stats", "pass_at_1", "suggest_temperature", "teacher_fit", "tokenizer_mismatch"]

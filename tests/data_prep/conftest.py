@@ -38,3 +38,14 @@ def prompts_file(tmp_path) -> Path:
     rows.append({"problem": TRAINED[3][0], "answer": "3"})  # gold wrong on purpose -> incorrect
     rows.append({"problem": "Name a prime larger than 10.", "answer": "11"})  # unseen -> garbage
     return write_jsonl(tmp_path / "prompts.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def kd_root(tmp_path_factory) -> Path:
+    """The recipes' tiny twin pair (``prepare_tiny_run``: teacher, student, ``student_sp`` on another
+    tokenizer, ``data.jsonl``) and ``student_padded``: the student with lm_head padded to 320 rows."""
+    from distill_plugin.testing.tiny import TWIN_PAIR, build_model, build_tokenizer, prepare_tiny_run
+
+    root = prepare_tiny_run(tmp_path_factory.mktemp("kd"), examples=16)
+    build_model(root / "student_padded", build_tokenizer(), vocab_pad_to=320, **TWIN_PAIR["student"])
+    return root

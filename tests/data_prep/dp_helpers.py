@@ -98,3 +98,15 @@ def openai_server(model_dir, *args: str, env: dict | None = None):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def write_recipe(path: Path, root: Path, student: str = "student", **distill) -> Path:
+    """A minimal Axolotl recipe of the tiny pair under ``root`` (``kd_root``): fp32 teacher, its data."""
+    import yaml
+
+    recipe = {"base_model": str(root / student), "plugins": ["distill_plugin.DistillPlugin"],
+              "distill": {"teacher": str(root / "teacher"), "teacher_dtype": "float32", **distill},
+              "datasets": [{"path": str(root / "data.jsonl"), "type": "chat_template"}],
+              "chat_template": "tokenizer_default"}
+    path.write_text(yaml.safe_dump(recipe))
+    return path
