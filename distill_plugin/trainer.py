@@ -35,7 +35,7 @@ from .args import DistillConfig
 from .losses.chunked import supervised_mask
 from .hidden.capture import hidden_rows
 from .hidden.projector import PROJECTOR_FILE, load_projectors, save_projectors
-from .losses.terms import LossTerm, TermOutput, check_signals, component_names, run_terms
+from .losses.terms import LossTerm, TermOutput, check_signals, metric_names, run_terms
 from .modeling import inside_forward, model_inputs, through_head, unwrap_causal_lm, unwrap_distributed
 from .signals import LABELS, StudentRows
 
@@ -98,7 +98,7 @@ class DistillTrainerMixin:
         self.distill_modules = torch.nn.ModuleList(trainable).to(self.args.device)
         if self._distill_parameters():  # the Trainer zeroes the model's gradients only
             self.add_callback(_ZeroGradsAfterStep(self._distill_parameters()))
-        self.distill_metrics = tuple(f"{name}_loss" for name in component_names(terms))
+        self.distill_metrics = metric_names(terms)
         # We normalise by num_items_in_batch ourselves; make the Trainer compute and pass it, summed
         # over processes too (Axolotl turns that off), so N is the global supervised-token count.
         self.model_accepts_loss_kwargs = True

@@ -1,7 +1,8 @@
 """Loss terms: named, weighted components, each term consuming one kind of teacher signal.
 
 A term returns per-token *sums*; the trainer divides by N (the optimizer step's supervised-token
-count, ``num_items_in_batch``) and logs every component c as ``<c.name>_loss`` = Σ_i value_{c,i} / N:
+count, ``num_items_in_batch``) and logs every component c as ``<c.name>_loss`` (or its ``logged_as``)
+= Σ_i value_{c,i} / N:
 
     loss = (Σ_terms Σ_c weight_c · Σ_i value_{c,i}) / N
 
@@ -26,8 +27,9 @@ from .topk import TAIL_MODES, topk_kd_loss
 
 
 class Component(NamedTuple):
-    name: str  # logged as `<name>_loss` (eval: `eval_<name>_loss`)
+    name: str
     weight: float
+    logged_as: str | None = None  # the metric's name; default `<name>_loss` (eval: `eval_` + it)
 
 
 class TermOutput(NamedTuple):
@@ -86,6 +88,12 @@ def component_names(terms: Sequence[LossTerm]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"loss components must have distinct names, got {names}")
     return names
+
+
+def metric_names(terms: Sequence[LossTerm]) -> tuple[str, ...]:
+    """The logged name of every component, in ``component_names`` order."""
+    component_names(terms)  # refuses duplicates
+    return tuple(c.logged_as or f"{c.name}_loss" for term in terms for c in term.components)
 
 
 def check_signals(terms: Sequence[LossTerm], produced: Sequence[type]) -> None:

@@ -6,6 +6,7 @@
     hidden           distill.hidden_weight       hidden-state KD (``hidden.py``)
     on_policy        distill.on_policy_fraction  on-policy distillation, GKD (``on_policy.py``)
     cross_tokenizer  distill.cross_tokenizer     cross-tokenizer KD, ULD / hybrid (``cross_tokenizer.py``)
+    teacher_stats    distill.log_teacher_stats   teacher entropy and top-1 agreement in the logs (``teacher_stats.py``)
 
 The Axolotl plugin and TRL's ``DistillSFTTrainer`` call the functions below and nothing
 method-specific: ``check_config`` and ``check_resources`` at start-up (``preflight``), ``collator``,
@@ -28,11 +29,13 @@ from .on_policy import OnPolicy
 from .online import OnlineLogits, with_teacher_model
 from .served import ServedTopK
 from .stored import StoredTopK
+from .teacher_stats import TeacherStats
 
 __all__ = ["METHODS", "FieldsBase", "LossFields", "Method", "Setup", "StepHook", "active", "check_config",
            "check_resources", "collator", "loss_terms", "packing_warning", "refuse_outside_axolotl", "step_hooks", "teacher_source", "with_teacher_model"]
 
-METHODS: tuple[Method, ...] = (OnlineLogits(), StoredTopK(), ServedTopK(), HiddenStateKD(), OnPolicy(), CrossTokenizer())
+METHODS: tuple[Method, ...] = (OnlineLogits(), StoredTopK(), ServedTopK(), HiddenStateKD(), OnPolicy(), CrossTokenizer(),
+                               TeacherStats())
 
 
 def active(config) -> list[Method]:
