@@ -106,7 +106,8 @@ class Method:
     needs_collator: ClassVar[bool] = False
 
     def active(self, config) -> bool:
-        raise NotImplementedError
+        """Whether the config uses it; by default, whether its ``key`` is set away from the default."""
+        return getattr(config, self.key) != type(config).model_fields[self.key].default
 
     def check_config(self, cfg: dict, config) -> None:
         """The raw YAML dict (``cfg``) with the validated block (``config``); raise ``SetupError``."""

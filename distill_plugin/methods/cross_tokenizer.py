@@ -67,9 +67,6 @@ class CrossTokenizer(Method):
     replaces = ("online",)
     needs_collator = True
 
-    def active(self, config) -> bool:
-        return config.cross_tokenizer != "off"
-
     def check_config(self, cfg: dict, config) -> None:
         check_placement(cfg, config)
         if cfg.get("sample_packing"):

@@ -48,9 +48,6 @@ class HiddenStateKD(Method):
     key = "hidden_weight"
     Fields = HiddenFields
 
-    def active(self, config) -> bool:
-        return bool(config.hidden_weight)
-
     def check_config(self, cfg: dict, config) -> None:
         from ..teachers.placement import engine_of
 

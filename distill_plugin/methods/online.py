@@ -107,9 +107,6 @@ class OnlineLogits(Method):
     is_teacher_source = True
     Fields = OnlineFields
 
-    def active(self, config) -> bool:
-        return config.teacher is not None
-
     def check_config(self, cfg: dict, config) -> None:
         check_placement(cfg, config)
 

@@ -73,9 +73,6 @@ class ServedTopK(Method):
     is_teacher_source = True
     Fields = ServedFields
 
-    def active(self, config) -> bool:
-        return config.teacher_server is not None
-
     def check_resources(self, cfg, config, tokenizer) -> None:
         """Reachable, serves the model, gives k log-probs, tokenizes as the student does
         (``ServerSetupError``: a ``SetupError`` naming the URL)."""

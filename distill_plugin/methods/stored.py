@@ -74,9 +74,6 @@ class StoredTopK(Method):
     Fields = StoredFields
     needs_collator = True
 
-    def active(self, config) -> bool:
-        return config.teacher_logits is not None
-
     def check_resources(self, cfg, config, tokenizer) -> None:
         """The store exists, matches the student's tokenizer, fits its vocabulary, and is intact."""
         from ..offline.store import StoreMismatchError, check_compatible, read_meta

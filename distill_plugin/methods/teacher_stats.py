@@ -32,9 +32,6 @@ class TeacherStats(Method):
     key = "log_teacher_stats"
     Fields = TeacherStatsFields
 
-    def active(self, config) -> bool:
-        return config.log_teacher_stats
-
     def terms(self, config, setup: Setup) -> list:
         from ..losses.stats import TeacherStatsTerm
 
