@@ -6,6 +6,7 @@
     hidden           distill.hidden_weight       hidden-state KD (``hidden.py``)
     on_policy        distill.on_policy_fraction  on-policy distillation, GKD (``on_policy.py``)
     cross_tokenizer  distill.cross_tokenizer     cross-tokenizer KD, ULD / hybrid (``cross_tokenizer.py``)
+    ema              distill.ema_decay           EMA self-distillation, no teacher model (``ema.py``)
 
 The Axolotl plugin and TRL's ``DistillSFTTrainer`` call the functions below and nothing
 method-specific: ``check_config`` and ``check_resources`` at start-up (``preflight``), ``collator``,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from .base import FieldsBase, Method, Setup, StepHook
 from .cross_tokenizer import CrossTokenizer
+from .ema import EMASelfDistill
 from .hidden import HiddenStateKD
 from .loss_fields import LossFields
 from .on_policy import OnPolicy
@@ -32,7 +34,8 @@ from .stored import StoredTopK
 __all__ = ["METHODS", "FieldsBase", "LossFields", "Method", "Setup", "StepHook", "active", "check_config",
            "check_resources", "collator", "loss_terms", "packing_warning", "refuse_outside_axolotl", "step_hooks", "teacher_source", "with_teacher_model"]
 
-METHODS: tuple[Method, ...] = (OnlineLogits(), StoredTopK(), ServedTopK(), HiddenStateKD(), OnPolicy(), CrossTokenizer())
+METHODS: tuple[Method, ...] = (OnlineLogits(), StoredTopK(), ServedTopK(), HiddenStateKD(), OnPolicy(), CrossTokenizer(),
+                              EMASelfDistill())
 
 
 def active(config) -> list[Method]:
