@@ -3,11 +3,13 @@ student's own trainable weights; no teacher model.
 
     EMA_0 = θ_0,    EMA_t = d·EMA_{t−1} + (1−d)·θ_t
 
-θ_t is the trainable parameters after optimizer step t (θ_0: when the trainer is built). The average
-is updated right after each optimizer step (``TrainerCallback.on_optimizer_step``, before the step
-counter moves), so step t+1, which computes θ_{t+1} from θ_t, distils from EMA_t (θ_t included), and
-the evaluations and the checkpoint taken after step t see EMA_t. d = 1 keeps the initial weights: a
-KL penalty towards the starting model.
+θ_t is the trainable parameters after optimizer step t, θ_0 those when training starts
+(``on_train_begin``: after DDP has broadcast rank 0's weights, so every process starts from the same
+θ_0; a resumed run keeps the checkpoint's average instead). The average is updated right after each
+optimizer step (``TrainerCallback.on_optimizer_step``, before the step counter moves), so step t+1,
+which computes θ_{t+1} from θ_t, distils from EMA_t (θ_t included), and the evaluations and the
+checkpoint taken after step t see EMA_t. d = 1 keeps the initial weights: a KL penalty towards the
+starting model.
 
 Trainable means ``requires_grad`` when the trainer is built: with a LoRA student the adapters only
 (the frozen base is shared by student and teacher), so the average costs one fp32 copy of the
@@ -58,14 +60,22 @@ class EMAFields(FieldsBase):
 
 
 class EMAWeights:
-    """The moving average of ``params`` ({name: parameter}), initialised to their current values."""
+    """The moving average of ``params`` ({name: parameter}), initialised to their current values;
+    ``loaded``: restored from a checkpoint (then ``start`` keeps it)."""
 
     def __init__(self, params: dict[str, torch.nn.Parameter], decay: float):
         if not params:
             raise ValueError("distill.ema_decay: the student has no trainable parameters to average")
-        self.params, self.decay = params, decay
+        self.params, self.decay, self.loaded = params, decay, False
         self.average = {name: p.detach().to(torch.promote_types(p.dtype, torch.float32), copy=True)
                         for name, p in params.items()}
+
+    @torch.no_grad()
+    def start(self) -> None:
+        """EMA_0 = θ_0, the parameters as training starts, unless the average was loaded."""
+        if not self.loaded:
+            for name, param in self.params.items():
+                self.average[name].copy_(param.detach())
 
     @torch.no_grad()
     def update(self) -> None:
@@ -100,6 +110,7 @@ class EMAWeights:
                              f"parameters (missing {missing[:3]}, unexpected {extra[:3]})")
         for name, tensor in state.items():
             self.average[name].copy_(tensor)
+        self.loaded = True
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -138,10 +149,13 @@ class EMATeacherSource:
 
 
 class EMAUpdate(TrainerCallback):
-    """``EMAWeights.update`` after each optimizer step."""
+    """``EMAWeights.start`` when training starts, ``EMAWeights.update`` after each optimizer step."""
 
     def __init__(self, ema: EMAWeights):
         self.ema = ema
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.ema.start()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.ema.update()
@@ -186,7 +200,7 @@ class EMASelfDistill(Method):
     def source(self, config, setup: Setup):
         source = EMATeacherSource(setup.student, config.ema_decay, len(setup.tokenizer))
         count = sum(t.numel() for t in source.ema.average.values())
-        setup.info("teacher = EMA of the student's %d trainable tensors (%d parameters, fp32), decay %g",
+        setup.info("teacher = EMA of the student's %d trainable tensors (%d parameters), decay %g",
                    len(source.ema.average), count, config.ema_decay)
         return source
 
