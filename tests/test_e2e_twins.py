@@ -32,6 +32,7 @@ TRAINED_ELSEWHERE = {
     "multi_gpu/fsdp2_qwen7b_from_32b_teacher_sharded.yml": "tests/test_e2e_fsdp2.py",
     "r1_distill_qwen7b.yml": "tests/data_prep/test_recipes.py",  # on the data pipeline's export
     "uld_llama_to_qwen.yml": "tests/test_e2e_uld.py",  # a trained cross-tokenizer teacher, 36 steps, learning checks
+    "ema_self_distill.yml": "tests/test_ema.py",  # with a decay and learning rate whose kd_loss 4 steps resolve
 }
 SMOKE = {"gkd_on_policy.yml"}  # also run on the second stack (-m e2e_smoke)
 

@@ -6,6 +6,7 @@
     hidden           distill.hidden_weight       hidden-state KD (``hidden.py``)
     on_policy        distill.on_policy_fraction  on-policy distillation, GKD (``on_policy.py``)
     cross_tokenizer  distill.cross_tokenizer     cross-tokenizer KD, ULD / hybrid (``cross_tokenizer.py``)
+    ema              distill.ema_decay           EMA self-distillation, no teacher model (``ema.py``)
     teacher_stats    distill.log_teacher_stats   teacher entropy and top-1 agreement in the logs (``teacher_stats.py``)
 
 The Axolotl plugin and TRL's ``DistillSFTTrainer`` call the functions below and nothing
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from .base import FieldsBase, Method, Setup, StepHook
 from .cross_tokenizer import CrossTokenizer
+from .ema import EMASelfDistill
 from .hidden import HiddenStateKD
 from .loss_fields import LossFields
 from .on_policy import OnPolicy
@@ -35,7 +37,7 @@ __all__ = ["METHODS", "FieldsBase", "LossFields", "Method", "Setup", "StepHook",
            "check_resources", "collator", "loss_terms", "packing_warning", "refuse_outside_axolotl", "step_hooks", "teacher_source", "with_teacher_model"]
 
 METHODS: tuple[Method, ...] = (OnlineLogits(), StoredTopK(), ServedTopK(), HiddenStateKD(), OnPolicy(), CrossTokenizer(),
-                               TeacherStats())
+                               EMASelfDistill(), TeacherStats())
 
 
 def active(config) -> list[Method]:

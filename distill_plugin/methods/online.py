@@ -24,7 +24,7 @@ MODEL_KEYS = ("teacher_dtype", "teacher_load_in_4bit", "teacher_load_in_8bit", "
 
 class OnlineFields(FieldsBase):
     teacher: str | None = Field(
-        None, description="Online teacher: local path or hub id. Exactly one of `teacher` / `teacher_logits` / `teacher_server`."
+        None, description="Online teacher: local path or hub id. Exactly one of `teacher` / `teacher_logits` / `teacher_server` / `ema_decay`."
     )
     teacher_dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
         "bfloat16", description="Dtype the online teacher is loaded in (compute dtype when quantised)."
