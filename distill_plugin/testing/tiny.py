@@ -246,7 +246,8 @@ def build_cross_pair(root: str | Path, teacher_hidden: int = 64, student_hidden:
 # the teacher (hidden-state KD needs projectors and a layer map), and the teacher's lm_head is scaled
 # so its distributions are peaked, not near uniform: the KD term is then O(1), not ~0.01. ``middle``
 # sits between them (the teacher's width, the student's depth): the middle stage of a progressive
-# chain (``recipes/progressive/``), student of the teacher and then teacher of the student.
+# chain (``recipes/progressive/``), student of the teacher and then teacher of the student, its
+# lm_head scaled as the teacher's (a few LoRA steps in the first stage leave it near where it started).
 TWIN_PAIR = {"student": dict(hidden_size=64, num_layers=2, seed=2), "teacher": dict(hidden_size=128, num_layers=4, seed=1),
              "middle": dict(hidden_size=128, num_layers=2, seed=3)}
 TEACHER_SHARPNESS = 20.0
@@ -264,12 +265,12 @@ def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 64, seed: i
 
     root, tok = Path(root), build_tokenizer()
     build_model(root / "student", tok, **TWIN_PAIR["student"])
-    build_model(root / "middle", tok, **TWIN_PAIR["middle"])
-    teacher = build_model(None, tok, **TWIN_PAIR["teacher"])
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(TEACHER_SHARPNESS)
-    teacher.save_pretrained(str(root / "teacher"))
-    tok.save_pretrained(str(root / "teacher"))
+    for name in ("teacher", "middle"):  # the models that teach (the middle one in a chain's second stage)
+        model = build_model(None, tok, **TWIN_PAIR[name])
+        with torch.no_grad():
+            model.lm_head.weight.mul_(TEACHER_SHARPNESS)
+        model.save_pretrained(str(root / name))
+        tok.save_pretrained(str(root / name))
     build_model(root / "student_sp", build_sp_tokenizer(), architecture="llama", **TWIN_PAIR["student"])
     write_jsonl_atomic(root / "data.jsonl", make_split(examples, seed=seed))
     return root
