@@ -33,6 +33,9 @@ TRAINED_ELSEWHERE = {
     "r1_distill_qwen7b.yml": "tests/data_prep/test_recipes.py",  # on the data pipeline's export
     "uld_llama_to_qwen.yml": "tests/test_e2e_uld.py",  # a trained cross-tokenizer teacher, 36 steps, learning checks
     "ema_self_distill.yml": "tests/test_ema.py",  # with a decay and learning rate whose kd_loss 4 steps resolve
+    # a chain: stage 2's teacher is stage 1's twin's merged output
+    "progressive/stage1_qwen2p5_7b_to_3b.yml": "tests/test_e2e_progressive.py",
+    "progressive/stage2_qwen2p5_3b_to_1p5b.yml": "tests/test_e2e_progressive.py",
 }
 SMOKE = {"gkd_on_policy.yml"}  # also run on the second stack (-m e2e_smoke)
 

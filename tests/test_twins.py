@@ -171,3 +171,19 @@ def test_served_teacher_twin_points_at_the_fixture_server(fixtures):
     assert f"distill.teacher_server.url: {raw['url']} → {server['url']} (fixture)" in twin.changes
     with pytest.raises(ValueError, match=r"distill\.teacher_server is set, but the fixtures have no `teacher_server`"):
         derive_twin(recipe, replace(fixtures, teacher_server=None))
+
+
+def test_a_later_stage_distils_from_the_earlier_stages_twin(fixtures, tmp_path):
+    """recipes/progressive/: stage 2's teacher is stage 1's merged output_dir; its twin's, given where
+    stage 1's twin wrote (``Fixtures.outputs``), is the same folder under that twin's output; without
+    it, the fixtures' teacher stands in (validation only)."""
+    from dataclasses import replace
+
+    stage1, stage2 = (REPO / "recipes" / "progressive" / name for name in ("stage1_qwen2p5_7b_to_3b.yml", "stage2_qwen2p5_3b_to_1p5b.yml"))
+    written, teacher = yaml.safe_load(stage1.read_text())["output_dir"], yaml.safe_load(stage2.read_text())["distill"]["teacher"]
+    assert teacher.startswith(written + "/")  # stage 2 reads what stage 1 (and its merge) wrote
+    twin = derive_twin(stage2, replace(fixtures, outputs={written: tmp_path / "stage1" / "out"}))
+    merged = tmp_path / "stage1" / "out" / teacher[len(written) + 1:]
+    assert twin.config["distill"]["teacher"] == str(merged)
+    assert f"distill.teacher: {teacher} → {merged} (the twin of the stage that writes it)" in twin.changes
+    assert derive_twin(stage2, fixtures).config["distill"]["teacher"] == str(fixtures.teacher)

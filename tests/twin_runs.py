@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from axolotl_runs import override, run_axolotl_train, run_axolotl_train_two_processes
+from axolotl_runs import SUBPROCESS_ENV, override, run_axolotl_train, run_axolotl_train_two_processes
 from distill_plugin.testing.recipe_header import read_header, twin_checks
 from distill_plugin.testing.twins import STEPS, Fixtures, derive_twin
 
@@ -33,6 +35,7 @@ class Run:
     logs: list[dict]
     probe: dict
     student: Path
+    path: Path  # the twin's YAML, as trained
 
 
 def component_names(run: Run) -> list[str]:
@@ -88,29 +91,51 @@ def tensor_names(directory: Path, pattern: str) -> set[str]:
     return names
 
 
-def reloaded_logits(run: Run, input_ids) -> torch.Tensor:
+def full_model(directory: Path):
+    """A saved plain model in fp32, every tensor of the checkpoint matched to the architecture."""
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"], info
+    return model
+
+
+def reloaded(run: Run):
     """The saved output as a user loads it: the full model, or the adapter on its (4-bit) base."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    if (run.out / "adapter_config.json").exists():
-        kwargs = {}
-        if run.config.get("load_in_4bit"):
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.student, dtype=torch.float32, **kwargs), run.out)
-    else:
-        model, info = AutoModelForCausalLM.from_pretrained(run.out, dtype=torch.float32, output_loading_info=True)
-        assert not info["unexpected_keys"] and not info["missing_keys"], info
+    if not (run.out / "adapter_config.json").exists():
+        return full_model(run.out)
+    kwargs = {}
+    if run.config.get("load_in_4bit"):
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.student, dtype=torch.float32, **kwargs), run.out)
+
+
+def assert_gives_the_end_logits(run: Run, model) -> None:
+    """Comparable: the same input, eval mode (no dropout), fp32 compute, the final weights."""
+    end = torch.load(run.out / "probe_logits.pt")
     with torch.no_grad():
-        return model.eval()(input_ids=input_ids, use_cache=False).logits.float()
+        logits = model.eval()(input_ids=end["input_ids"], use_cache=False).logits.float()
+    torch.testing.assert_close(logits, end["logits"], rtol=1e-5, atol=1e-5)
 
 
 def check_reload(run: Run):
-    """Comparable: the same input, eval mode (no dropout), fp32 compute, the final weights. The 4-bit
-    base is re-quantised from the same checkpoint (NF4 is deterministic), so it is the trained one."""
-    end = torch.load(run.out / "probe_logits.pt")
-    torch.testing.assert_close(reloaded_logits(run, end["input_ids"]), end["logits"], rtol=1e-5, atol=1e-5)
+    """The 4-bit base is re-quantised from the same checkpoint (NF4 is deterministic), so it is the trained one."""
+    assert_gives_the_end_logits(run, reloaded(run))
+
+
+def check_merge(run: Run):
+    """``axolotl.cli.merge_lora`` on the twin's YAML writes ``output_dir/merged``: a plain model (no
+    adapter) that gives the trained student's logits. The merged folder stays for a later stage."""
+    proc = subprocess.run([sys.executable, "-m", "axolotl.cli.merge_lora", str(run.path)], cwd=run.path.parent,
+                          env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    merged = run.out / "merged"
+    assert not (merged / "adapter_config.json").exists() and tensor_names(merged, "model*.safetensors")
+    assert_gives_the_end_logits(run, full_model(merged))
 
 
 def check_adapter(run: Run):
@@ -189,7 +214,7 @@ CHECKS = {
     "packing": check_packing, "adapter": check_adapter, "reload": check_reload, "4bit": check_4bit,
     "teacher_4bit": check_teacher_4bit, "projectors": check_projectors, "stored_topk": check_stored_topk,
     "ddp": check_ddp, "on_policy": check_on_policy, "next_byte_loss": check_component("next_byte_loss"), "uld_loss": check_component("uld_loss"),
-    "alignment": check_alignment, "fsdp2": check_fsdp2, "teacher_shard": check_teacher_shard,
+    "alignment": check_alignment, "fsdp2": check_fsdp2, "teacher_shard": check_teacher_shard, "merge": check_merge,
 }
 
 
@@ -221,4 +246,4 @@ def train_twin(recipe: Path, twin_root: Path, workdir: Path, overrides: dict | N
     out = Path(twin.config["output_dir"])
     probe = json.loads((out / "probe.json").read_text())
     assert len(logs) == twin.config["max_steps"], logs
-    return Run(twin.config, out, output, logs, probe, Path(twin.config["base_model"]))
+    return Run(twin.config, out, output, logs, probe, Path(twin.config["base_model"]), path)

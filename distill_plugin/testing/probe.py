@@ -9,6 +9,8 @@ At the end of training, process 0 writes into ``output_dir``:
     linears; ``student_sharded`` / ``teacher_sharded``: whether FSDP2 sharded it (DTensor parameters);
     ``batches`` and ``packed_batches``: training micro-batches seen, and those in which a row holds several documents (``position_ids`` restart at 0, 1 inside the row, which padding never does);
     ``trainable``: how many trainable parameters the student has, and how many in all;
+    ``teacher_params``: how many parameters the teacher model holds (a 4-bit one: its packed count; None
+    without a teacher model);
     ``projectors_moved``: the largest change of a distillation module's weight (the hidden-state
     projectors, which live outside the model) between the start and the end of training, or None.
 ``probe_logits.pt``
@@ -30,6 +32,10 @@ PROBE_TEXT = "<|im_start|>user\nWhat is 12 + 34?<|im_end|>\n<|im_start|>assistan
 
 def holds_4bit(model) -> bool:
     return model is not None and any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
+def parameter_count(model) -> int | None:
+    return None if model is None else sum(p.numel() for p in model.parameters())
 
 
 def holds_dtensor(model) -> bool:
@@ -95,6 +101,7 @@ class _Probe(TrainerCallback):
             "batches": self.batches,
             "packed_batches": self.packed,
             "trainable": [sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)],
+            "teacher_params": parameter_count(getattr(source, "model", None)),
             "projectors_moved": max(((a - b).abs().max().item() for a, b in zip(self.distill_weights(), self.start or [])),
                                     default=None),
         }

@@ -244,14 +244,18 @@ def build_cross_pair(root: str | Path, teacher_hidden: int = 64, student_hidden:
 # The pair every recipe's tiny twin trains (``distill_plugin.testing.twins``): widths are multiples of
 # 64 (bitsandbytes' 4-bit CPU kernel, for the QLoRA twins), the student is narrower and shallower than
 # the teacher (hidden-state KD needs projectors and a layer map), and the teacher's lm_head is scaled
-# so its distributions are peaked, not near uniform: the KD term is then O(1), not ~0.01.
-TWIN_PAIR = {"student": dict(hidden_size=64, num_layers=2, seed=2), "teacher": dict(hidden_size=128, num_layers=4, seed=1)}
+# so its distributions are peaked, not near uniform: the KD term is then O(1), not ~0.01. ``middle``
+# sits between them (the teacher's width, the student's depth): the middle stage of a progressive
+# chain (``recipes/progressive/``), student of the teacher and then teacher of the student, its
+# lm_head scaled as the teacher's (a few LoRA steps in the first stage leave it near where it started).
+TWIN_PAIR = {"student": dict(hidden_size=64, num_layers=2, seed=2), "teacher": dict(hidden_size=128, num_layers=4, seed=1),
+             "middle": dict(hidden_size=128, num_layers=2, seed=3)}
 TEACHER_SHARPNESS = 20.0
 
 
 def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 64, seed: int = 0) -> Path:
     """What the recipes' tiny twins point at (``python -m distill_plugin.testing.twins``):
-    ``root/{teacher,student}`` (untrained, ``TWIN_PAIR``, one tokenizer), ``root/student_sp`` (the
+    ``root/{teacher,student,middle}`` (untrained, ``TWIN_PAIR``, one tokenizer), ``root/student_sp`` (the
     student of ``TWIN_PAIR`` on the second tokenizer, a Llama: cross-tokenizer twins) and
     ``root/data.jsonl`` (the demo's two-digit addition chats)."""
     import torch
@@ -261,11 +265,12 @@ def prepare_tiny_run(root: str | Path = "runs/tiny", examples: int = 64, seed: i
 
     root, tok = Path(root), build_tokenizer()
     build_model(root / "student", tok, **TWIN_PAIR["student"])
-    teacher = build_model(None, tok, **TWIN_PAIR["teacher"])
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(TEACHER_SHARPNESS)
-    teacher.save_pretrained(str(root / "teacher"))
-    tok.save_pretrained(str(root / "teacher"))
+    for name in ("teacher", "middle"):  # the models that teach (the middle one in a chain's second stage)
+        model = build_model(None, tok, **TWIN_PAIR[name])
+        with torch.no_grad():
+            model.lm_head.weight.mul_(TEACHER_SHARPNESS)
+        model.save_pretrained(str(root / name))
+        tok.save_pretrained(str(root / name))
     build_model(root / "student_sp", build_sp_tokenizer(), architecture="llama", **TWIN_PAIR["student"])
     write_jsonl_atomic(root / "data.jsonl", make_split(examples, seed=seed))
     return root
@@ -280,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=64, help="rows of data.jsonl")
     args = parser.parse_args(argv)
     root = prepare_tiny_run(args.out, args.examples)
-    print(f"wrote {root}/teacher, {root}/student, {root}/student_sp and {root}/data.jsonl")
+    print(f"wrote {root}/teacher, {root}/student, {root}/middle, {root}/student_sp and {root}/data.jsonl")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ The rules, in order; every change is listed with its reason, and nothing else ch
 
   models     ``base_model`` (and ``base_model_config`` / ``tokenizer_config``) → ``fixtures.student``
              (``fixtures.cross_student``, on another tokenizer, when ``distill.cross_tokenizer`` is set);
-             ``distill.teacher`` → ``fixtures.teacher``; ``distill.teacher_logits`` →
+             ``distill.teacher`` → ``fixtures.teacher``, or, when it lies under another recipe's
+             ``output_dir`` that ``fixtures.outputs`` maps (a chain: a later stage distils from an
+             earlier stage's saved student), the same place under that recipe's twin's output;
+             ``distill.teacher_logits`` →
              ``fixtures.teacher_logits``; ``distill.teacher_server``'s ``url`` and ``model`` →
              ``fixtures.teacher_server`` (a server of the tiny teacher; the rest of the block stays);
              any ``distill`` key in ``fixtures.distill`` → its value
@@ -104,6 +107,7 @@ class Fixtures:
     distill: Mapping[str, Any] = field(default_factory=dict)  # further distill-key stand-ins, e.g. a server URL
     cross_student: str | Path | None = None  # the student of a cross-tokenizer recipe (another tokenizer than the teacher's)
     teacher_server: Mapping[str, Any] | None = None  # keys of distill.teacher_server to replace: the url and served name of the fixtures' teacher
+    outputs: Mapping[str, str | Path] = field(default_factory=dict)  # an earlier stage's output_dir (as its recipe spells it) → its twin's output_dir
 
     @classmethod
     def under(cls, root: str | Path, workdir: str | Path, **kwargs) -> "Fixtures":
@@ -189,6 +193,10 @@ def _models(edits: _Edits, fx: Fixtures, recipe: Path) -> None:
             edits.set(cfg, key, str(student), why)
     distill = cfg.get("distill") or {}
     stand_ins = {key: getattr(fx, attr) for key, attr in RESOURCE_KEYS.items()} | dict(fx.distill)
+    upstream = _upstream(distill.get("teacher"), fx.outputs)
+    if upstream is not None and "teacher" not in fx.distill:
+        edits.set(distill, "teacher", str(upstream), "the twin of the stage that writes it", "distill.teacher")
+        del stand_ins["teacher"]
     for key, value in stand_ins.items():
         if distill.get(key) is None:
             continue
@@ -199,6 +207,15 @@ def _models(edits: _Edits, fx: Fixtures, recipe: Path) -> None:
                 edits.set(distill[key], sub, item, "fixture", f"distill.{key}.{sub}")
         else:
             edits.set(distill, key, str(value) if isinstance(value, Path) else value, "fixture", f"distill.{key}")
+
+
+def _upstream(teacher: str | None, outputs: Mapping[str, str | Path]) -> Path | None:
+    """Where a twin finds ``teacher`` when it is (under) an earlier stage's ``output_dir``: that
+    stage's twin's output, the same relative path below it; None for any other teacher."""
+    for recipe_out, twin_out in outputs.items():
+        if teacher is not None and Path(teacher).is_relative_to(Path(recipe_out)):
+            return Path(twin_out) / Path(teacher).relative_to(Path(recipe_out))
+    return None
 
 
 def _data(edits: _Edits, fx: Fixtures) -> None:
