@@ -189,8 +189,12 @@ class DistillTrainerMixin:
         self._save_distill_modules(None)  # Axolotl saves its final model with save_pretrained
         return result
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+    def _load_optimizer_and_scheduler(self, resume_from_checkpoint):
+        """On resume, after the model's weights (the Trainer calls this under every engine, where it
+        skips ``_load_from_checkpoint`` under DeepSpeed): the projectors and the step hooks' state."""
+        super()._load_optimizer_and_scheduler(resume_from_checkpoint)
+        if resume_from_checkpoint is None:
+            return
         if self._distill_parameters() and not load_projectors(self.distill_modules, resume_from_checkpoint):
             raise FileNotFoundError(f"distill_plugin: {resume_from_checkpoint} has no {PROJECTOR_FILE} to resume the projectors from")
         for name, hook in self.distill_hooks.items():
