@@ -271,6 +271,16 @@ def test_a_teacher_trained_on_the_same_rows_is_copied_not_trained(tmp_path, monk
     assert built["unlabelled"]["teacher_seconds"] == 7.0 and "teacher_from" not in built["uncertain"]
 
 
+@pytest.mark.parametrize("flag", [["--method", "sft"], ["--tune"], ["--budget"], ["--device", "cuda"]])
+def test_regime_all_runs_only_each_regimes_own_rows(flag, monkeypatch, tmp_path):
+    import bench_quality
+
+    monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--regime", "all", "--out", str(tmp_path / "out"), *flag])
+    with pytest.raises(SystemExit, match="--regime all"):
+        bench_quality.main()
+    assert not (tmp_path / "out").exists()
+
+
 def test_overrides_keep_types_and_refuse_unknown_keys():
     s = with_overrides(Settings(), ["temperature=2", "student_steps=10"])
     assert s.temperature == 2.0 and isinstance(s.temperature, float) and s.student_steps == 10
