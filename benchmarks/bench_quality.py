@@ -6,7 +6,8 @@ batch and lr (``distill_plugin/demo/quality.py``, methods in ``distill_plugin/de
 Prints and writes (``OUT/results.md``, ``OUT/results.json``) mean ± standard error over the seeds of
 held-out exact match, KL(teacher ‖ student), the fraction of the SFT→teacher gap closed, and wall time.
 
-    python benchmarks/bench_quality.py                       # CPU scale: seeds 1-5, every method
+    python benchmarks/bench_quality.py                       # CPU scale: seeds 1-5, the regime's rows
+    python benchmarks/bench_quality.py --regime all          # every regime in turn, one teacher per task
     python benchmarks/bench_quality.py --tune                # the sweep on tuning seed 0 (valid split)
     python benchmarks/bench_quality.py --budget              # SFT and KD at ½× and 2× steps, seed 0
     python benchmarks/bench_quality.py --quick --method sft --method fkl    # a minute or two
@@ -20,10 +21,17 @@ held-out one) and then used unchanged on the evaluation seeds; ``--set KEY=VALUE
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning (read when torch loads, below). The teacher trains
+# with two threads; on a 2-core machine shared with other work, spinning workers made 30 of its steps
+# take 63 s against 12 s. The schedule of the work, and so every number, is unchanged.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.quality.methods import METHODS  # noqa: E402
@@ -60,10 +68,32 @@ def method_rows(methods: list[str], s: Settings) -> dict[str, tuple[str, Setting
     return {m: (m, s) for m in dict.fromkeys(missing + methods)}
 
 
+def run_all(out: Path, a: argparse.Namespace) -> None:
+    """Every regime's rows in turn (``REGIMES``' order), each in ``out/<regime>``; a regime whose teacher
+    an earlier one trained copies it (``runner.build_shared``). Prints and writes (``out/wall.json``)
+    each regime's wall seconds and the total."""
+    from distill_plugin.demo.run import claim_output
+
+    out = claim_output(out, ".bench_quality", "benchmarks/bench_quality.py")
+    seeds = a.seed or list(QUICK_SEEDS if a.quick else EVAL_SEEDS)
+    start, walls = time.perf_counter(), {}
+    for regime in REGIMES.values():
+        s = with_overrides(regime.quick if a.quick else regime.settings, a.set)
+        began = time.perf_counter()
+        run(out / regime.name, regime, s, method_rows(list(regime.methods), s), seeds, jobs=a.jobs,
+            threads=a.threads, donors=tuple(out / name / "shared" for name in walls))
+        walls[regime.name] = round(time.perf_counter() - began, 1)
+    total = round(time.perf_counter() - start, 1)
+    (out / "wall.json").write_text(json.dumps({"regimes": walls, "total": total, "seeds": seeds}, indent=2))
+    print("wall time: " + ", ".join(f"{name} {sec:.0f}s" for name, sec in walls.items()) + f"; total {total:.0f}s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--regime", default="certain", choices=list(REGIMES), help="the task and students (default certain)")
-    p.add_argument("--out", type=Path, default=None, help="default bench_quality_out (certain) or bench_quality_<regime>")
+    p.add_argument("--regime", default="certain", choices=[*REGIMES, "all"],
+                   help="the task and students (default certain); all: every regime in turn")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default bench_quality_out (certain), bench_quality_<regime> or bench_quality_all")
     p.add_argument("--quick", action="store_true", help="tiny sizes (the test suite's run)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: the larger GPU scale")
     p.add_argument("--seed", type=int, action="append", help=f"repeatable; default {EVAL_SEEDS} ({QUICK_SEEDS} with --quick)")
@@ -74,6 +104,12 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="students trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per student")
     a = p.parse_args()
+    if a.regime == "all":
+        if a.method or a.tune or a.budget or a.device == "cuda":
+            raise SystemExit("--regime all runs each regime's own rows at the CPU scale: "
+                             "no --method, --tune, --budget or --device cuda")
+        run_all(a.out or Path("bench_quality_all"), a)
+        return
     regime = REGIMES[a.regime]
     if a.device == "cuda" and regime.name != "certain":
         raise SystemExit("--device cuda: only the certain regime has a GPU scale")

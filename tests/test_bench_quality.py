@@ -244,6 +244,43 @@ def test_scorer_scores_a_tokenizer_b_student_with_tokenizer_b(tmp_path):
     assert scorer.encoded("a")[1][0].prompt_ids != examples[0].prompt_ids
 
 
+def test_a_teacher_trained_on_the_same_rows_is_copied_not_trained(tmp_path, monkeypatch):
+    """``--regime all``: the unlabelled regime copies the certain regime's teacher (the same rows,
+    tokenizer and settings); the uncertain regime, on other rows, trains its own."""
+    from rich.console import Console
+
+    from benchmarks.quality import runner
+
+    trained = []
+
+    def train_teacher(sh, s, console):
+        trained.append(sh.root.parent.name)
+        sh.teacher.mkdir()
+        (sh.teacher / "weights").write_text(sh.root.parent.name)
+        return 7.0
+
+    monkeypatch.setattr(runner, "train_teacher", train_teacher)
+    built = {}
+    for name in ("certain", "unlabelled", "uncertain"):
+        sh = Shared(tmp_path / name / "shared")
+        donors = tuple(tmp_path / done / "shared" for done in built)
+        built[name] = runner.build_shared(sh, REGIMES[name].quick, REGIMES[name], Console(quiet=True), donors)
+    assert trained == ["certain", "uncertain"]
+    assert (tmp_path / "unlabelled" / "shared" / "teacher" / "weights").read_text() == "certain"
+    assert built["unlabelled"]["teacher_from"] == str(tmp_path / "certain" / "shared")
+    assert built["unlabelled"]["teacher_seconds"] == 7.0 and "teacher_from" not in built["uncertain"]
+
+
+@pytest.mark.parametrize("flag", [["--method", "sft"], ["--tune"], ["--budget"], ["--device", "cuda"]])
+def test_regime_all_runs_only_each_regimes_own_rows(flag, monkeypatch, tmp_path):
+    import bench_quality
+
+    monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--regime", "all", "--out", str(tmp_path / "out"), *flag])
+    with pytest.raises(SystemExit, match="--regime all"):
+        bench_quality.main()
+    assert not (tmp_path / "out").exists()
+
+
 def test_overrides_keep_types_and_refuse_unknown_keys():
     s = with_overrides(Settings(), ["temperature=2", "student_steps=10"])
     assert s.temperature == 2.0 and isinstance(s.temperature, float) and s.student_steps == 10

@@ -33,13 +33,15 @@ def read(path: Path) -> list[dict]:
 
 
 def test_splits_are_disjoint_and_the_pool_has_no_answers(tmp_path):
+    """Disjoint by problem id but for the teacher's labelled set, whose first rows are the students'."""
     sh = Shared(tmp_path)
     write_data(sh, SMALL, REGIMES["unlabelled"])
     splits = {name: read(sh.data(name)) for name in ("train", "valid", "heldout", "teacher_train", "pool")}
     assert {k: len(v) for k, v in splits.items()} == {"train": 20, "valid": 10, "heldout": 10, "teacher_train": 60,
                                                       "pool": 40}
-    ids = [r["id"] for rows in splits.values() for r in rows]
-    assert len(ids) == len(set(ids)) == 140
+    assert splits["teacher_train"][:20] == splits["train"]
+    ids = [r["id"] for name, rows in splits.items() if name != "train" for r in rows]
+    assert len(ids) == len(set(ids)) == 120
     for r in splits["pool"]:
         assert set(r) == {"id", "prompt"}
         a, b = map(int, re.fullmatch(r"What is (\d{3})\+(\d{3})\?", r["prompt"]).groups())
@@ -57,9 +59,24 @@ def test_the_pool_leaves_the_other_splits_as_they_were(tmp_path):
     assert not Shared(tmp_path / "a").data("pool").exists()
 
 
+def test_the_teacher_sees_the_certain_regimes_training_split(tmp_path):
+    """At the regimes' sizes the unlabelled teacher's rows are the certain regime's, so ``--regime all``
+    trains one addition teacher."""
+    from benchmarks.quality.runner import TEACHER_KEYS
+
+    certain, pool = REGIMES["certain"].settings, REGIMES["unlabelled"].settings
+    assert all(getattr(certain, k) == getattr(pool, k) for k in (*TEACHER_KEYS, "digits", "n_valid", "n_heldout"))
+    assert pool.n_teacher_train == certain.n_train
+    small = replace(SMALL, n_teacher_train=SMALL.n_train * 3)
+    write_data(Shared(tmp_path / "a"), replace(small, n_train=small.n_teacher_train, n_pool=0), REGIMES["certain"])
+    write_data(Shared(tmp_path / "b"), small, REGIMES["unlabelled"])
+    assert Shared(tmp_path / "a").data("train").read_bytes() == Shared(tmp_path / "b").data("teacher_train").read_bytes()
+
+
 def test_regime_rows_and_sizes():
     r = REGIMES["unlabelled"]
-    assert r.methods == ("sft", *POOL_ROWS) and r.data == "addition" and r.expectation
+    assert r.methods[0] == "sft" and "seq_kd_pool" in r.methods and set(r.methods[1:]) <= set(POOL_ROWS)
+    assert r.data == "addition" and r.expectation
     s = r.settings
     assert s.n_train == 200 and s.n_pool >= 5 * s.n_train and s.n_teacher_train >= s.n_train
     assert s.seqkd_samples >= 3  # a vote needs samples to agree
@@ -145,6 +162,7 @@ def test_the_pool_size_keys_the_shared_folder_only_where_there_is_a_pool(tmp_pat
 
     monkeypatch.setattr(runner, "write_data", lambda sh, s, regime: None)
     monkeypatch.setattr(runner, "train_teacher", lambda sh, s, console: 1.0)
+    monkeypatch.setattr(runner, "teacher_key", lambda sh, s: "the teacher")
     for name, has_pool in (("certain", False), ("unlabelled", True)):
         sh = Shared(tmp_path / name)
         key = runner.build_shared(sh, REGIMES[name].settings, REGIMES[name], Console(quiet=True))["settings"]

@@ -6,9 +6,10 @@
 * ``uncertain``: the order-2 Markov source (``distill_plugin.demo.source``). The right continuation
   is a distribution known in closed form; the teacher learns it from ``n_teacher_train`` draws, each
   student sees ``n_train`` draws (one label per position). Scored by the exact KL(source ‖ model).
-* ``unlabelled``: addition again, the teacher on its own labelled set, the students with 200
-  labelled problems and a pool of prompts without answers that the teacher labels through the real
-  ``distill-data`` pipeline, verified by majority vote (``unlabelled.py``).
+* ``unlabelled``: addition again, the teacher on its labelled set (the certain regime's training
+  split, so the same teacher), the students with the first 200 of those problems and a pool of
+  prompts without answers that the teacher labels through the real ``distill-data`` pipeline,
+  verified by majority vote (``unlabelled.py``).
 * ``warm``: the same source and teacher; every student first takes ``warm_steps`` SFT steps on its
   sample (a trained student, as in practice), then ``student_steps`` of its method.
 
@@ -109,7 +110,9 @@ def write_data(sh: Shared, s: Settings, regime: Regime) -> None:
     """``sh.data(split)`` for train / valid / held-out (disjoint), ``teacher_train`` (the teacher's
     own sample) when ``n_teacher_train`` is set, and for addition ``pool`` when ``n_pool`` is set:
     ``{"id", "prompt"}`` rows, no answer and no assistant turn (``unlabelled.pool_rows``). Addition
-    splits are disjoint by problem id, the teacher's sample and the pool included."""
+    splits are disjoint by problem id, the pool included, except the teacher's labelled set: drawn
+    like the training split, its first ``n_train`` problems are the students' (with 2,000 it is the
+    certain regime's training split, so both regimes train the same teacher)."""
     from distill_plugin.demo.source import MarkovSource
     from distill_plugin.jsonl import write_jsonl_atomic
 
@@ -121,14 +124,13 @@ def write_data(sh: Shared, s: Settings, regime: Regime) -> None:
         heldout = make_split(s.n_heldout, seed=10_000 + SPLIT_SEED, digits=s.digits, r1_layout=True)
         valid = make_split(s.n_valid, seed=20_000 + SPLIT_SEED, exclude={r["id"] for r in heldout},
                            digits=s.digits, r1_layout=True)
-        train = make_split(s.n_train, seed=SPLIT_SEED, exclude={r["id"] for r in heldout + valid},
-                           digits=s.digits, r1_layout=True)
+        scored = {r["id"] for r in heldout + valid}
+        train = make_split(s.n_train, seed=SPLIT_SEED, exclude=scored, digits=s.digits, r1_layout=True)
         splits = {"train": train, "valid": valid, "heldout": heldout}
-        taken = {r["id"] for rows in splits.values() for r in rows}
         if s.n_teacher_train:
-            splits["teacher_train"] = make_split(s.n_teacher_train, seed=40_000 + SPLIT_SEED, exclude=taken,
+            splits["teacher_train"] = make_split(s.n_teacher_train, seed=SPLIT_SEED, exclude=scored,
                                                  digits=s.digits, r1_layout=True)
-            taken |= {r["id"] for r in splits["teacher_train"]}
+        taken = {r["id"] for rows in splits.values() for r in rows}
         if s.n_pool:
             splits["pool"] = pool_rows(make_split(s.n_pool, seed=50_000 + SPLIT_SEED, exclude=taken,
                                                   digits=s.digits, r1_layout=True))
@@ -149,40 +151,38 @@ SOURCE_METRICS = (Metric("kl_to_source", "KL(source‖S) / letter"), Metric("seq
                   Metric("entropy_ratio", "entropy ratio", 1, 2, True), Metric("coverage", "coverage", 1, 2, True))
 UNCERTAIN = Settings(n_train=200, n_valid=200, n_heldout=200, n_teacher_train=20_000, teacher_steps=400,
                      student_steps=300, student_batch=16, answer_tokens=24 + 8)
-# unlabelled: the teacher's own 2,000 labelled problems, 200 for the students, a pool of prompts only.
-# 1,000 student steps: where SFT on 2,000 labelled problems reaches the teacher (docs/quality.md, the
-# budget cliff), so what separates the rows is the data (200 labels vs the labelled pool), not the cliff.
-# The pool's cost, measured on the shared 2-core machine under another benchmark's load: 2,000 prompts
-# x 4 samples, generate 112 s, verify --majority 16 s, filter 4 s, export 25 s; the top-k capture 60 s.
-UNLABELLED = Settings(n_train=200, n_teacher_train=2000, n_pool=2000, seqkd_samples=4, student_steps=1000)
+# unlabelled: the teacher's 2,000 labelled problems (the certain regime's training split), the first
+# 200 for the students, a pool of 1,000 prompts only. 1,000 student steps: where SFT on 2,000 labelled
+# problems reaches the teacher (docs/quality_certain.md, the budget cliff), so what separates the rows
+# is the data (200 labels vs the labelled pool), not the cliff.
+UNLABELLED = Settings(n_train=200, n_teacher_train=2000, n_pool=1000, seqkd_samples=4, student_steps=1000)
 UNLABELLED_QUICK = replace(QUICK, n_train=32, n_teacher_train=128, n_pool=64, seqkd_samples=2)
 UNCERTAIN_QUICK = replace(QUICK, n_train=32, n_valid=16, n_heldout=16, n_teacher_train=256, source_length=8,
                           samples=16, answer_tokens=8 + 8)
 
+# In the order ``--regime all`` runs them: each task's teacher is trained by the first regime that
+# needs it and copied by the next (``runner.build_shared``).
 REGIMES: dict[str, Regime] = {r.name: r for r in (
     Regime("certain", "certain teacher: 3-digit addition, one right answer", data="addition",
            expectation="no method beats SFT: the label already says everything the certain teacher knows",
-           settings=Settings(), quick=QUICK, metrics=CERTAIN_METRICS,
-           methods=("sft", "seq_kd", "fkl", "rkl", "topk", "gkd", "hidden", "sft_b", "uld", "uld_hybrid")),
-    Regime("uncertain", "uncertain teacher: an order-2 Markov source, many right answers", data="source",
-           expectation="forward-KL and top-k KD close ≥ 50 % of the SFT→teacher gap in KL to the source; "
-                       "reverse KL and JSD at least as valid as forward KL, with a lower entropy ratio and "
-                       "coverage; hidden-state KD between SFT and logit KD; ULD and the hybrid below SFT-B in "
-                       "sequence KL",
-           settings=UNCERTAIN, quick=UNCERTAIN_QUICK, metrics=SOURCE_METRICS,
-           methods=("sft", "fkl", "rkl", "jsd", "topk", "gkd", "hidden", "sft_b", "uld", "uld_hybrid")),
-    Regime("warm", "warm students: the uncertain source, students SFT'd first", data="source",
-           expectation="from a student already SFT'd on its sample, every KD row ends closer to the source "
-                       "than continued SFT; on-policy GKD (λ 0.5 and 1) at least as close as forward KL",
-           settings=replace(UNCERTAIN, warm_steps=300, student_steps=150),
-           quick=replace(UNCERTAIN_QUICK, warm_steps=4), metrics=SOURCE_METRICS,
-           methods=("sft", "fkl", "rkl", "gkd", "gkd_full")),
+           settings=Settings(), quick=QUICK, metrics=CERTAIN_METRICS, methods=("sft", "fkl", "topk")),
     Regime("unlabelled", "unlabelled pool: 200 labelled addition problems, a pool of prompts the teacher labels",
            data="addition",
            expectation="sequence-level KD on the teacher's majority-verified trajectories over the pool beats SFT "
-                       "on the 200 by ≥ 20 points of held-out exact match; forward-KL and top-k KD on the same "
-                       "trajectories within a few points of it (a near-certain teacher's soft targets add little "
-                       "to its text); on-policy GKD above SFT",
+                       "on the 200 by ≥ 20 points of held-out exact match; top-k KD on the same trajectories "
+                       "within a few points of it (a near-certain teacher's soft targets add little to its text)",
            settings=UNLABELLED, quick=UNLABELLED_QUICK, metrics=CERTAIN_METRICS,
-           methods=("sft", "seq_kd_pool", "fkl_pool", "topk_pool", "gkd_pool")),
+           methods=("sft", "seq_kd_pool", "topk_pool")),
+    Regime("uncertain", "uncertain teacher: an order-2 Markov source, many right answers", data="source",
+           expectation="forward-KL and top-k KD close ≥ 50 % of the SFT→teacher gap in KL to the source; "
+                       "reverse KL and JSD at least as valid as forward KL, with a lower entropy ratio and "
+                       "coverage; ULD and the hybrid below SFT-B in sequence KL",
+           settings=UNCERTAIN, quick=UNCERTAIN_QUICK, metrics=SOURCE_METRICS,
+           methods=("sft", "fkl", "rkl", "jsd", "topk", "sft_b", "uld", "uld_hybrid")),
+    Regime("warm", "warm students: the uncertain source, students SFT'd first", data="source",
+           expectation="from a student already SFT'd on its sample, every KD row ends closer to the source "
+                       "than continued SFT; on-policy GKD (λ 0.5) at least as close as forward KL",
+           settings=replace(UNCERTAIN, warm_steps=300, student_steps=150),
+           quick=replace(UNCERTAIN_QUICK, warm_steps=4), metrics=SOURCE_METRICS,
+           methods=("sft", "fkl", "rkl", "gkd")),
 )}

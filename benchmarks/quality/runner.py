@@ -4,8 +4,9 @@
 
 1. ``OUT/shared`` (built once, reused while its settings match): the regime's data (``regimes.py``:
    train / valid / held-out, and the teacher's own sample where it has one), the tiny tokenizer, and a
-   teacher trained with the demo's torch loop (``core.train_causal_lm``); then each method's ``prepare``
-   (``methods.py``).
+   teacher trained with the demo's torch loop (``core.train_causal_lm``), or copied from another
+   regime's shared folder (``donors``) whose teacher saw the same rows, tokenizer and settings; then
+   each method's ``prepare`` (``methods.py``).
 2. Per seed ``N`` (``OUT/seed_N``): a student init per (size, student tokenizer) (random, seeded by
    ``N``; in the warm regime then ``warm_steps`` of SFT on the train split) and one recipe per method (``recipe.student_recipe``: same init, data budget, steps, batch,
    lr and Axolotl seed ``N``; only the data file and the ``distill:`` block differ); all recipes of all
@@ -28,8 +29,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, replace
@@ -60,8 +63,7 @@ def train_teacher(sh: Shared, s: Settings, console, out: Path | None = None) -> 
     from distill_plugin.demo import core
 
     tok = AutoTokenizer.from_pretrained(str(sh.tokenizer))
-    data = sh.data("teacher_train") if sh.data("teacher_train").exists() else sh.data("train")
-    train = [core.encode(tok, json.loads(line)) for line in data.read_text().splitlines()]
+    train = [core.encode(tok, json.loads(line)) for line in teacher_data(sh).read_text().splitlines()]
     teacher = build_model(None, tok, hidden_size=s.teacher_hidden, num_layers=s.teacher_layers, num_heads=4,
                           seed=TEACHER_INIT_SEED).to(torch.device(sh.device))
     with Progress(TextColumn("teacher"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
@@ -77,8 +79,28 @@ def train_teacher(sh: Shared, s: Settings, console, out: Path | None = None) -> 
     return timer.seconds
 
 
-def build_shared(sh: Shared, s: Settings, regime: Regime, console) -> dict:
-    """Data, tokenizer and teacher under ``sh.root``, reused when ``manifest.json`` has the same settings."""
+TEACHER_KEYS = ("teacher_hidden", "teacher_layers", "teacher_steps", "teacher_batch", "teacher_lr")
+
+
+def teacher_data(sh: Shared) -> Path:
+    """The rows the teacher trains on: its own sample where the regime has one, else the students' split."""
+    return sh.data("teacher_train") if sh.data("teacher_train").exists() else sh.data("train")
+
+
+def teacher_key(sh: Shared, s: Settings) -> str:
+    """A digest of everything the teacher's training reads: its rows, the tokenizer's files, its
+    settings and the device (the seeds are constants)."""
+    digest = hashlib.sha256(teacher_data(sh).read_bytes())
+    for path in sorted(sh.tokenizer.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    digest.update(json.dumps({"device": sh.device, **{k: getattr(s, k) for k in TEACHER_KEYS}}).encode())
+    return digest.hexdigest()
+
+
+def build_shared(sh: Shared, s: Settings, regime: Regime, console, donors: tuple[Path, ...] = ()) -> dict:
+    """Data, tokenizer and teacher under ``sh.root``, reused when ``manifest.json`` has the same settings.
+    The teacher is copied from the first of ``donors`` (other regimes' ``OUT/shared``) whose manifest
+    has the same :func:`teacher_key`, else trained."""
     from distill_plugin.testing.tiny import build_tokenizer
 
     key = {"data": regime.data, **{k: getattr(s, k) for k in SHARED_KEYS},
@@ -91,9 +113,18 @@ def build_shared(sh: Shared, s: Settings, regime: Regime, console) -> dict:
     fresh(sh.root).mkdir(parents=True)
     write_data(sh, s, regime)
     build_tokenizer(sh.tokenizer)
-    built = {"settings": key, "teacher_seconds": train_teacher(sh, s, console)}
+    built = {"settings": key, "teacher_key": teacher_key(sh, s)}
+    donor = next((d for d in donors if (d / "manifest.json").exists()
+                  and json.loads((d / "manifest.json").read_text()).get("teacher_key") == built["teacher_key"]), None)
+    if donor is None:
+        built["teacher_seconds"] = train_teacher(sh, s, console)
+        console.print(f"teacher trained in {built['teacher_seconds']:.0f}s -> {sh.teacher}")
+    else:
+        shutil.copytree(donor / "teacher", sh.teacher)
+        built.update(teacher_seconds=json.loads((donor / "manifest.json").read_text())["teacher_seconds"],
+                     teacher_from=str(donor))
+        console.print(f"teacher: {donor / 'teacher'} (the same rows, tokenizer and settings), copied")
     manifest.write_text(json.dumps(built))
-    console.print(f"teacher trained in {built['teacher_seconds']:.0f}s -> {sh.teacher}")
     return built
 
 
@@ -164,8 +195,9 @@ def shared_preparation(out: Path) -> None:
 
 def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: list[int],
         split: str = "heldout", jobs: int = 2, threads: int = 1, device: str = "cpu", stem: str = "results",
-        console=None) -> dict:
-    """The benchmark (module docstring) of one regime; ``rows`` maps a row name to (method, its settings). The
+        console=None, donors: tuple[Path, ...] = ()) -> dict:
+    """The benchmark (module docstring) of one regime; ``rows`` maps a row name to (method, its settings);
+    ``donors``: other regimes' ``OUT/shared`` whose teacher may be copied (:func:`build_shared`). The
     students of every seed form one queue (seed by seed, ``jobs`` at a time, so no slot idles at a
     seed's end); each is scored as it ends, beside the runs still going (one thread), and the results
     so far are written to ``OUT/<stem>.json`` and ``.md`` whenever a seed is complete."""
@@ -182,7 +214,7 @@ def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Setti
     out = claim_output(out, ".bench_quality", "benchmarks/bench_quality.py")
     sh = Shared(out / "shared", device, threads)
     console.rule("[bold]1. shared: data, teacher, method preparation")
-    built = build_shared(sh, s, regime, console)
+    built = build_shared(sh, s, regime, console, donors)
     methods = sorted({m for m, _ in rows.values()})
     prep = prepare_all(sh, s, methods, console, jobs=jobs)
     scorer = Scorer(sh, split, regime, s)
@@ -197,7 +229,8 @@ def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Setti
         "threads": threads, "device": device,
         "rows": {name: {"method": m, "label": row_label(name, m), "tokenizer": METHODS[m].tokenizer,
                         "baseline": baselines[name], "settings": asdict(rs)} for name, (m, rs) in rows.items()},
-        "teacher": teacher, "teacher_seconds": built["teacher_seconds"], "prepare_seconds": prep, "runs": [],
+        "teacher": teacher, "teacher_seconds": built["teacher_seconds"], "teacher_from": built.get("teacher_from"),
+        "prepare_seconds": prep, "runs": [],
     }
     torch.set_num_threads(max(1, threads))  # from here on, scoring runs beside `jobs` students
     shared_preparation(out)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from distill_plugin.demo.seeds import spread
 
 
@@ -61,7 +63,7 @@ def markdown(results: dict) -> str:
         "| method | " + " | ".join(m["label"] for m in metrics) + " | paired Δ vs its SFT | gap closed | train s / student | prepare s (once) |",
         "|---|" + "---|" * (len(metrics) + 4),
         "| teacher | " + " | ".join(cell(t.get(m["key"]), m) for m in metrics)
-        + f" | – | 1 | {results['teacher_seconds']:.0f} (once) | – |",
+        + f" | – | 1 | {teacher_cell(results)} | – |",
     ]
     for name, stats in results["summary"].items():
         prep = results["prepare_seconds"].get(results["rows"][name]["method"])
@@ -81,6 +83,13 @@ def markdown(results: dict) -> str:
     lines += ["", f"Wall time {results['wall_seconds']:.0f}s ({results['jobs']} students at a time, "
                   f"{results['threads']} thread(s) each)."]
     return "\n".join(lines) + "\n"
+
+
+def teacher_cell(results: dict) -> str:
+    """``117 (once)``, or for a teacher copied from another regime's run, which one trained it."""
+    donor = results.get("teacher_from")
+    once = "once" if donor is None else f"once, for regime {Path(donor).parent.name}"
+    return f"{results['teacher_seconds']:.0f} ({once})"
 
 
 def cell(value: float | None, m: dict) -> str:

@@ -1,9 +1,11 @@
 """Regime ``unlabelled`` (issue 26, regime 2): the teacher labels prompts nobody has answers for (R1-style).
 
-Column addition (``distill_plugin.testing.addition``), five disjoint sets of problems:
+Column addition (``distill_plugin.testing.addition``), five sets of problems, disjoint but for the first:
 
-* ``teacher_train`` (``n_teacher_train``): the teacher's own labelled set (trained as in ``certain``);
-* ``train`` (``n_train``, small): the students' labelled set, with worked solutions: what SFT sees;
+* ``teacher_train`` (``n_teacher_train``): the teacher's labelled set (the certain regime's training
+  split at the default sizes, so the same teacher);
+* ``train`` (``n_train``, small): the students' labelled set, with worked solutions, the first
+  ``n_train`` problems of the teacher's: what SFT sees;
 * ``pool`` (``n_pool``, large): prompts only, ``{"id", "prompt"}``, no answer, no assistant turn;
 * ``valid`` and ``heldout``: scored by exact match.
 
