@@ -23,6 +23,8 @@ def logits(
     device: str = typer.Option(None, "--device"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU) | bfloat16 | float16 | float32"),
     bits: int = typer.Option(8, "--bits", help="log-prob quantisation bits (KL <= step^2/8)"),
+    epsilon: float = typer.Option(None, "--epsilon", help="adaptive top-k: keep each position's fewest top "
+                                  "candidates holding >= 1 - epsilon of the mass (--top-k the cap; store format 2)"),
 ):
     """Capture top-k teacher log-probs for offline distillation (resumable, shardable).
 
@@ -35,6 +37,8 @@ def logits(
 
     if (data is None) == (config is None):
         raise typer.BadParameter("give either a JSONL file or --config")
+    if epsilon is not None and not 0.0 <= epsilon < 1.0:
+        raise typer.BadParameter(f"--epsilon must be in [0, 1), got {epsilon}")
     try:
         i, n = parse_shard(shard)
     except ValueError as e:
@@ -42,7 +46,7 @@ def logits(
     stats = _run(lambda: capture_teacher(
         teacher, out, config=config, data=data, tokenizer=tokenizer, k=top_k, temperature=temperature,
         backend=backend, sequence_len=sequence_len, device=device, dtype=dtype, batch_size=batch_size, shard=i,
-        num_shards=n, max_rows=max_rows, bits=bits, command=recapture_command(f"{i}/{n}")))
+        num_shards=n, max_rows=max_rows, bits=bits, command=recapture_command(f"{i}/{n}"), epsilon=epsilon))
     typer.echo(f"captured {stats.rows} rows ({stats.skipped} already stored), {stats.tokens} tokens, "
                f"{stats.positions} positions in {stats.seconds:.1f}s: {stats.tokens_per_s:,.0f} tokens/s")
 

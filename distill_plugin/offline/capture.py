@@ -24,7 +24,7 @@ import numpy as np
 from distill_plugin.generation import Backend, make_backend
 from distill_plugin.jsonl import SkipLog, read_jsonl
 from distill_plugin.offline.checksums import verify_store
-from distill_plugin.offline.codec import encode, fit_tables
+from distill_plugin.offline.codec import adaptive_truncate, encode, fit_tables
 from distill_plugin.offline.diskspace import check_room, estimate_bytes
 from distill_plugin.offline.store import (
     StoreMeta, StoreWriter, chat_template_hash, positions_mask, row_key, stored_keys, tokenizer_hash,
@@ -170,8 +170,10 @@ def check_capture_room(out_dir: str | Path, meta: StoreMeta, todo: list[Example]
     estimated total size (the parts already written plus the estimate)."""
     cfg = meta.codec_config
     pairs = [(np.asarray(ids)[:, :meta.k], np.asarray(vals)[:, :meta.k]) for ids, vals in scored if len(ids)]
-    tables = fit_tables(pairs, cfg)
-    measured = sum(len(encode(ids, vals, tables, cfg)) for ids, vals in pairs)
+    if meta.epsilon is not None:
+        pairs = [adaptive_truncate(ids, vals, meta.epsilon) for ids, vals in pairs]
+    tables = fit_tables(pairs, cfg, meta.ragged)
+    measured = sum(len(encode(ids, vals, tables, cfg, meta.ragged)) for ids, vals in pairs)
     per_position = measured / max(1, sum(len(ids) for ids, _ in pairs))
     positions = sum(int(e.mask.sum()) for e in todo)
     fixed = sum(ROW_BYTES + len(e.input_ids) // 8 for e in todo) + PART_BYTES * -(-len(todo) // rows_per_part)
@@ -182,11 +184,12 @@ def check_capture_room(out_dir: str | Path, meta: StoreMeta, todo: list[Example]
 
 
 def make_meta(teacher: str, tokenizer, k: int, temperature: float, sequence_len: int | None,
-              vocab_size: int, bits: int = 8, r_max: float = 20.0) -> StoreMeta:
+              vocab_size: int, bits: int = 8, r_max: float = 20.0, epsilon: float | None = None) -> StoreMeta:
+    """The store metadata of a capture; ``epsilon`` makes it adaptive top-k (format version 2)."""
     return StoreMeta(teacher=str(teacher), tokenizer_hash=tokenizer_hash(tokenizer),
                      chat_template_hash=chat_template_hash(getattr(tokenizer, "chat_template", None)),
                      k=k, capture_temperature=float(temperature), sequence_len=sequence_len,
-                     vocab_size=int(vocab_size), codec={"bits": bits, "r_max": r_max})
+                     vocab_size=int(vocab_size), codec={"bits": bits, "r_max": r_max}, epsilon=epsilon)
 
 
 def teacher_facts(teacher: str | Path, tokenizer, k: int) -> dict:
@@ -216,9 +219,10 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
                     backend: str = "hf", sequence_len: int | None = None, device: str | None = None,
                     dtype: str = "auto", batch_size: int = 8, shard: int = 0, num_shards: int = 1,
                     max_rows: int | None = None, bits: int = 8, progress: bool = True,
-                    command: str | None = None) -> CaptureStats:
+                    command: str | None = None, epsilon: float | None = None) -> CaptureStats:
     """One-call capture for Python users and tests: examples from ``config`` (Axolotl YAML) or
-    ``data`` (JSONL + ``tokenizer``, a path or an object), then the chosen backend."""
+    ``data`` (JSONL + ``tokenizer``, a path or an object), then the chosen backend. ``epsilon``:
+    adaptive top-k, each position's fewest top candidates holding ``>= 1 - epsilon`` (``k`` the cap)."""
     from transformers import AutoTokenizer
 
     if config is not None:
@@ -230,7 +234,7 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
         tokenizer = tokenizer if not isinstance(tokenizer, (str, Path, type(None))) else \
             AutoTokenizer.from_pretrained(str(tokenizer or teacher))
         examples = examples_from_jsonl(data, tokenizer, sequence_len)
-    meta = make_meta(str(teacher), tokenizer, k, temperature, sequence_len, len(tokenizer), bits=bits)
+    meta = make_meta(str(teacher), tokenizer, k, temperature, sequence_len, len(tokenizer), bits=bits, epsilon=epsilon)
     meta.extra.update(teacher_facts(teacher, tokenizer, k))
     if backend == "hf":
         runner = make_backend("hf", str(teacher), device=device, dtype=dtype)

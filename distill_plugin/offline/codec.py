@@ -28,6 +28,15 @@ Scheme (format version 1), for one row of ``N`` positions with ``k`` candidates 
 * **Models**: the categorical tables are fitted once per store part (``fit_tables`` over all rows
   of the part, stored in its metadata), so a row blob carries no header.
 
+Ragged layout (``ragged=True``, store format version 2, adaptive top-k): a position keeps only its
+finite entries, ``c_n = #{i : lp_ni > -inf}`` with ``1 <= c_n <= k``. The blob codes the counts
+first (one categorical model over ``0 .. k``, ``CodecTables.count_counts``), then the
+``M = sum_n c_n`` kept entries exactly as above with slot group ``(j * SLOT_GROUPS) // c_n`` for the
+j-th sorted id of position n (for ``c_n = k`` this is the fixed layout's grouping); no ``-inf``
+code is spent. ``decode`` pads every position back to ``k`` columns: ids 0, log-probs ``-inf``.
+``adaptive_truncate`` chooses the entries: the fewest top candidates whose probability sum reaches
+``1 - epsilon``, at most ``k``, at least 1.
+
 KL. Ids are exact and ``-inf`` stays ``-inf``. Write the decoded top-k, renormalised as the loss
 uses it (``p_i ∝ exp(lp_i)`` over the k entries), as ``q_i ∝ p_i exp(d_i)``. In general
 ``KL(p || q) = log E_p[exp(d)] - E_p[d] <= sum_i p_i (exp(a_i) - 1 - a_i)`` with ``|d_i - d_0| <= a_i``,
@@ -93,9 +102,13 @@ class CodecTables:
 
     bucket_counts: list[list[int]] = field(default_factory=list)  # [SLOT_GROUPS][N_BUCKETS]
     code_counts: list[int] = field(default_factory=list)  # [levels]
+    count_counts: list[int] = field(default_factory=list)  # [k + 1] entries per position (ragged only)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        data = asdict(self)
+        if not data["count_counts"]:  # fixed-k tables keep the format version 1 layout
+            del data["count_counts"]
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "CodecTables":
@@ -104,6 +117,87 @@ class CodecTables:
 
 def _slot_groups(k: int) -> np.ndarray:
     return (np.arange(k) * SLOT_GROUPS) // k
+
+
+def adaptive_truncate(ids: np.ndarray, logprobs: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each position's fewest top candidates whose probability sum reaches ``1 - epsilon``.
+
+    ``ids``/``logprobs`` are ``[N, k]`` absolute (full-vocabulary) log-probs. Position n keeps
+    ``c_n = min(k, f_n, 1 + #{j : sum_{i<=j} p_(i) < 1 - epsilon})`` entries (``p_(i)`` sorted
+    decreasing, ``f_n`` its finite entries, ``c_n >= 1``), so its kept mass is ``>= 1 - epsilon``
+    unless ``c_n = k``. Returns ``[N, k]`` arrays sorted by decreasing log-prob with the dropped
+    slots set to id 0 and log-prob ``-inf``.
+    """
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    ids = np.asarray(ids, dtype=np.int64)
+    logprobs = np.asarray(logprobs, dtype=np.float32)
+    order = np.argsort(-logprobs, axis=1, kind="stable")
+    ids = np.take_along_axis(ids, order, axis=1)
+    lps = np.take_along_axis(logprobs, order, axis=1)
+    mass = np.cumsum(np.exp(lps.astype(np.float64)), axis=1)
+    count = 1 + (mass < 1.0 - epsilon).sum(axis=1)
+    count = np.clip(np.minimum(count, np.isfinite(lps).sum(axis=1)), 1, lps.shape[1])
+    drop = np.arange(lps.shape[1])[None, :] >= count[:, None]
+    return np.where(drop, 0, ids), np.where(drop, -np.inf, lps).astype(np.float32)
+
+
+def _ragged(ids: np.ndarray, logprobs: np.ndarray):
+    """Counts ``c [N]`` of finite entries and the kept entries ``[M]`` row-major, in slot order."""
+    ids = np.asarray(ids, dtype=np.int64)
+    logprobs = np.asarray(logprobs, dtype=np.float32)
+    if ids.ndim != 2 or ids.shape != logprobs.shape:
+        raise ValueError(f"ids {ids.shape} and logprobs {logprobs.shape} must both be [N, k]")
+    if np.isnan(logprobs).any() or (logprobs == np.inf).any():
+        raise ValueError("log-probs must be finite or -inf")
+    finite = np.isfinite(logprobs)
+    counts = finite.sum(axis=1)
+    if not (counts >= 1).all():
+        raise ValueError("every position needs at least one finite log-prob")
+    return counts, ids[finite], logprobs[finite]
+
+
+def _ragged_groups(counts: np.ndarray) -> np.ndarray:
+    """Slot group ``(j * SLOT_GROUPS) // c_n`` of every kept entry, row-major."""
+    starts = np.cumsum(counts) - counts
+    rows = np.repeat(np.arange(len(counts)), counts)
+    j = np.arange(int(counts.sum())) - starts[rows]
+    return (j * SLOT_GROUPS) // counts[rows]
+
+
+def _split_ragged(ids: np.ndarray, logprobs: np.ndarray, cfg: CodecConfig):
+    """Ragged ``_split``: (counts [N], buckets [M], mantissas [M], codes [M], lp_max16 [N], groups [M])."""
+    counts, flat_ids, flat_lps = _ragged(ids, logprobs)
+    n = len(counts)
+    rows = np.repeat(np.arange(n), counts)
+    order = np.lexsort((flat_ids, rows))  # by row, then by id
+    flat_ids, flat_lps = flat_ids[order], flat_lps[order]
+    starts = np.cumsum(counts) - counts
+    prev = np.empty_like(flat_ids)
+    prev[1:] = flat_ids[:-1]
+    prev[starts] = -1
+    if flat_ids.size and flat_ids.min() < 0:
+        raise ValueError("token ids must be non-negative")
+    buckets, mantissas = _gap_symbols(flat_ids - prev)
+    lp_max = np.full(n, -np.inf, dtype=np.float32)
+    np.maximum.at(lp_max, rows, flat_lps)
+    lp_max16 = lp_max.astype(np.float16)
+    rel = lp_max16.astype(np.float32)[rows] - flat_lps
+    codes = cfg.quantise(np.maximum(rel, 0.0))
+    return counts, buckets, mantissas, codes, lp_max16, _ragged_groups(counts)
+
+
+def _gap_symbols(gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Elias-gamma split of id gaps ``g >= 1``: bucket ``floor(log2 g)`` and mantissa ``g - 2**bucket``."""
+    if gaps.size and gaps.min() < 1:
+        raise ValueError("each position's top-k ids must be distinct")
+    buckets = np.floor(np.log2(gaps)).astype(np.int64)
+    # exact integer floor(log2): fix float rounding at powers of two
+    buckets += (np.left_shift(1, buckets + 1) <= gaps).astype(np.int64)
+    buckets -= (np.left_shift(1, buckets) > gaps).astype(np.int64)
+    if buckets.size and buckets.max() >= min(N_BUCKETS, _UNIFORM_MAX_BITS + 1):
+        raise ValueError("token id too large for this codec")
+    return buckets, gaps - np.left_shift(1, buckets)
 
 
 def _split(ids: np.ndarray, logprobs: np.ndarray, cfg: CodecConfig):
@@ -117,16 +211,7 @@ def _split(ids: np.ndarray, logprobs: np.ndarray, cfg: CodecConfig):
     order = np.argsort(ids, axis=1, kind="stable")
     sorted_ids = np.take_along_axis(ids, order, axis=1)
     lp = np.take_along_axis(logprobs, order, axis=1)
-    gaps = np.diff(sorted_ids, axis=1, prepend=-1)
-    if gaps.size and gaps.min() < 1:
-        raise ValueError("each position's top-k ids must be distinct")
-    buckets = np.floor(np.log2(gaps)).astype(np.int64)
-    # exact integer floor(log2): fix float rounding at powers of two
-    buckets += (np.left_shift(1, buckets + 1) <= gaps).astype(np.int64)
-    buckets -= (np.left_shift(1, buckets) > gaps).astype(np.int64)
-    if buckets.size and buckets.max() >= min(N_BUCKETS, _UNIFORM_MAX_BITS + 1):
-        raise ValueError("token id too large for this codec")
-    mantissas = gaps - np.left_shift(1, buckets)
+    buckets, mantissas = _gap_symbols(np.diff(sorted_ids, axis=1, prepend=-1))
     finite = np.isfinite(lp)
     if np.isnan(lp).any() or (lp == np.inf).any():
         raise ValueError("log-probs must be finite or -inf")
@@ -140,16 +225,25 @@ def _split(ids: np.ndarray, logprobs: np.ndarray, cfg: CodecConfig):
     return buckets, mantissas, codes, lp_max16
 
 
-def fit_tables(rows, cfg: CodecConfig) -> CodecTables:
+def fit_tables(rows, cfg: CodecConfig, ragged: bool = False) -> CodecTables:
     """Count symbols over ``rows`` (iterable of ``(ids [N,k], logprobs [N,k])``) for the models."""
     bucket_counts = np.zeros((SLOT_GROUPS, N_BUCKETS), dtype=np.int64)
     code_counts = np.zeros(cfg.levels, dtype=np.int64)
+    count_counts = np.zeros(0, dtype=np.int64)
     for ids, logprobs in rows:
+        if ragged:
+            counts, buckets, _, codes, _, groups = _split_ragged(ids, logprobs, cfg)
+            np.add.at(bucket_counts, (groups, buckets), 1)
+            code_counts += np.bincount(codes, minlength=cfg.levels)
+            hist = np.bincount(counts, minlength=np.shape(ids)[1] + 1)
+            count_counts = np.pad(count_counts, (0, max(0, len(hist) - len(count_counts))))
+            count_counts[: len(hist)] += hist
+            continue
         buckets, _, codes, _ = _split(ids, logprobs, cfg)
         groups = np.broadcast_to(_slot_groups(buckets.shape[1]), buckets.shape)
         np.add.at(bucket_counts, (groups.ravel(), buckets.ravel()), 1)
         code_counts += np.bincount(codes.ravel(), minlength=cfg.levels)
-    return CodecTables(bucket_counts.tolist(), code_counts.tolist())
+    return CodecTables(bucket_counts.tolist(), code_counts.tolist(), count_counts.tolist())
 
 
 def _model(counts):
@@ -159,52 +253,88 @@ def _model(counts):
     return constriction.stream.model.Categorical(probs / probs.sum(), perfect=False)
 
 
-def encode(ids: np.ndarray, logprobs: np.ndarray, tables: CodecTables, cfg: CodecConfig) -> bytes:
-    """Encode one row's ``[N, k]`` top-k ids and log-probs (any candidate order) into bytes."""
+def _encode_entries(coder, buckets, mantissas, codes, groups, tables: CodecTables) -> None:
+    """Push (in reverse of the decoding order) the slot-grouped buckets, mantissas and codes."""
     import constriction
 
-    buckets, mantissas, codes, lp_max16 = _split(ids, logprobs, cfg)
-    n, k = buckets.shape
-    groups = _slot_groups(k)
-    coder = constriction.stream.stack.AnsCoder()
-    # A stack coder: encode in the reverse of the decoding order (buckets, mantissas, codes).
-    coder.encode_reverse(codes.ravel().astype(np.int32), _model(tables.code_counts))
-    big = buckets.ravel() > 0
+    coder.encode_reverse(codes.astype(np.int32), _model(tables.code_counts))
+    big = buckets > 0
     if big.any():
-        sizes = np.left_shift(1, buckets.ravel()[big]).astype(np.int32)
-        coder.encode_reverse(mantissas.ravel()[big].astype(np.int32), constriction.stream.model.Uniform(), sizes)
+        sizes = np.left_shift(1, buckets[big]).astype(np.int32)
+        coder.encode_reverse(mantissas[big].astype(np.int32), constriction.stream.model.Uniform(), sizes)
     for g in reversed(range(SLOT_GROUPS)):
-        sel = buckets[:, groups == g]
+        sel = buckets[groups == g]
         if sel.size:
-            coder.encode_reverse(sel.ravel().astype(np.int32), _model(tables.bucket_counts[g]))
+            coder.encode_reverse(sel.astype(np.int32), _model(tables.bucket_counts[g]))
+
+
+def _decode_entries(coder, groups: np.ndarray, tables: CodecTables) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``_encode_entries`` for entries with slot ``groups``: (gaps, codes)."""
+    import constriction
+
+    buckets = np.zeros(len(groups), dtype=np.int64)
+    for g in range(SLOT_GROUPS):
+        sel = groups == g
+        if sel.any():
+            buckets[sel] = coder.decode(_model(tables.bucket_counts[g]), int(sel.sum()))
+    mantissas = np.zeros(len(groups), dtype=np.int64)
+    big = buckets > 0
+    if big.any():
+        sizes = np.left_shift(1, buckets[big]).astype(np.int32)
+        mantissas[big] = coder.decode(constriction.stream.model.Uniform(), sizes)
+    codes = coder.decode(_model(tables.code_counts), len(groups)).astype(np.int64)
+    return np.left_shift(1, buckets) + mantissas, codes
+
+
+def encode(ids: np.ndarray, logprobs: np.ndarray, tables: CodecTables, cfg: CodecConfig,
+           ragged: bool = False) -> bytes:
+    """Encode one row's ``[N, k]`` top-k ids and log-probs (any candidate order) into bytes.
+
+    ``ragged``: the ragged layout (the finite entries of each position only, after their count)."""
+    import constriction
+
+    if ragged:
+        counts, buckets, mantissas, codes, lp_max16, groups = _split_ragged(ids, logprobs, cfg)
+        coder = constriction.stream.stack.AnsCoder()
+        _encode_entries(coder, buckets, mantissas, codes, groups, tables)
+        coder.encode_reverse(counts.astype(np.int32), _model(tables.count_counts))
+        return lp_max16.astype("<f2").tobytes() + coder.get_compressed().astype("<u4").tobytes()
+    buckets, mantissas, codes, lp_max16 = _split(ids, logprobs, cfg)
+    groups = np.broadcast_to(_slot_groups(buckets.shape[1]), buckets.shape).ravel()
+    coder = constriction.stream.stack.AnsCoder()
+    _encode_entries(coder, buckets.ravel(), mantissas.ravel(), codes.ravel(), groups, tables)
     words = coder.get_compressed().astype("<u4")
     return lp_max16.astype("<f2").tobytes() + words.tobytes()
 
 
-def decode(blob: bytes, n: int, k: int, tables: CodecTables, cfg: CodecConfig) -> tuple[np.ndarray, np.ndarray]:
+def decode(blob: bytes, n: int, k: int, tables: CodecTables, cfg: CodecConfig,
+           ragged: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Decode ``n`` positions; return ``ids`` int64 ``[n, k]`` and ``logprobs`` float32 ``[n, k]``.
 
     Each position's candidates come out sorted by decreasing log-prob (ties by id; ``-inf`` last).
+    ``ragged``: the blob holds the ragged layout; a position's slots past its count are id 0, ``-inf``.
     """
     import constriction
 
     lp_max = np.frombuffer(blob, dtype="<f2", count=n).astype(np.float32)
     words = np.frombuffer(blob, dtype="<u4", offset=2 * n).astype(np.uint32)
     coder = constriction.stream.stack.AnsCoder(words)
-    groups = _slot_groups(k)
-    buckets = np.zeros((n, k), dtype=np.int64)
-    for g in range(SLOT_GROUPS):
-        width = int((groups == g).sum())
-        if width and n:
-            buckets[:, groups == g] = coder.decode(_model(tables.bucket_counts[g]), n * width).reshape(n, width)
-    flat = buckets.ravel()
-    mantissas = np.zeros(n * k, dtype=np.int64)
-    big = flat > 0
-    if big.any():
-        sizes = np.left_shift(1, flat[big]).astype(np.int32)
-        mantissas[big] = coder.decode(constriction.stream.model.Uniform(), sizes)
-    codes = coder.decode(_model(tables.code_counts), n * k).astype(np.int64).reshape(n, k)
-    gaps = (np.left_shift(1, flat) + mantissas).reshape(n, k)
+    if ragged:
+        counts = coder.decode(_model(tables.count_counts), n).astype(np.int64)
+        gaps, codes = _decode_entries(coder, _ragged_groups(counts), tables)
+        starts = np.cumsum(counts) - counts
+        rows = np.repeat(np.arange(n), counts)
+        csum = np.cumsum(gaps)
+        flat_ids = csum - (csum[starts] - gaps[starts])[rows] - 1
+        slot = np.arange(len(gaps)) - starts[rows]
+        ids = np.zeros((n, k), dtype=np.int64)
+        logprobs = np.full((n, k), -np.inf, dtype=np.float32)
+        ids[rows, slot] = flat_ids
+        logprobs[rows, slot] = lp_max[rows] - cfg.dequantise(codes)
+        order = _desc_order(ids, logprobs)
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(logprobs, order, axis=1)
+    gaps, codes = _decode_entries(coder, np.broadcast_to(_slot_groups(k), (n, k)).ravel(), tables)
+    gaps, codes = gaps.reshape(n, k), codes.reshape(n, k)
     ids = np.cumsum(gaps, axis=1) - 1
     logprobs = lp_max[:, None] - cfg.dequantise(codes)
     logprobs[codes == cfg.levels - 1] = -np.inf

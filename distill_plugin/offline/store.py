@@ -18,6 +18,14 @@ positions       binary     bit t set (``np.packbits``, big-endian bit order) iff
 topk            binary     ``codec.encode`` of the ``[n_positions, k]`` ids and log-probs
 ==============  =========  ===================================================================
 
+Format versions (``meta.json``'s ``format_version``): 1, a fixed top-k per position (the codec's
+fixed layout); 2, adaptive top-k (``epsilon`` set): each position keeps its fewest top candidates
+whose probability sum reaches ``1 - epsilon``, at most ``k`` and at least 1
+(``codec.adaptive_truncate``), stored in the codec's ragged layout (a per-position count, then only
+the kept entries). Readers decode both to ``[n_positions, k]``, the dropped slots id 0 and
+log-prob ``-inf``, which the top-k loss ignores on both sides; its tail bucket carries the
+dropped mass, ``1 - sum of the kept p``.
+
 Part-file key-value metadata ``distill_plugin.store`` holds the store metadata (``StoreMeta``) plus
 ``tables`` (the codec's symbol counts for that part). Log-probs are natural-log
 ``log_softmax(logits / capture_temperature)`` of the teacher, before any top-k renormalisation.
@@ -35,10 +43,12 @@ from pathlib import Path
 import numpy as np
 
 from distill_plugin.offline.checksums import CHECKSUMS_KEY, SIDE_KEYS, CorruptStoreError, record_part, verify_part
-from distill_plugin.offline.codec import CodecConfig, CodecTables, decode, encode, fit_tables
+from distill_plugin.offline.codec import CodecConfig, CodecTables, adaptive_truncate, decode, encode, fit_tables
 from distill_plugin.offline.diskspace import removed_on_failure
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # fixed top-k
+ADAPTIVE_FORMAT_VERSION = 2  # adaptive top-k, ragged codec layout
+FORMAT_VERSIONS = (FORMAT_VERSION, ADAPTIVE_FORMAT_VERSION)  # what this code reads
 META_KEY = b"distill_plugin.store"
 META_FILE = "meta.json"
 
@@ -85,13 +95,27 @@ class StoreMeta:
     codec: dict = field(default_factory=lambda: asdict(CodecConfig()))
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
+    epsilon: float | None = None  # adaptive top-k (format version 2): kept mass >= 1 - epsilon
+
+    def __post_init__(self):
+        if self.epsilon is not None:
+            self.epsilon = float(self.epsilon)
+            self.format_version = ADAPTIVE_FORMAT_VERSION
 
     @property
     def codec_config(self) -> CodecConfig:
         return CodecConfig(**self.codec)
 
+    @property
+    def ragged(self) -> bool:
+        """Whether the parts use the codec's ragged layout (adaptive top-k)."""
+        return self.format_version >= ADAPTIVE_FORMAT_VERSION
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if data["epsilon"] is None:  # fixed top-k metadata keeps the format version 1 keys
+            del data["epsilon"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "StoreMeta":
@@ -119,8 +143,8 @@ def check_compatible(meta: StoreMeta, tokenizer=None, k: int | None = None, chat
     exact); a larger k is an error. ``sequence_len`` is checked only when given.
     """
     problems = []
-    if meta.format_version != FORMAT_VERSION:
-        problems.append(f"format_version: store {meta.format_version}, this code reads {FORMAT_VERSION}")
+    if meta.format_version not in FORMAT_VERSIONS:
+        problems.append(f"format_version: store {meta.format_version}, this code reads {FORMAT_VERSIONS}")
     if tokenizer is not None:
         run_hash = tokenizer_hash(tokenizer)
         if run_hash != meta.tokenizer_hash:
@@ -200,13 +224,16 @@ class StoreWriter:
         self._rows: list[dict] = []
 
     def add(self, input_ids, labels, ids: np.ndarray, logprobs: np.ndarray, row_id: str | None = None) -> None:
-        """Add one example: ``ids``/``logprobs`` are ``[n_positions, >=k]`` at the captured positions."""
+        """Add one example: ``ids``/``logprobs`` are ``[n_positions, >=k]`` at the captured positions
+        (the top ``k`` by log-prob are kept; with ``meta.epsilon``, ``adaptive_truncate`` of them)."""
         mask = positions_mask(labels)
         if len(ids) != mask.sum():
             raise ValueError(f"{len(ids)} captured positions but labels select {int(mask.sum())}")
+        ids, logprobs = np.asarray(ids)[:, : self.meta.k], np.asarray(logprobs)[:, : self.meta.k]
+        if self.meta.epsilon is not None and len(ids):
+            ids, logprobs = adaptive_truncate(ids, logprobs, self.meta.epsilon)
         self._rows.append(dict(row_key=row_key(input_ids), row_id=None if row_id is None else str(row_id),
-                               n_tokens=len(mask), mask=mask,
-                               ids=np.asarray(ids)[:, : self.meta.k], logprobs=np.asarray(logprobs)[:, : self.meta.k]))
+                               n_tokens=len(mask), mask=mask, ids=ids, logprobs=logprobs))
         if len(self._rows) >= self.rows_per_part:
             self.flush()
 
@@ -218,8 +245,9 @@ class StoreWriter:
 
         cfg = self.meta.codec_config
         rows = [r for r in self._rows if len(r["ids"])]
-        tables = fit_tables(((r["ids"], r["logprobs"]) for r in rows), cfg)
-        blobs = [encode(r["ids"], r["logprobs"], tables, cfg) if len(r["ids"]) else b"" for r in self._rows]
+        ragged = self.meta.ragged
+        tables = fit_tables(((r["ids"], r["logprobs"]) for r in rows), cfg, ragged)
+        blobs = [encode(r["ids"], r["logprobs"], tables, cfg, ragged) if len(r["ids"]) else b"" for r in self._rows]
         table = pa.table({
             "row_key": pa.array([r["row_key"] for r in self._rows], pa.string()),
             "row_id": pa.array([r["row_id"] for r in self._rows], pa.string()),
@@ -341,7 +369,7 @@ class TopKStore:
         mask = np.unpackbits(np.frombuffer(cols["positions"][r], dtype=np.uint8), count=n_tokens).astype(bool)
         k = self.meta.k
         if n_pos:
-            ids, lps = decode(cols["topk"][r], n_pos, k, self._tables[fi], self.meta.codec_config)
+            ids, lps = decode(cols["topk"][r], n_pos, k, self._tables[fi], self.meta.codec_config, self.meta.ragged)
         else:
             ids, lps = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return StoredRow(mask=mask, ids=ids, logprobs=lps, row_id=cols["row_id"][r])

@@ -9,6 +9,10 @@
   on their entropy and top-1 probability (``typical``: H ~ 1 nat, top-1 ~ 0.74, top-64 mass ~ 0.98;
   ``flat``: H ~ 4 nats, top-1 ~ 0.47). They are a model of an LM, not one: the id statistics
   (how concentrated top-k sets are on frequent tokens) drive the id cost and are an assumption.
+* ``reasoning_lm_topk``: reasoning-shaped distributions at the same V: a fraction ``fork_rate`` of
+  positions are ``zipf_lm_topk`` "typical" rows (forks with spread mass); on the others the top-1
+  token is set to probability ``u ~ Uniform(0.99, 0.9999)`` and the rest of the vocabulary is scaled
+  by ``(1 - u) / (1 - p_1)``, so the teacher is near-certain (top probability > 0.99).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ TEXT = (
 
 
 def zipf_lm_topk(n_positions: int, k: int, vocab: int = 151_936, preset: str = "typical", seed: int = 0,
-                 chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """``ids`` int64 / ``logprobs`` float32 ``[n_positions, k]``: exact top-k of a full-V log_softmax."""
+                 chunk: int = 128, certain: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` int64 / ``logprobs`` float32 ``[n_positions, k]``: exact top-k of a full-V log_softmax.
+
+    ``certain``: the fraction of positions made near-certain (``reasoning_lm_topk``)."""
     import torch
 
     p = PRESETS[preset]
@@ -41,10 +47,24 @@ def zipf_lm_topk(n_positions: int, k: int, vocab: int = 151_936, preset: str = "
         logits = prior + p["sigma"] * torch.randn(n, vocab, generator=gen)
         spikes = torch.randint(0, vocab, (n, p["n_boost"]), generator=gen)
         logits.scatter_add_(1, spikes, p["boost"] * torch.rand(n, p["n_boost"], generator=gen))
-        v, i = torch.log_softmax(logits, -1).topk(k, dim=-1)
+        lp = torch.log_softmax(logits.double() if certain else logits, -1)
+        if certain:
+            sure = torch.rand(n, generator=gen) < certain
+            u = 0.99 + 0.0099 * torch.rand(n, generator=gen, dtype=torch.float64)
+            top_lp, top = lp.max(-1)
+            shift = torch.log1p(-u) - torch.log(-torch.expm1(top_lp))  # log((1 - u) / (1 - p_1))
+            sure_lp = (lp + shift[:, None]).scatter(1, top[:, None], torch.log(u)[:, None])
+            lp = torch.where(sure[:, None], sure_lp, lp)
+        v, i = lp.float().topk(k, dim=-1)
         ids.append(i.numpy())
         lps.append(v.numpy())
     return np.concatenate(ids), np.concatenate(lps)
+
+
+def reasoning_lm_topk(n_positions: int, k: int, vocab: int = 151_936, fork_rate: float = 0.1,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``[n_positions, k]`` top-k of reasoning-shaped distributions (module docstring)."""
+    return zipf_lm_topk(n_positions, k, vocab, "typical", seed, certain=1.0 - fork_rate)
 
 
 def train_tiny_teacher(out_dir: str | Path, steps: int = 150, hidden_size: int = 64, seq: int = 64,
