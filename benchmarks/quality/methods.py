@@ -235,6 +235,40 @@ def cross_tokenizer(sh: Shared, s, mode: str) -> dict:
     return block
 
 
+def ema_self(sh: Shared, s) -> dict:
+    """EMA self-distillation (``recipes/ema_self_distill.yml``'s weights): no teacher model; the teacher
+    is the moving average of the student's own weights (decay ``ema_decay``), forward KL at the tuned
+    temperature beside CE on the data."""
+    return {"ema_decay": s.ema_decay, "divergence": "forward_kl", "temperature": s.temperature,
+            "kd_weight": 0.5, "ce_weight": 1.0}
+
+
+def middle_model(sh: Shared, s) -> None:
+    """Progressive distillation's first stage (``recipes/progressive/``): a model between the teacher and
+    the students in size (``middle_hidden`` × ``middle_layers``, random weights), distilled from the
+    teacher with forward-KL logit KD on the students' training rows for ``student_steps`` through
+    ``python -m axolotl.cli.train`` (seed 0), saved to ``sh.work("progressive") / "middle"``; the
+    row's students then distil from it (the second stage)."""
+    from dataclasses import replace
+
+    from distill_plugin.demo.recipe import student_recipe
+    from distill_plugin.testing.tiny import build_model
+    from transformers import AutoTokenizer
+
+    work, tok = sh.work("progressive"), AutoTokenizer.from_pretrained(str(sh.tokenizer))
+    build_model(work / "middle_init", tok, hidden_size=s.middle_hidden, num_layers=s.middle_layers, num_heads=4, seed=0)
+    tok.save_pretrained(str(work / "middle_init"))
+    recipe = student_recipe(work / "middle.yml", replace(s, seed=0), base_model=work / "middle_init",
+                            data=sh.data("train"), output_dir=work / "middle", prepared=work / "prepared",
+                            distill=logit_kd(sh, s, "forward_kl"), pad_to_multiple_of=s.pad_to_multiple_of)
+    with (work / "middle.log").open("w") as log:
+        proc = subprocess.run([sys.executable, "-m", "axolotl.cli.train", str(recipe)], cwd=work, stdout=log,
+                              stderr=subprocess.STDOUT, env={**os.environ, **SUBPROCESS_ENV, **thread_env(sh.threads),
+                                                             "CUDA_VISIBLE_DEVICES": ""})
+    if proc.returncode:
+        raise RuntimeError(f"progressive: the middle model's training failed ({proc.returncode}); log {work / 'middle.log'}")
+
+
 def logit_kd(sh: Shared, s, divergence: str) -> dict:
     """The online logit-KD block with the tuned temperature and weights."""
     return {"teacher": str(sh.teacher), "divergence": divergence, "temperature": s.temperature,
@@ -256,6 +290,14 @@ METHODS: dict[str, Method] = {
     "hidden": Method("hidden-state KD (+CE)", distill=lambda sh, s: {
         "teacher": str(sh.teacher), "kd_weight": 0.0, "ce_weight": 1.0, "hidden_weight": s.hidden_weight,
         "hidden_loss": "cosine", "hidden_layers": f"uniform:{s.student_layers}", "hidden_projector": "linear"}),
+    # No teacher model: the student's own moving average (the warm regime: it regularises, adds no knowledge).
+    "ema": Method("EMA self-distillation (no teacher, forward KL + CE)", distill=ema_self),
+    # Two stages: teacher -> middle model (prepare) -> student, against "fkl" (teacher -> student).
+    "progressive": Method("progressive KD (teacher → middle → student, forward KL)", prepare=middle_model,
+                          prepare_keys=("middle_hidden", "middle_layers", "student_steps", "temperature", "kd_weight",
+                                        "ce_weight", "n_train"),
+                          distill=lambda sh, s: {**logit_kd(sh, s, "forward_kl"),
+                                                 "teacher": str(sh.work("progressive") / "middle")}),
     # Cross-tokenizer (#15): a tokenizer-B student, its own SFT baseline, the shared tokenizer-A teacher.
     "sft_b": Method("SFT (ground truth), student tokenizer B", tokenizer="b", baseline="sft_b"),
     "uld": Method("cross-tokenizer KD, ULD (the recipe's), student tokenizer B", tokenizer="b", baseline="sft_b",

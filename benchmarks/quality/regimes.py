@@ -176,12 +176,15 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
     Regime("uncertain", "uncertain teacher: an order-2 Markov source, many right answers", data="source",
            expectation="forward-KL and top-k KD close ≥ 50 % of the SFT→teacher gap in KL to the source; "
                        "reverse KL and JSD at least as valid as forward KL, with a lower entropy ratio and "
-                       "coverage; ULD and the hybrid below SFT-B in sequence KL",
+                       "coverage; ULD and the hybrid below SFT-B in sequence KL; progressive KD (--method) at or "
+                       "below direct forward KL (its middle model learns from the same 200 draws, so it knows less "
+                       "than the teacher, and a 2× width gap leaves no capacity gap to bridge)",
            settings=UNCERTAIN, quick=UNCERTAIN_QUICK, metrics=SOURCE_METRICS,
            methods=("sft", "fkl", "rkl", "jsd", "topk", "sft_b", "uld", "uld_hybrid")),
     Regime("warm", "warm students: the uncertain source, students SFT'd first", data="source",
            expectation="from a student already SFT'd on its sample, every KD row ends closer to the source "
-                       "than continued SFT; on-policy GKD (λ 0.5) at least as close as forward KL",
+                       "than continued SFT; on-policy GKD (λ 0.5) at least as close as forward KL; EMA "
+                       "self-distillation (--method) within noise of continued SFT (it regularises, it adds no knowledge)",
            settings=replace(UNCERTAIN, warm_steps=300, student_steps=150),
            quick=replace(UNCERTAIN_QUICK, warm_steps=4), metrics=SOURCE_METRICS,
            methods=("sft", "fkl", "rkl", "gkd")),

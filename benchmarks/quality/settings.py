@@ -30,6 +30,9 @@ class Settings(Budget):
     cross_ce_weight: float = 1.0
     cross_uld_weight: float = 1.0  # hybrid: ULD against the next-byte term (``distill.uld_weight``)
     top_k: int = 16
+    ema_decay: float = 0.99  # EMA self-distillation: an average over about the last 100 of the warm regime's 150 steps
+    middle_hidden: int = 72  # progressive KD's middle model, between the teacher (96 × 3) and the students (48 × 2)
+    middle_layers: int = 3
     seqkd_samples: int = 2
     seqkd_temperature: float = 1.0
     seqkd_keep_incorrect: bool = False  # True only in QUICK: its 30-step teacher is rarely right
