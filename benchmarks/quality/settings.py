@@ -30,6 +30,8 @@ class Settings(Budget):
     cross_ce_weight: float = 1.0
     cross_uld_weight: float = 1.0  # hybrid: ULD against the next-byte term (``distill.uld_weight``)
     top_k: int = 16
+    store_epsilon: float = 0.01  # the "adaptive" row: distill-data logits --top-k 64 --epsilon
+    store_samples: int = 12  # the "sampled" row: distill-data logits --samples (the paper's ~12)
     seqkd_samples: int = 2
     seqkd_temperature: float = 1.0
     seqkd_keep_incorrect: bool = False  # True only in QUICK: its 30-step teacher is rarely right
