@@ -46,6 +46,9 @@ def topk_of_head(hidden, head, k: int, temperature: float, chunk: int, vocab_siz
     return torch.cat(ids), torch.cat(vals)
 
 
+CDF_ROWS = 128  # rows per float64 cumulative sum in samples_of_head (128 × V = 151,936: 156 MB)
+
+
 def samples_of_head(hidden, head, uniforms, temperature: float, proposal_temperature: float, chunk: int,
                     vocab_size: int | None = None):
     """Inverse-CDF draws from ``q ∝ p^(1/proposal_temperature)``, ``p = softmax(lm_head(hidden) / T)``:
@@ -57,11 +60,13 @@ def samples_of_head(hidden, head, uniforms, temperature: float, proposal_tempera
     ids, log_w = [], []
     for start, logp in head_logprobs(hidden, head, temperature, chunk, vocab_size):
         logq = logp if proposal_temperature == 1.0 else torch.log_softmax(logp / proposal_temperature, dim=-1)
-        cdf = torch.cumsum(logq.double().exp(), dim=-1)
-        u = uniforms[start:start + len(logp)].to(cdf.device) * cdf[:, -1:]
-        drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)
-        ids.append(drawn.cpu())
-        log_w.append((logp.gather(1, drawn) - logq.gather(1, drawn)).cpu())
+        for row in range(0, len(logp), CDF_ROWS):  # float64 cumulative sums of CDF_ROWS rows at a time
+            lp, lq = logp[row:row + CDF_ROWS], logq[row:row + CDF_ROWS]
+            cdf = torch.cumsum(lq.double().exp(), dim=-1)
+            u = uniforms[start + row:start + row + len(lp)].to(cdf.device) * cdf[:, -1:]
+            drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)
+            ids.append(drawn.cpu())
+            log_w.append((lp.gather(1, drawn) - lq.gather(1, drawn)).cpu())
     if not ids:
         return torch.zeros(0, uniforms.shape[-1], dtype=torch.long), torch.zeros(0, uniforms.shape[-1])
     return torch.cat(ids), torch.cat(log_w)

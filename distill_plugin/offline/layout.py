@@ -3,22 +3,18 @@
 ``stored_form`` reduces one example's captured arrays to what its format keeps, ``encode_part`` fits
 one part's codec tables and encodes its rows, ``decode_row`` reads a row back as ``[n_positions, k]``
 ids and log-probs for the collator (a sampled store: the estimate ``log p̂``, ``offline.sampled``).
+``meta`` is the store's ``store.StoreMeta``.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from distill_plugin.offline.codec import CodecTables, adaptive_truncate, decode, encode, fit_tables
 from distill_plugin.offline.sampled import decode_sampled, encode_sampled, estimate_logprobs, fit_sampled_tables, tally
 
-if TYPE_CHECKING:
-    from distill_plugin.offline.store import StoreMeta
 
-
-def stored_form(meta: StoreMeta, ids, values) -> tuple:
+def stored_form(meta, ids, values) -> tuple:
     """What the store keeps of one example's captured arrays: the top ``k`` ids and log-probs
     (``adaptive_truncate`` of them with ``meta.epsilon``), or for a sampled store
     ``sampled.tally(draws, log_weights)`` (the weights dropped when ``q = p``)."""
@@ -30,7 +26,7 @@ def stored_form(meta: StoreMeta, ids, values) -> tuple:
     return ids, values
 
 
-def encode_part(meta: StoreMeta, rows: list[tuple]) -> tuple[CodecTables, list[bytes]]:
+def encode_part(meta, rows: list[tuple]) -> tuple[CodecTables, list[bytes]]:
     """The codec tables fitted on one part's ``stored_form`` rows and each row's blob (empty rows: b"")."""
     full = [r for r in rows if len(r[0])]
     if meta.sampled:
@@ -41,7 +37,7 @@ def encode_part(meta: StoreMeta, rows: list[tuple]) -> tuple[CodecTables, list[b
     return tables, [encode(*r, tables, cfg, meta.ragged) if len(r[0]) else b"" for r in rows]
 
 
-def decode_row(meta: StoreMeta, blob: bytes, n_positions: int, tables: CodecTables) -> tuple[np.ndarray, np.ndarray]:
+def decode_row(meta, blob: bytes, n_positions: int, tables: CodecTables) -> tuple[np.ndarray, np.ndarray]:
     """``ids`` int64 and log-probs float32 ``[n_positions, k]``, sorted by decreasing log-prob (ties by
     id, empty slots last as id 0, ``-inf``); a sampled store gives ``log p̂ = log(c / samples) + log w``."""
     k = meta.k
