@@ -28,8 +28,9 @@ dropped mass, ``1 - sum of the kept p``; 3, a sampled store (``samples`` set): e
 the distinct ids of ``samples`` draws from the proposal ``q ∝ p^(1/proposal_temperature)`` with
 their counts (and log importance weights when ``q ≠ p``), drawn from the seeded generator of
 ``offline.sampled``; readers decode it to ``[n_positions, samples]`` ids and the estimate
-``log p̂ = log(c / samples) + log w`` (``losses.sampled`` trains on it). A store of a newer version than
-``FORMAT_VERSIONS`` stops with one line naming it.
+``log p̂ = log(c / samples) + log w`` (``losses.sampled`` trains on it); ``meta.json`` holds its
+``samples``, ``proposal_temperature`` and ``seed`` in ``extra["sampled"]`` (``SAMPLED_KEYS``). A store
+of a newer version than ``FORMAT_VERSIONS`` stops with one line naming it.
 
 Part-file key-value metadata ``distill_plugin.store`` holds the store metadata (``StoreMeta``) plus
 ``tables`` (the codec's symbol counts for that part). Log-probs are natural-log
@@ -56,7 +57,10 @@ FORMAT_VERSION = 1  # fixed top-k
 ADAPTIVE_FORMAT_VERSION = 2  # adaptive top-k, ragged codec layout
 SAMPLED_FORMAT_VERSION = 3  # sampled ids with counts (offline.sampled)
 FORMAT_VERSIONS = (FORMAT_VERSION, ADAPTIVE_FORMAT_VERSION, SAMPLED_FORMAT_VERSION)  # what this code reads
-_OPTIONAL = ("epsilon", "samples", "proposal_temperature", "seed")  # absent from meta.json when unset
+# A sampled store's fields are written inside ``extra["sampled"]``: the top-level keys stay those a
+# version-2 reader builds its StoreMeta from, so that reader refuses the store on its format version
+# (``check_compatible``, one line) instead of failing on an unknown key.
+SAMPLED_KEYS = ("samples", "proposal_temperature", "seed")
 META_KEY = b"distill_plugin.store"
 META_FILE = "meta.json"
 
@@ -140,9 +144,11 @@ class StoreMeta:
 
     def to_json(self) -> str:
         data = asdict(self)
-        for key in _OPTIONAL:  # an older format's metadata keeps its own keys
-            if data[key] is None:
-                del data[key]
+        if data["epsilon"] is None:  # fixed top-k metadata keeps the format version 1 keys
+            del data["epsilon"]
+        sampled = {key: data.pop(key) for key in SAMPLED_KEYS}
+        if self.sampled:
+            data["extra"] = {**data["extra"], "sampled": sampled}
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -154,7 +160,8 @@ class StoreMeta:
                                      f"{', '.join(map(str, FORMAT_VERSIONS))} (upgrade distill_plugin)")
         for key in ("tables", *SIDE_KEYS):  # a part's codec tables; meta.json's checksums
             data.pop(key, None)
-        return cls(**data)
+        extra = dict(data.pop("extra", {}))
+        return cls(**data, **extra.pop("sampled", {}), extra=extra)
 
     def same_capture(self, other: "StoreMeta") -> list[str]:
         """Field names (extra excluded) that differ from ``other``."""
