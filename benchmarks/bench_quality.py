@@ -13,6 +13,8 @@ held-out exact match, KL(teacher ‖ student), the fraction of the SFT→teacher
     python benchmarks/bench_quality.py --quick --method sft --method fkl    # a minute or two
     python benchmarks/bench_quality.py --method uld_hybrid   # cross-tokenizer: + its baseline sft_b
     python benchmarks/bench_quality.py --device cuda         # larger scale on a GPU machine
+    python benchmarks/bench_quality.py --regime uncertain --method fkl --method topk64 --method adaptive \
+        --method sampled --against fkl --against topk64     # the offline stores, paired with online KD and top-64
 
 Settings are chosen on the tuning seed (``--tune``: scored on a validation split disjoint from the
 held-out one) and then used unchanged on the evaluation seeds; ``--set KEY=VALUE`` overrides one.
@@ -99,15 +101,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, action="append", help=f"repeatable; default {EVAL_SEEDS} ({QUICK_SEEDS} with --quick)")
     p.add_argument("--method", action="append", choices=list(METHODS), help="repeatable; default: the regime's rows")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--against", action="append", default=[], choices=list(METHODS),
+                   help="repeatable: also pair every row with this row, seed by seed (it must be a --method)")
     p.add_argument("--tune", action="store_true", help=f"run the sweep on tuning seed {TUNING_SEED}, valid split")
     p.add_argument("--budget", action="store_true", help=f"SFT and KD at ½× and 2× steps on seed {TUNING_SEED}, valid split")
     p.add_argument("--jobs", type=int, default=2, help="students trained at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per student")
     a = p.parse_args()
     if a.regime == "all":
-        if a.method or a.tune or a.budget or a.device == "cuda":
+        if a.method or a.against or a.tune or a.budget or a.device == "cuda":
             raise SystemExit("--regime all runs each regime's own rows at the CPU scale: "
-                             "no --method, --tune, --budget or --device cuda")
+                             "no --method, --against, --tune, --budget or --device cuda")
         run_all(a.out or Path("bench_quality_all"), a)
         return
     regime = REGIMES[a.regime]
@@ -124,7 +128,8 @@ def main() -> None:
     if TUNING_SEED in seeds and split == "heldout":  # --tune/--budget score seed 0 on the valid split by design
         print(f"note: seed {TUNING_SEED} is the tuning seed; its rows are not an independent evaluation")
     stem = "_".join(["results"] + [k for k in ("tune", "budget") if getattr(a, k)])
-    run(out, regime, s, rows, seeds, split=split, jobs=a.jobs, threads=a.threads, device=a.device, stem=stem)
+    run(out, regime, s, rows, seeds, split=split, jobs=a.jobs, threads=a.threads, device=a.device, stem=stem,
+        against=tuple(a.against))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def logits(
     out: Path = typer.Option(..., "-o", "--out", help="store directory (resumed if it exists)"),
     config: Path = typer.Option(None, "--config", help="Axolotl YAML: tokenise exactly as training"),
     tokenizer: str = typer.Option(None, "--tokenizer", help="tokenizer (= the student's); default: teacher"),
-    top_k: int = typer.Option(64, "--top-k"),
+    top_k: int = typer.Option(None, "--top-k", help="candidates per position (default 64; the cap with --epsilon)"),
     backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
     shard: str = typer.Option("0/1", "--shard", help="i/n: capture the rows with distill_plugin.shards.shard_of(row_key, n) == i"),
     temperature: float = typer.Option(1.0, "--temperature", help="capture temperature T: log_softmax(z/T)"),
@@ -25,8 +25,13 @@ def logits(
     bits: int = typer.Option(8, "--bits", help="log-prob quantisation bits (KL <= step^2/8)"),
     epsilon: float = typer.Option(None, "--epsilon", help="adaptive top-k: keep each position's fewest top "
                                   "candidates holding >= 1 - epsilon of the mass (--top-k the cap; store format 2)"),
+    samples: int = typer.Option(None, "--samples", help="sampled (unbiased) store: draw this many ids per position "
+                                "from the proposal, keep them with their counts (store format 3; instead of --top-k)"),
+    proposal_temperature: float = typer.Option(1.0, "--proposal-temperature", help="--samples: draw from "
+                                               "q ∝ p^(1/τ), p the teacher at --temperature (1: q = p, no weights)"),
+    seed: int = typer.Option(0, "--seed", help="--samples: seed of the draws (recorded; a resume draws the same)"),
 ):
-    """Capture top-k teacher log-probs for offline distillation (resumable, shardable).
+    """Capture top-k teacher log-probs (or, with --samples, sampled ids) for offline distillation (resumable, shardable).
 
     A corrupt part of an existing store, a filesystem too small for the estimated store and a full
     disk stop with one line and exit code 2 (the parts already complete are kept)."""
@@ -39,14 +44,17 @@ def logits(
         raise typer.BadParameter("give either a JSONL file or --config")
     if epsilon is not None and not 0.0 <= epsilon < 1.0:
         raise typer.BadParameter(f"--epsilon must be in [0, 1), got {epsilon}")
+    if samples is not None and top_k is not None:
+        raise typer.BadParameter("--samples and --top-k are two kinds of store: give one")
     try:
         i, n = parse_shard(shard)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     stats = _run(lambda: capture_teacher(
-        teacher, out, config=config, data=data, tokenizer=tokenizer, k=top_k, temperature=temperature,
+        teacher, out, config=config, data=data, tokenizer=tokenizer, k=top_k or 64, temperature=temperature,
         backend=backend, sequence_len=sequence_len, device=device, dtype=dtype, batch_size=batch_size, shard=i,
-        num_shards=n, max_rows=max_rows, bits=bits, command=recapture_command(f"{i}/{n}"), epsilon=epsilon))
+        num_shards=n, max_rows=max_rows, bits=bits, command=recapture_command(f"{i}/{n}"), epsilon=epsilon,
+        samples=samples, proposal_temperature=proposal_temperature, seed=seed))
     typer.echo(f"captured {stats.rows} rows ({stats.skipped} already stored), {stats.tokens} tokens, "
                f"{stats.positions} positions in {stats.seconds:.1f}s: {stats.tokens_per_s:,.0f} tokens/s")
 

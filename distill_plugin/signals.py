@@ -80,12 +80,14 @@ class TopKLogprobs:
     """Stored teacher top-k ids and log-probs [N, k] captured at ``capture_temperature``.
 
     A row whose log-probs are all -inf has no teacher entry (e.g. the last token of a packed
-    document); losses give it CE only.
+    document); losses give it CE only. ``sampled``: the rows come from a sampled store and hold the
+    unbiased estimate ``log p̂`` (``offline.sampled``), trained by ``losses.sampled``.
     """
 
     ids: torch.Tensor
     logprobs: torch.Tensor
     capture_temperature: float = 1.0
+    sampled: bool = False
 
 
 @dataclass

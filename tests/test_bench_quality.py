@@ -117,6 +117,29 @@ def test_gap_closed_against_the_rows_declared_baseline():
     assert summarise(teacher, rows, names, CERTAIN_METRICS)["uld_hybrid"]["gap_closed"]["mean"] != summary["uld_hybrid"]["gap_closed"]["mean"]
 
 
+def test_rows_paired_against_other_rows_seed_by_seed():
+    """``--against``: each row's per-seed difference with another row (the store rows against online KD
+    and top-64), on the same metric as its baseline difference; the markdown has a column per row."""
+    from benchmarks.quality.table import markdown
+
+    teacher = {"exact_match": 0.9}
+    rows = [{"seed": seed, "row": row, "exact_match": value, "kl_to_teacher": 0.1, "heldout_ce": 0.2, "train_seconds": 3.0}
+            for seed, row, value in ((1, "sft", 0.5), (1, "fkl", 0.7), (1, "sampled", 0.65),
+                                     (2, "sft", 0.6), (2, "fkl", 0.8), (2, "sampled", 0.8))]
+    names = ["sft", "fkl", "sampled"]
+    summary = summarise(teacher, rows, names, CERTAIN_METRICS, against=("fkl",))
+    assert summary["sampled"]["versus"]["fkl"]["mean"] == pytest.approx((-0.05 + 0.0) / 2)
+    assert summary["sampled"]["versus"]["fkl"]["se"] == pytest.approx(0.025)
+    assert summary["fkl"]["versus"]["fkl"] is None and summary["sft"]["versus"]["fkl"]["mean"] == pytest.approx(-0.2)
+    results = {"settings": vars(QUICK) | {"warm_steps": 0}, "seeds": [1, 2], "teacher": teacher | {"params": 10},
+               "metrics": [vars(m) for m in CERTAIN_METRICS], "title": "t", "split": "heldout", "split_size": 2,
+               "expectation": "e", "summary": summary, "prepare_seconds": {}, "against": ["fkl"], "jobs": 1,
+               "threads": 1, "wall_seconds": 1.0, "teacher_seconds": 1.0, "student_params": {"a": 5},
+               "rows": {n: {"label": n, "method": n} for n in names}}
+    text = markdown(results)
+    assert "| method | Δ vs fkl |" in text and "| sampled | -2.5 ± 2.5 |" in text
+
+
 def test_rows_bring_their_baselines():
     assert list(method_rows(["uld_hybrid"], QUICK)) == ["sft_b", "uld_hybrid"]
     assert list(method_rows(["fkl", "uld", "uld_hybrid"], QUICK)) == ["sft", "sft_b", "fkl", "uld", "uld_hybrid"]

@@ -183,15 +183,16 @@ def topk_store(sh: Shared, s) -> None:
     capture_topk(sh, s, sh.work("topk"), sh.data("train"))
 
 
-def capture_topk(sh: Shared, s, work: Path, data: Path) -> None:
-    """``distill-data logits`` of the rows of ``data`` into ``work/store`` (:func:`topk_store`)."""
+def capture_topk(sh: Shared, s, work: Path, data: Path, *kind: str) -> None:
+    """``distill-data logits`` of the rows of ``data`` into ``work/store`` (:func:`topk_store`); ``kind``:
+    the store's options (default ``--top-k top_k``)."""
     from distill_plugin.demo.recipe import student_recipe
 
     recipe = student_recipe(work / "capture.yml", s, base_model=sh.teacher, data=data,
                             output_dir=work / "unused", prepared=work / "prepared",
                             distill={"teacher_logits": str(work / "store")})
     distill_data("logits", "--config", str(recipe), "--teacher", str(sh.teacher), "-o", "store",
-                 "--top-k", str(s.top_k), "--batch-size", "64", "--device", sh.device, cwd=work, threads=sh.threads)
+                 *(kind or ("--top-k", str(s.top_k))), "--batch-size", "64", "--device", sh.device, cwd=work, threads=sh.threads)
 
 
 def topk_block(sh: Shared, s, name: str = "topk") -> dict:
@@ -283,6 +284,17 @@ METHODS: dict[str, Method] = {
     "fkl": Method("logit KD, forward KL", distill=lambda sh, s: logit_kd(sh, s, "forward_kl")),
     "rkl": Method("logit KD, reverse KL", distill=lambda sh, s: logit_kd(sh, s, "reverse_kl")),
     "topk": Method("offline top-k KD (forward KL)", prepare=topk_store, prepare_keys=("top_k",), distill=topk_block),
+    # Offline stores compared (issue 30), each its own capture of the training rows; not default rows:
+    "topk64": Method("offline top-64 KD (forward KL)", distill=lambda sh, s: topk_block(sh, s, "topk64"),
+                     prepare=lambda sh, s: capture_topk(sh, s, sh.work("topk64"), sh.data("train"), "--top-k", "64")),
+    "adaptive": Method("offline adaptive top-k KD (forward KL, cap 64)", prepare_keys=("store_epsilon",),
+                       prepare=lambda sh, s: capture_topk(sh, s, sh.work("adaptive"), sh.data("train"), "--top-k", "64",
+                                                          "--epsilon", str(s.store_epsilon)),
+                       distill=lambda sh, s: topk_block(sh, s, "adaptive")),
+    "sampled": Method("offline sampled store KD (forward KL, unbiased)", prepare_keys=("store_samples",),
+                      prepare=lambda sh, s: capture_topk(sh, s, sh.work("sampled"), sh.data("train"), "--samples",
+                                                         str(s.store_samples), "--seed", "0"),
+                      distill=lambda sh, s: topk_block(sh, s, "sampled")),
     "jsd": Method("logit KD, JSD (β=0.5)", distill=lambda sh, s: {**logit_kd(sh, s, "jsd"), "beta": 0.5}),
     "gkd": Method("on-policy GKD (JSD β=0.5, λ=0.5)", distill=gkd),
     "gkd_full": Method("on-policy GKD (JSD β=0.5, λ=1)", distill=lambda sh, s: gkd(sh, s, 1.0)),

@@ -195,12 +195,13 @@ def shared_preparation(out: Path) -> None:
 
 def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Settings]], seeds: list[int],
         split: str = "heldout", jobs: int = 2, threads: int = 1, device: str = "cpu", stem: str = "results",
-        console=None, donors: tuple[Path, ...] = ()) -> dict:
+        console=None, donors: tuple[Path, ...] = (), against: tuple[str, ...] = ()) -> dict:
     """The benchmark (module docstring) of one regime; ``rows`` maps a row name to (method, its settings);
     ``donors``: other regimes' ``OUT/shared`` whose teacher may be copied (:func:`build_shared`). The
     students of every seed form one queue (seed by seed, ``jobs`` at a time, so no slot idles at a
     seed's end); each is scored as it ends, beside the runs still going (one thread), and the results
-    so far are written to ``OUT/<stem>.json`` and ``.md`` whenever a seed is complete."""
+    so far are written to ``OUT/<stem>.json`` and ``.md`` whenever a seed is complete. ``against``:
+    rows every row is also paired with, seed by seed (``--against``)."""
     import torch
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -211,6 +212,8 @@ def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Setti
     torch.set_num_threads(max(1, jobs * threads))
     t0 = time.perf_counter()
     baselines = baseline_rows(rows)  # before any work: a row without its baseline is refused
+    if set(against) - set(rows):
+        raise SystemExit(f"--against {', '.join(sorted(set(against) - set(rows)))}: not a row of this run; add --method")
     out = claim_output(out, ".bench_quality", "benchmarks/bench_quality.py")
     sh = Shared(out / "shared", device, threads)
     console.rule("[bold]1. shared: data, teacher, method preparation")
@@ -230,7 +233,7 @@ def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Setti
         "rows": {name: {"method": m, "label": row_label(name, m), "tokenizer": METHODS[m].tokenizer,
                         "baseline": baselines[name], "settings": asdict(rs)} for name, (m, rs) in rows.items()},
         "teacher": teacher, "teacher_seconds": built["teacher_seconds"], "teacher_from": built.get("teacher_from"),
-        "prepare_seconds": prep, "runs": [],
+        "prepare_seconds": prep, "runs": [], "against": list(against),
     }
     torch.set_num_threads(max(1, threads))  # from here on, scoring runs beside `jobs` students
     shared_preparation(out)
@@ -267,7 +270,7 @@ def run(out: Path, regime: Regime, s: Settings, rows: dict[str, tuple[str, Setti
     def write_seed(seed: int) -> None:
         results["seeds"] = [x for x in seeds if x in results["seeds"] or x == seed]
         results["runs"].sort(key=lambda r: (seeds.index(r["seed"]), list(rows).index(r["row"])))
-        results["summary"] = summarise(teacher, results["runs"], list(rows), regime.metrics, baselines)
+        results["summary"] = summarise(teacher, results["runs"], list(rows), regime.metrics, baselines, tuple(against))
         results["student_params"] = {r["tokenizer"]: r["params"] for r in results["runs"]}
         results["wall_seconds"] = round(time.perf_counter() - t0, 1)
         (out / f"{stem}.json").write_text(json.dumps(results, indent=2))

@@ -33,6 +33,8 @@ class Settings(Budget):
     ema_decay: float = 0.99  # EMA self-distillation: an average over about the last 100 of the warm regime's 150 steps
     middle_hidden: int = 72  # progressive KD's middle model, between the teacher (96 × 3) and the students (48 × 2)
     middle_layers: int = 3
+    store_epsilon: float = 0.01  # the "adaptive" row: distill-data logits --top-k 64 --epsilon
+    store_samples: int = 12  # the "sampled" row: distill-data logits --samples (the paper's ~12)
     seqkd_samples: int = 2
     seqkd_temperature: float = 1.0
     seqkd_keep_incorrect: bool = False  # True only in QUICK: its 30-step teacher is rarely right

@@ -8,12 +8,14 @@ from pathlib import Path
 from distill_plugin.demo.seeds import spread
 
 
-def summarise(teacher: dict, rows: list[dict], row_names: list[str], metrics, baselines: dict[str, str] | None = None) -> dict:
+def summarise(teacher: dict, rows: list[dict], row_names: list[str], metrics, baselines: dict[str, str] | None = None,
+              against: tuple[str, ...] = ()) -> dict:
     """Per row over the seeds: spread (mean, sd, se, min, max) of each metric (None where a metric is
     undefined, e.g. KL across tokenizers), and on the row's first defined metric (``on``) the paired
     per-seed difference against the same seed's student of the row's baseline row (``baselines[row]``,
     default ``"sft"``) and the gap closed (``evaluation.gap_closed``; seeds where the teacher is no
-    better than that baseline student are left out)."""
+    better than that baseline student are left out); ``versus[r]``, the same paired difference
+    against row ``r`` of ``against`` (``--against``)."""
     from distill_plugin.evaluation import gap_closed
 
     metrics = [m if isinstance(m, dict) else vars(m) for m in metrics]
@@ -27,16 +29,28 @@ def summarise(teacher: dict, rows: list[dict], row_names: list[str], metrics, ba
         on = next((m for m in metrics if stats[m["key"]] is not None), metrics[0])
         base = (baselines or {}).get(name, "sft")
         value = {(r["row"], r["seed"]): r.get(on["key"]) for r in rows}
-        pairs = [(r[on["key"]], value.get((base, r["seed"]))) for r in mine]
-        pairs = [(v, b) for v, b in pairs if v is not None and b is not None]
+        pairs = paired(mine, value, base, on["key"])
         gaps = [gap_closed(v, b, teacher[on["key"]], higher_is_better=on["higher_is_better"]) for v, b in pairs]
         gaps = [g for g in gaps if g is not None]
         stats.update(same_as=sorted({r["same_as"] for r in mine if r.get("same_as")}), baseline=base, on=on["key"],
                      paired=spread([v - b for v, b in pairs]) if pairs and name != base else None,
+                     versus={r: differences(paired(mine, value, r, on["key"])) if r != name else None
+                             for r in against},
                      gap_closed=spread(gaps) if gaps else None,
                      per_seed={r["seed"]: r[on["key"]] for r in mine})
         summary[name] = stats
     return summary
+
+
+def paired(mine: list[dict], value: dict, other: str, key: str) -> list[tuple[float, float]]:
+    """``(this row's value, row other's value)`` of every seed both have (``value[(row, seed)]``)."""
+    pairs = [(r[key], value.get((other, r["seed"]))) for r in mine]
+    return [(v, b) for v, b in pairs if v is not None and b is not None]
+
+
+def differences(pairs: list[tuple[float, float]]) -> dict | None:
+    """Spread of the paired differences (None without a pair)."""
+    return spread([v - b for v, b in pairs]) if pairs else None
 
 
 def pm(stats: dict | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -72,6 +86,16 @@ def markdown(results: dict) -> str:
                      + " | ".join(pm(stats[m["key"]], m["scale"], m["digits"]) for m in metrics)
                      + f" | {delta(stats, on)} | {pm(stats['gap_closed'], 1, 2)} | {train_cell(results, stats)} | "
                      f"{'–' if prep is None else f'{prep:.0f}'} |")
+    against = results.get("against") or []
+    if against:
+        lines += ["", "Paired per-seed Δ on each row's first defined metric against "
+                  + ", ".join(results["rows"][r]["label"] for r in against) + " (mean ± standard error):", "",
+                  "| method | " + " | ".join(f"Δ vs {results['rows'][r]['label']}" for r in against) + " |",
+                  "|---|" + "---|" * len(against)]
+        for name, stats in results["summary"].items():
+            versus = stats.get("versus", {})
+            lines.append(f"| {results['rows'][name]['label']} | "
+                         + " | ".join(delta({"paired": versus.get(r)}, fmt[stats["on"]]) for r in against) + " |")
     lines += ["", "Per seed, each row's first defined metric:", ""]
     for name, stats in results["summary"].items():
         m = fmt[stats["on"]]

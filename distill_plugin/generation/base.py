@@ -12,7 +12,8 @@ distillation (sample from the student, score with the teacher):
 * ``Backend.prompt_topk(sequences, masks, k, temperature)`` scores given token ids: for each
   position t with ``mask[t]`` the top-k of ``log_softmax(logits_t / T)`` — the distribution at t
   predicts token t+1 (the shift convention of the losses). Engines that cannot do it raise
-  ``NotImplementedError``.
+  ``NotImplementedError``; ``Backend.prompt_sample`` draws ids from the same positions' full
+  distributions instead (the sampled offline store).
 
 ``Completion.logprobs`` (when ``sampling.logprobs``) holds, for each generated token, its natural-log
 probability under the model's unprocessed distribution (T = 1, before top-p), as vLLM reports by
@@ -125,6 +126,16 @@ class Backend:
                     temperature: float = 1.0, vocab_size: int | None = None) -> list[TopK]:
         """``vocab_size``: ids at or above it (a checkpoint's lm_head padding rows) are never returned."""
         raise NotImplementedError(f"the {self.name} backend cannot score prompt positions (top-k capture)")
+
+    def prompt_sample(self, sequences: Sequence[list[int]], masks: Sequence[np.ndarray], uniforms: Sequence[np.ndarray],
+                      temperature: float = 1.0, proposal_temperature: float = 1.0,
+                      vocab_size: int | None = None) -> list[TopK]:
+        """Draws from each masked position's full distribution (the sampled offline store): with
+        ``p = softmax(logits_t / temperature)`` and the proposal ``q ∝ p^(1/proposal_temperature)``,
+        ``uniforms[b]`` ``[positions, S]`` map through q's inverse CDF to ``S`` ids per position.
+        Returns, per sequence, the ``[positions, S]`` ids and their ``log p − log q``."""
+        raise NotImplementedError(f"the {self.name} backend cannot draw from prompt positions' full distributions "
+                                  "(sampled capture needs the hf backend)")
 
     def describe(self) -> dict:
         """What to record next to the outputs (never a secret)."""

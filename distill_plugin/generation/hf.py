@@ -46,6 +46,32 @@ def topk_of_head(hidden, head, k: int, temperature: float, chunk: int, vocab_siz
     return torch.cat(ids), torch.cat(vals)
 
 
+CDF_ROWS = 128  # rows per float64 cumulative sum in samples_of_head (128 × V = 151,936: 156 MB)
+
+
+def samples_of_head(hidden, head, uniforms, temperature: float, proposal_temperature: float, chunk: int,
+                    vocab_size: int | None = None):
+    """Inverse-CDF draws from ``q ∝ p^(1/proposal_temperature)``, ``p = softmax(lm_head(hidden) / T)``:
+    row n's draw j is the first id whose cumulative q (float64) exceeds ``uniforms[n, j]`` times the
+    total. Returns ``ids`` int64 and ``log p − log q`` float32, both ``[n, S]`` (on the CPU)."""
+    import torch
+
+    uniforms = torch.as_tensor(np.asarray(uniforms), dtype=torch.float64)
+    ids, log_w = [], []
+    for start, logp in head_logprobs(hidden, head, temperature, chunk, vocab_size):
+        logq = logp if proposal_temperature == 1.0 else torch.log_softmax(logp / proposal_temperature, dim=-1)
+        for row in range(0, len(logp), CDF_ROWS):  # float64 cumulative sums of CDF_ROWS rows at a time
+            lp, lq = logp[row:row + CDF_ROWS], logq[row:row + CDF_ROWS]
+            cdf = torch.cumsum(lq.double().exp(), dim=-1)
+            u = uniforms[start + row:start + row + len(lp)].to(cdf.device) * cdf[:, -1:]
+            drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)
+            ids.append(drawn.cpu())
+            log_w.append((lp.gather(1, drawn) - lq.gather(1, drawn)).cpu())
+    if not ids:
+        return torch.zeros(0, uniforms.shape[-1], dtype=torch.long), torch.zeros(0, uniforms.shape[-1])
+    return torch.cat(ids), torch.cat(log_w)
+
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -191,6 +217,19 @@ class HFBackend(Backend):
                     temperature: float = 1.0, vocab_size: int | None = None) -> list[TopK]:
         """Batched forward to the final hidden states; only masked positions go through the LM head
         (``modeling.output_head``: the weight, bias and soft-cap the training loss uses)."""
+        return self._score(sequences, masks, lambda rows, head: topk_of_head(
+            rows, head, k, temperature, self.chunk_positions, vocab_size))
+
+    def prompt_sample(self, sequences: Sequence[list[int]], masks: Sequence[np.ndarray], uniforms: Sequence[np.ndarray],
+                      temperature: float = 1.0, proposal_temperature: float = 1.0,
+                      vocab_size: int | None = None) -> list[TopK]:
+        """``Backend.prompt_sample`` by ``samples_of_head`` on the masked positions' hidden states."""
+        stacked = np.concatenate([np.asarray(u, dtype=np.float64) for u in uniforms])
+        return self._score(sequences, masks, lambda rows, head: samples_of_head(
+            rows, head, stacked, temperature, proposal_temperature, self.chunk_positions, vocab_size))
+
+    def _score(self, sequences, masks, of_rows) -> list[TopK]:
+        """``of_rows(hidden rows of every masked position, head)`` (right-padded batch), split per sequence."""
         import torch
 
         from distill_plugin.modeling import final_hidden_states, output_head
@@ -208,7 +247,7 @@ class HFBackend(Backend):
         with torch.inference_mode():
             hidden = final_hidden_states(self.model, {"input_ids": input_ids.to(device),
                                                       "attention_mask": attention.to(device)})
-            ids, vals = topk_of_head(hidden[select.to(device)], head, k, temperature, self.chunk_positions, vocab_size)
+            ids, vals = of_rows(hidden[select.to(device)], head)
         out, start = [], 0
         for mask in masks:
             n = int(np.count_nonzero(mask))

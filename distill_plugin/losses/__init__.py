@@ -4,6 +4,7 @@ and the loss terms the trainer runs (named, weighted components consuming teache
 from .chunked import auto_chunk_size, fused_linear_loss, select_rows, supervised_mask
 from .divergences import DIVERGENCES, divergence, get_divergence
 from .kd import KDSettings, LossOutput, online_kd_loss
+from .sampled import check_sampled, sampled_kd_loss
 from .terms import Component, LogitTerms, LossTerm, TermOutput, run_terms
 from .topk import TAIL_MODES, topk_kd_loss
 
@@ -17,11 +18,13 @@ __all__ = [
     "LossTerm",
     "TermOutput",
     "auto_chunk_size",
+    "check_sampled",
     "divergence",
     "fused_linear_loss",
     "get_divergence",
     "online_kd_loss",
     "run_terms",
+    "sampled_kd_loss",
     "select_rows",
     "supervised_mask",
     "topk_kd_loss",

@@ -23,6 +23,7 @@ import torch
 
 from ..signals import DenseLogits, StudentRows, TopKLogprobs
 from .kd import KDSettings, online_kd_loss
+from .sampled import sampled_kd_loss
 from .topk import TAIL_MODES, topk_kd_loss
 
 
@@ -47,7 +48,8 @@ class LossTerm(Protocol):
 @dataclass(frozen=True)
 class LogitTerms:
     """``kd`` (weight kd_weight·T², or kd_weight without ``temperature_squared``) and ``ce``
-    (weight ce_weight) from one fused chunk pass; see ``losses.kd`` and ``losses.topk``."""
+    (weight ce_weight) from one fused chunk pass; see ``losses.kd``, ``losses.topk`` and
+    ``losses.sampled`` (a sampled store's signal)."""
 
     settings: KDSettings = KDSettings()
     tail: str = "bucket"  # top-k signals only: see ``losses.topk``
@@ -71,6 +73,11 @@ class LogitTerms:
                 student.rows, head.weight, signal.rows.to(teacher.weight.dtype), teacher.weight, student.targets,
                 self.settings, vocab_size=vocab, student_bias=head.bias, teacher_bias=teacher.bias,
                 student_softcap=head.softcap, teacher_softcap=teacher.softcap, **common,
+            )
+        elif isinstance(signal, TopKLogprobs) and signal.sampled:
+            out = sampled_kd_loss(
+                student.rows, head.weight, signal.ids, signal.logprobs, student.targets, self.settings,
+                signal.capture_temperature, student_bias=head.bias, student_softcap=head.softcap, **common,
             )
         elif isinstance(signal, TopKLogprobs):
             out = topk_kd_loss(

@@ -2,7 +2,9 @@
 
 Signal: ``TopKLogprobs`` (the stored top-k ids and log-probs at the capture temperature, put in each
 batch by the offline collator; entry [b, t] predicts token t+1). Term: the fused ``kd`` + ``ce``
-over the top-k and the tail (``topk_tail``).
+over the top-k and the tail (``topk_tail``); a sampled store (``distill-data logits --samples``)
+gives the unbiased estimate ``log p̂`` instead, trained by ``losses.sampled`` (forward KL at the
+capture temperature only; ``check_sampled_config`` refuses the rest at start-up).
 """
 
 from __future__ import annotations
@@ -67,6 +69,24 @@ def check_store_integrity(store: Path) -> None:
         logging.getLogger("axolotl.distill_plugin").warning("distill_plugin: %s", warning)
 
 
+def check_sampled_config(config, meta) -> None:
+    """A sampled store trains forward KL at its capture temperature on every drawn id: ``SetupError``
+    (one line) for ``topk`` (a cut of the draws is biased), ``topk_tail: renormalize`` (the estimate
+    has no tail) and the divergences and temperatures ``losses.sampled.check_sampled`` refuses."""
+    from ..losses.sampled import check_sampled
+
+    why = f"with a sampled store ({meta.samples} draws per position): "
+    if config.topk is not None:
+        raise SetupError(f"distill.topk: {why}a cut of the drawn ids is a biased estimate; remove it")
+    if config.topk_tail != "bucket":
+        raise SetupError(f"distill.topk_tail: {why}the estimate covers the whole vocabulary, there is no tail; remove it")
+    if config.kd_weight:
+        try:
+            check_sampled(config.kd_settings(), meta.capture_temperature)
+        except ValueError as err:
+            raise SetupError(f"distill: {err}") from None
+
+
 class StoredTopK(Method):
     name = "stored"
     key = "teacher_logits"
@@ -94,6 +114,8 @@ class StoredTopK(Method):
                 f"distill.teacher_logits: the store holds token ids up to {largest}, but the student "
                 f"{cfg.get('base_model')!r} has {rows} vocabulary rows; capture with a teacher of the student's vocabulary"
             )
+        if meta.sampled:
+            check_sampled_config(config, meta)
         check_store_integrity(store)
 
     def collator(self, cfg, config, is_eval: bool):
@@ -108,10 +130,16 @@ class StoredTopK(Method):
         meta = read_meta(config.teacher_logits)
         # checked before the student loaded (check_resources); now with the tokenizer the trainer built
         check_compatible(meta, setup.tokenizer, k=config.topk)
-        setup.info("teacher = offline top-%d logits %s (teacher %s, captured at T=%g), vocab %d shared tokens",
-                   config.topk or meta.k, config.teacher_logits, meta.teacher, meta.capture_temperature,
-                   len(setup.tokenizer))
-        return StoredTopKSource(meta.capture_temperature)
+        if meta.sampled:
+            check_sampled_config(config, meta)
+            setup.info("teacher = offline sampled store %s (%d draws per position, proposal temperature %g, seed %d; "
+                       "teacher %s, captured at T=%g), vocab %d shared tokens", config.teacher_logits, meta.samples,
+                       meta.proposal_temperature, meta.seed, meta.teacher, meta.capture_temperature, len(setup.tokenizer))
+        else:
+            setup.info("teacher = offline top-%d logits %s (teacher %s, captured at T=%g), vocab %d shared tokens",
+                       config.topk or meta.k, config.teacher_logits, meta.teacher, meta.capture_temperature,
+                       len(setup.tokenizer))
+        return StoredTopKSource(meta.capture_temperature, meta.sampled)
 
     def terms(self, config, setup: Setup) -> list:
         return [config.logit_terms()]

@@ -2,7 +2,9 @@
 
 Shift convention (shared with the online loss and the collator): the teacher's distribution at
 position t predicts token t+1, so position t is captured iff ``labels[t+1] != -100``. Stored values
-are ``topk(log_softmax(logits_t / T_capture))`` in fp32 (natural log), before any renormalisation.
+are ``topk(log_softmax(logits_t / T_capture))`` in fp32 (natural log), before any renormalisation;
+a sampled store (``samples``) keeps instead ``samples`` draws from ``q ∝ p^(1/proposal_temperature)``
+(``p = softmax(logits_t / T_capture)``), seeded per row (``offline.sampled``).
 
 Examples come from ``examples_from_axolotl_config`` (Axolotl's own dataset preparation, so ids and
 labels are byte-identical to training) or ``examples_from_jsonl`` (chat template of a tokenizer,
@@ -24,8 +26,9 @@ import numpy as np
 from distill_plugin.generation import Backend, make_backend
 from distill_plugin.jsonl import SkipLog, read_jsonl
 from distill_plugin.offline.checksums import verify_store
-from distill_plugin.offline.codec import adaptive_truncate, encode, fit_tables
 from distill_plugin.offline.diskspace import check_room, estimate_bytes
+from distill_plugin.offline.layout import encode_part, stored_form
+from distill_plugin.offline.sampled import uniforms
 from distill_plugin.offline.store import (
     StoreMeta, StoreWriter, chat_template_hash, positions_mask, row_key, stored_keys, tokenizer_hash,
 )
@@ -110,7 +113,9 @@ def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, 
             progress: bool = True, command: str | None = None) -> CaptureStats:
     """Capture the rows of this shard not yet stored under ``out_dir`` (resumable by row key).
 
-    ``backend.prompt_topk`` scores each batch at the store's ``k`` and capture temperature. Batches
+    ``backend.prompt_topk`` scores each batch at the store's ``k`` and capture temperature (a sampled
+    store: ``backend.prompt_sample`` draws ``meta.samples`` ids per position, row by row from
+    ``sampled.uniforms(meta.seed, row_key)``, so the draws do not depend on the batch). Batches
     are formed from examples sorted by length (less padding). ``max_rows`` bounds the number of new
     rows captured in this call. ``command``: the command line re-capturing this shard, recorded in
     ``meta.json`` for the corrupt-part message.
@@ -142,8 +147,7 @@ def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, 
     with tqdm(total=len(todo), unit="row", desc="capture", disable=not progress) as bar:  # closed before an error prints
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
-            scored = backend.prompt_topk([e.input_ids for e in batch], [e.mask for e in batch], meta.k,
-                                         meta.capture_temperature, vocab_size=meta.vocab_size)
+            scored = score(backend, meta, batch)
             if i == 0:
                 writer.estimated_bytes = check_capture_room(out_dir, meta, todo, scored, rows_per_part)
             for e, (ids, vals) in zip(batch, scored):
@@ -159,6 +163,16 @@ def capture(examples: Iterable[Example], backend: Backend, out_dir: str | Path, 
     return stats
 
 
+def score(backend: Backend, meta: StoreMeta, batch: list[Example]) -> list:
+    """The batch's captured arrays per example: top-k ids and log-probs, or (sampled) draws and log weights."""
+    sequences, masks = [e.input_ids for e in batch], [e.mask for e in batch]
+    if meta.sampled:
+        draws = [uniforms(meta.seed, row_key(e.input_ids), int(e.mask.sum()), meta.samples) for e in batch]
+        return backend.prompt_sample(sequences, masks, draws, meta.capture_temperature, meta.proposal_temperature,
+                                     vocab_size=meta.vocab_size)
+    return backend.prompt_topk(sequences, masks, meta.k, meta.capture_temperature, vocab_size=meta.vocab_size)
+
+
 ROW_BYTES = 48  # per stored row besides its top-k blob: row key, id, counts (compressed Parquet columns)
 PART_BYTES = 8192  # per part file: footer, page headers, the metadata and codec tables
 
@@ -168,13 +182,9 @@ def check_capture_room(out_dir: str | Path, meta: StoreMeta, todo: list[Example]
     """Size the rows ``todo`` at the bytes per position of the first scored batch (encoded as a part
     would be); raise ``DiskFullError`` when the filesystem cannot hold them. Returns the store's
     estimated total size (the parts already written plus the estimate)."""
-    cfg = meta.codec_config
-    pairs = [(np.asarray(ids)[:, :meta.k], np.asarray(vals)[:, :meta.k]) for ids, vals in scored if len(ids)]
-    if meta.epsilon is not None:
-        pairs = [adaptive_truncate(ids, vals, meta.epsilon) for ids, vals in pairs]
-    tables = fit_tables(pairs, cfg, meta.ragged)
-    measured = sum(len(encode(ids, vals, tables, cfg, meta.ragged)) for ids, vals in pairs)
-    per_position = measured / max(1, sum(len(ids) for ids, _ in pairs))
+    rows = [stored_form(meta, ids, vals) for ids, vals in scored if len(ids)]
+    measured = sum(len(blob) for blob in encode_part(meta, rows)[1])
+    per_position = measured / max(1, sum(len(row[0]) for row in rows))
     positions = sum(int(e.mask.sum()) for e in todo)
     fixed = sum(ROW_BYTES + len(e.input_ids) // 8 for e in todo) + PART_BYTES * -(-len(todo) // rows_per_part)
     needed = estimate_bytes(positions, per_position, fixed)
@@ -184,12 +194,16 @@ def check_capture_room(out_dir: str | Path, meta: StoreMeta, todo: list[Example]
 
 
 def make_meta(teacher: str, tokenizer, k: int, temperature: float, sequence_len: int | None,
-              vocab_size: int, bits: int = 8, r_max: float = 20.0, epsilon: float | None = None) -> StoreMeta:
-    """The store metadata of a capture; ``epsilon`` makes it adaptive top-k (format version 2)."""
+              vocab_size: int, bits: int = 8, r_max: float = 20.0, epsilon: float | None = None,
+              samples: int | None = None, proposal_temperature: float = 1.0, seed: int = 0) -> StoreMeta:
+    """The store metadata of a capture; ``epsilon`` makes it adaptive top-k (format version 2),
+    ``samples`` a sampled store (format version 3, ``k = samples``; ``proposal_temperature`` and
+    ``seed`` recorded)."""
+    sampled = dict(samples=samples, proposal_temperature=proposal_temperature, seed=seed) if samples else {}
     return StoreMeta(teacher=str(teacher), tokenizer_hash=tokenizer_hash(tokenizer),
                      chat_template_hash=chat_template_hash(getattr(tokenizer, "chat_template", None)),
-                     k=k, capture_temperature=float(temperature), sequence_len=sequence_len,
-                     vocab_size=int(vocab_size), codec={"bits": bits, "r_max": r_max}, epsilon=epsilon)
+                     k=samples or k, capture_temperature=float(temperature), sequence_len=sequence_len,
+                     vocab_size=int(vocab_size), codec={"bits": bits, "r_max": r_max}, epsilon=epsilon, **sampled)
 
 
 def teacher_facts(teacher: str | Path, tokenizer, k: int) -> dict:
@@ -219,11 +233,17 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
                     backend: str = "hf", sequence_len: int | None = None, device: str | None = None,
                     dtype: str = "auto", batch_size: int = 8, shard: int = 0, num_shards: int = 1,
                     max_rows: int | None = None, bits: int = 8, progress: bool = True,
-                    command: str | None = None, epsilon: float | None = None) -> CaptureStats:
+                    command: str | None = None, epsilon: float | None = None, samples: int | None = None,
+                    proposal_temperature: float = 1.0, seed: int = 0) -> CaptureStats:
     """One-call capture for Python users and tests: examples from ``config`` (Axolotl YAML) or
     ``data`` (JSONL + ``tokenizer``, a path or an object), then the chosen backend. ``epsilon``:
-    adaptive top-k, each position's fewest top candidates holding ``>= 1 - epsilon`` (``k`` the cap)."""
+    adaptive top-k, each position's fewest top candidates holding ``>= 1 - epsilon`` (``k`` the cap).
+    ``samples``: a sampled store, ``samples`` draws per position from ``q ∝ p^(1/proposal_temperature)``
+    seeded by ``seed`` (``k`` and ``epsilon`` unused; hf backend only)."""
     from transformers import AutoTokenizer
+
+    if samples is not None:
+        check_sampling(samples, proposal_temperature, epsilon, backend)
 
     if config is not None:
         examples, tokenizer, info = examples_from_axolotl_config(config)
@@ -234,8 +254,9 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
         tokenizer = tokenizer if not isinstance(tokenizer, (str, Path, type(None))) else \
             AutoTokenizer.from_pretrained(str(tokenizer or teacher))
         examples = examples_from_jsonl(data, tokenizer, sequence_len)
-    meta = make_meta(str(teacher), tokenizer, k, temperature, sequence_len, len(tokenizer), bits=bits, epsilon=epsilon)
-    meta.extra.update(teacher_facts(teacher, tokenizer, k))
+    meta = make_meta(str(teacher), tokenizer, k, temperature, sequence_len, len(tokenizer), bits=bits, epsilon=epsilon,
+                     samples=samples, proposal_temperature=proposal_temperature, seed=seed)
+    meta.extra.update(teacher_facts(teacher, tokenizer, meta.k if not meta.sampled else 1))
     if backend == "hf":
         runner = make_backend("hf", str(teacher), device=device, dtype=dtype)
     elif backend == "vllm":
@@ -244,3 +265,16 @@ def capture_teacher(teacher: str | Path, out_dir: str | Path, *, config: str | P
         raise ValueError(f"unknown capture backend {backend!r} (hf | vllm)")
     return capture(examples, runner, out_dir, meta, shard, num_shards, batch_size, max_rows, progress=progress,
                    command=command)
+
+
+def check_sampling(samples: int, proposal_temperature: float, epsilon: float | None, backend: str) -> None:
+    """Refuse, with one line each, what a sampled capture cannot do."""
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples}")
+    if not proposal_temperature > 0:
+        raise ValueError(f"--proposal-temperature must be > 0, got {proposal_temperature}")
+    if epsilon is not None:
+        raise ValueError("--samples and --epsilon are two kinds of store: give one")
+    if backend != "hf":
+        raise ValueError(f"--samples needs --backend hf: the {backend} backend returns top-k prompt log-probs, "
+                         "not the full distribution the draws come from")

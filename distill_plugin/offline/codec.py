@@ -322,11 +322,7 @@ def decode(blob: bytes, n: int, k: int, tables: CodecTables, cfg: CodecConfig,
     if ragged:
         counts = coder.decode(_model(tables.count_counts), n).astype(np.int64)
         gaps, codes = _decode_entries(coder, _ragged_groups(counts), tables)
-        starts = np.cumsum(counts) - counts
-        rows = np.repeat(np.arange(n), counts)
-        csum = np.cumsum(gaps)
-        flat_ids = csum - (csum[starts] - gaps[starts])[rows] - 1
-        slot = np.arange(len(gaps)) - starts[rows]
+        rows, slot, flat_ids = ragged_ids(counts, gaps)
         ids = np.zeros((n, k), dtype=np.int64)
         logprobs = np.full((n, k), -np.inf, dtype=np.float32)
         ids[rows, slot] = flat_ids
@@ -340,6 +336,15 @@ def decode(blob: bytes, n: int, k: int, tables: CodecTables, cfg: CodecConfig,
     logprobs[codes == cfg.levels - 1] = -np.inf
     order = _desc_order(ids, logprobs)
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(logprobs, order, axis=1)
+
+
+def ragged_ids(counts: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row, slot and id of every entry of a ragged layout from its per-position ``counts`` and id gaps."""
+    starts = np.cumsum(counts) - counts
+    rows = np.repeat(np.arange(len(counts)), counts)
+    csum = np.cumsum(gaps)
+    flat_ids = csum - (csum[starts] - gaps[starts])[rows] - 1 if len(gaps) else np.zeros(0, np.int64)
+    return rows, np.arange(len(gaps)) - starts[rows], flat_ids
 
 
 def _desc_order(ids: np.ndarray, logprobs: np.ndarray) -> np.ndarray:

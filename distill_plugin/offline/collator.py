@@ -5,7 +5,8 @@ Batch contract read by the sparse KD loss, added next to the wrapped collator's 
 * ``teacher_topk_ids``: LongTensor ``[B, T, k]``
 * ``teacher_topk_logprobs``: FloatTensor ``[B, T, k]``, fp32 natural-log probabilities at the
   capture temperature (``store.meta.capture_temperature``), not renormalised, candidates sorted by
-  decreasing log-prob.
+  decreasing log-prob (a sampled store: the estimate ``log p̂`` of ``offline.sampled``, k = its
+  sample count).
 
 ``T`` is the padded length of ``input_ids``. Entry ``[b, t]`` is the teacher's distribution at
 position t, which predicts token t+1; it is present exactly where ``labels[b, t+1] != -100``

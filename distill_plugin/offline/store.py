@@ -24,7 +24,13 @@ whose probability sum reaches ``1 - epsilon``, at most ``k`` and at least 1
 (``codec.adaptive_truncate``), stored in the codec's ragged layout (a per-position count, then only
 the kept entries). Readers decode both to ``[n_positions, k]``, the dropped slots id 0 and
 log-prob ``-inf``, which the top-k loss ignores on both sides; its tail bucket carries the
-dropped mass, ``1 - sum of the kept p``.
+dropped mass, ``1 - sum of the kept p``; 3, a sampled store (``samples`` set): each position keeps
+the distinct ids of ``samples`` draws from the proposal ``q ∝ p^(1/proposal_temperature)`` with
+their counts (and log importance weights when ``q ≠ p``), drawn from the seeded generator of
+``offline.sampled``; readers decode it to ``[n_positions, samples]`` ids and the estimate
+``log p̂ = log(c / samples) + log w`` (``losses.sampled`` trains on it); ``meta.json`` holds its
+``samples``, ``proposal_temperature`` and ``seed`` in ``extra["sampled"]`` (``SAMPLED_KEYS``). A store
+of a newer version than ``FORMAT_VERSIONS`` stops with one line naming it.
 
 Part-file key-value metadata ``distill_plugin.store`` holds the store metadata (``StoreMeta``) plus
 ``tables`` (the codec's symbol counts for that part). Log-probs are natural-log
@@ -43,12 +49,18 @@ from pathlib import Path
 import numpy as np
 
 from distill_plugin.offline.checksums import CHECKSUMS_KEY, SIDE_KEYS, CorruptStoreError, record_part, verify_part
-from distill_plugin.offline.codec import CodecConfig, CodecTables, adaptive_truncate, decode, encode, fit_tables
+from distill_plugin.offline.codec import CodecConfig, CodecTables
 from distill_plugin.offline.diskspace import removed_on_failure
+from distill_plugin.offline.layout import decode_row, encode_part, stored_form
 
 FORMAT_VERSION = 1  # fixed top-k
 ADAPTIVE_FORMAT_VERSION = 2  # adaptive top-k, ragged codec layout
-FORMAT_VERSIONS = (FORMAT_VERSION, ADAPTIVE_FORMAT_VERSION)  # what this code reads
+SAMPLED_FORMAT_VERSION = 3  # sampled ids with counts (offline.sampled)
+FORMAT_VERSIONS = (FORMAT_VERSION, ADAPTIVE_FORMAT_VERSION, SAMPLED_FORMAT_VERSION)  # what this code reads
+# A sampled store's fields are written inside ``extra["sampled"]``: the top-level keys stay those a
+# version-2 reader builds its StoreMeta from, so that reader refuses the store on its format version
+# (``check_compatible``, one line) instead of failing on an unknown key.
+SAMPLED_KEYS = ("samples", "proposal_temperature", "seed")
 META_KEY = b"distill_plugin.store"
 META_FILE = "meta.json"
 
@@ -96,11 +108,30 @@ class StoreMeta:
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
     epsilon: float | None = None  # adaptive top-k (format version 2): kept mass >= 1 - epsilon
+    samples: int | None = None  # sampled store (format version 3): draws per position, = k
+    proposal_temperature: float | None = None  # sampled store: q ∝ p^(1/proposal_temperature)
+    seed: int | None = None  # sampled store: the draws' seed (offline.sampled.uniforms)
 
     def __post_init__(self):
         if self.epsilon is not None:
             self.epsilon = float(self.epsilon)
             self.format_version = ADAPTIVE_FORMAT_VERSION
+        if self.samples is not None:
+            if self.epsilon is not None or self.k != self.samples:
+                raise ValueError(f"a sampled store has k = samples ({self.samples}) and no epsilon")
+            self.proposal_temperature = float(1.0 if self.proposal_temperature is None else self.proposal_temperature)
+            self.seed = int(self.seed or 0)
+            self.format_version = SAMPLED_FORMAT_VERSION
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the parts hold sampled ids with counts (``offline.sampled``) rather than top-k."""
+        return self.format_version == SAMPLED_FORMAT_VERSION
+
+    @property
+    def weighted(self) -> bool:
+        """A sampled store whose proposal is not the teacher (``log w`` stored per entry)."""
+        return self.sampled and self.proposal_temperature != 1.0
 
     @property
     def codec_config(self) -> CodecConfig:
@@ -109,20 +140,28 @@ class StoreMeta:
     @property
     def ragged(self) -> bool:
         """Whether the parts use the codec's ragged layout (adaptive top-k)."""
-        return self.format_version >= ADAPTIVE_FORMAT_VERSION
+        return self.format_version == ADAPTIVE_FORMAT_VERSION
 
     def to_json(self) -> str:
         data = asdict(self)
         if data["epsilon"] is None:  # fixed top-k metadata keeps the format version 1 keys
             del data["epsilon"]
+        sampled = {key: data.pop(key) for key in SAMPLED_KEYS}
+        if self.sampled:
+            data["extra"] = {**data["extra"], "sampled": sampled}
         return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "StoreMeta":
         data = json.loads(text)
+        version = data.get("format_version", FORMAT_VERSION)
+        if version not in FORMAT_VERSIONS:
+            raise StoreMismatchError(f"offline store format version {version}: this distill_plugin reads versions "
+                                     f"{', '.join(map(str, FORMAT_VERSIONS))} (upgrade distill_plugin)")
         for key in ("tables", *SIDE_KEYS):  # a part's codec tables; meta.json's checksums
             data.pop(key, None)
-        return cls(**data)
+        extra = dict(data.pop("extra", {}))
+        return cls(**data, **extra.pop("sampled", {}), extra=extra)
 
     def same_capture(self, other: "StoreMeta") -> list[str]:
         """Field names (extra excluded) that differ from ``other``."""
@@ -174,11 +213,14 @@ def _part_paths(root: Path) -> list[Path]:
 def read_meta(path: str | os.PathLike) -> StoreMeta:
     """The store's metadata (``meta.json`` of a store directory, or a part's key-value metadata)."""
     path = Path(path)
-    if path.is_dir():
-        return StoreMeta.from_json((path / META_FILE).read_text())
-    import pyarrow.parquet as pq
+    try:
+        if path.is_dir():
+            return StoreMeta.from_json((path / META_FILE).read_text())
+        import pyarrow.parquet as pq
 
-    return StoreMeta.from_json(pq.read_schema(path).metadata[META_KEY])
+        return StoreMeta.from_json(pq.read_schema(path).metadata[META_KEY])
+    except StoreMismatchError as err:
+        raise StoreMismatchError(f"{path}: {err}") from None
 
 
 def positions_mask(labels) -> np.ndarray:
@@ -223,17 +265,15 @@ class StoreWriter:
         self._seq = max(seqs, default=-1) + 1
         self._rows: list[dict] = []
 
-    def add(self, input_ids, labels, ids: np.ndarray, logprobs: np.ndarray, row_id: str | None = None) -> None:
-        """Add one example: ``ids``/``logprobs`` are ``[n_positions, >=k]`` at the captured positions
-        (the top ``k`` by log-prob are kept; with ``meta.epsilon``, ``adaptive_truncate`` of them)."""
+    def add(self, input_ids, labels, ids: np.ndarray, values: np.ndarray, row_id: str | None = None) -> None:
+        """Add one example's ``[n_positions, >=k]`` arrays at the captured positions (``stored_form``):
+        top-k ids and log-probs, or for a sampled store the ``[n_positions, samples]`` draws and their
+        log importance weights."""
         mask = positions_mask(labels)
         if len(ids) != mask.sum():
             raise ValueError(f"{len(ids)} captured positions but labels select {int(mask.sum())}")
-        ids, logprobs = np.asarray(ids)[:, : self.meta.k], np.asarray(logprobs)[:, : self.meta.k]
-        if self.meta.epsilon is not None and len(ids):
-            ids, logprobs = adaptive_truncate(ids, logprobs, self.meta.epsilon)
         self._rows.append(dict(row_key=row_key(input_ids), row_id=None if row_id is None else str(row_id),
-                               n_tokens=len(mask), mask=mask, ids=ids, logprobs=logprobs))
+                               n_tokens=len(mask), mask=mask, stored=stored_form(self.meta, ids, values)))
         if len(self._rows) >= self.rows_per_part:
             self.flush()
 
@@ -243,11 +283,7 @@ class StoreWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        cfg = self.meta.codec_config
-        rows = [r for r in self._rows if len(r["ids"])]
-        ragged = self.meta.ragged
-        tables = fit_tables(((r["ids"], r["logprobs"]) for r in rows), cfg, ragged)
-        blobs = [encode(r["ids"], r["logprobs"], tables, cfg, ragged) if len(r["ids"]) else b"" for r in self._rows]
+        tables, blobs = encode_part(self.meta, [r["stored"] for r in self._rows])
         table = pa.table({
             "row_key": pa.array([r["row_key"] for r in self._rows], pa.string()),
             "row_id": pa.array([r["row_id"] for r in self._rows], pa.string()),
@@ -287,7 +323,8 @@ def stored_keys(root: str | os.PathLike) -> set[str]:
 
 @dataclass
 class StoredRow:
-    """One example's targets: ``ids``/``logprobs`` ``[n_positions, k]`` at the ``mask`` positions."""
+    """One example's targets: ``ids``/``logprobs`` ``[n_positions, k]`` at the ``mask`` positions
+    (a sampled store: ``log p̂``, the estimate of ``offline.sampled``)."""
 
     mask: np.ndarray
     ids: np.ndarray
@@ -367,11 +404,7 @@ class TopKStore:
         cols = self._row_group(fi, rg)
         n_tokens, n_pos = cols["n_tokens"][r], cols["n_positions"][r]
         mask = np.unpackbits(np.frombuffer(cols["positions"][r], dtype=np.uint8), count=n_tokens).astype(bool)
-        k = self.meta.k
-        if n_pos:
-            ids, lps = decode(cols["topk"][r], n_pos, k, self._tables[fi], self.meta.codec_config, self.meta.ragged)
-        else:
-            ids, lps = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        ids, lps = decode_row(self.meta, cols["topk"][r], n_pos, self._tables[fi])
         return StoredRow(mask=mask, ids=ids, logprobs=lps, row_id=cols["row_id"][r])
 
     def get_by_ids(self, input_ids) -> StoredRow:

@@ -134,8 +134,8 @@ class StoredTopKSource:
 
     produces = (TopKLogprobs,)
 
-    def __init__(self, capture_temperature: float = 1.0):
-        self.capture_temperature = capture_temperature
+    def __init__(self, capture_temperature: float = 1.0, sampled: bool = False):
+        self.capture_temperature, self.sampled = capture_temperature, sampled
 
     def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
         try:
@@ -145,7 +145,8 @@ class StoredTopKSource:
                 f"offline KD batch has no {TOPK_IDS}/{TOPK_LOGPROBS}: the offline collator was not used "
                 "(is `distill.teacher_logits` set and the plugin listed in `plugins:`?)"
             ) from None
-        return {TopKLogprobs: TopKLogprobs(ids[:, :-1][mask], logprobs[:, :-1][mask], self.capture_temperature)}
+        return {TopKLogprobs: TopKLogprobs(ids[:, :-1][mask], logprobs[:, :-1][mask], self.capture_temperature,
+                                           self.sampled)}
 
 
 class CombinedSources:
