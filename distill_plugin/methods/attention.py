@@ -115,9 +115,10 @@ class AttentionProbe:
         maps, self.maps = self.maps, {}
         missing = [layer for layer in self.layers if maps.get(layer) is None]
         if missing:
-            what = "gave no attention probabilities" if missing[0] in maps else "did not run"
-            raise RuntimeError(f"distill.attention_weight: the {self.who}'s layer {missing[0]} {what} in this forward"
-                               + (f"; {EAGER_HINT}" if missing[0] in maps else ""))
+            why = (f"gave no attention probabilities; {EAGER_HINT}" if missing[0] in maps else
+                   "did not run on this batch (the teacher's forward is run by the online `teacher`'s source, before "
+                   "this method's)" if self.who == "teacher" else "did not run on this batch")
+            raise RuntimeError(f"distill.attention_weight: the {self.who}'s layer {missing[0]} {why}")
         return maps
 
     def remove(self) -> None:
@@ -158,7 +159,7 @@ class TeacherAttentionSource:
         from ..losses.attention import key_mask, query_rows
         from ..signals import AttentionMaps
 
-        maps = self.probe.take()  # "did not run": the online teacher's source did not run it first
+        maps = self.probe.take()
         layers = {layer: query_rows(m, mask.to(m.device)).to(self.device) for layer, m in maps.items()}
         del maps  # the whole [B, H, T, T] maps go; the rows stay
         mask = mask.to(self.device)

@@ -253,10 +253,10 @@ def _size(edits: _Edits, fx: Fixtures, steps: int, sequence_len: int) -> None:
     distill = cfg.get("distill") or {}
     if distill.get("max_new_tokens", 0) > MAX_NEW_TOKENS:  # on-policy sampling: sequential decoding
         edits.set(distill, "max_new_tokens", MAX_NEW_TOKENS, why, "distill.max_new_tokens")
-    _clamp_hidden_layers(edits, Path(fx.student))
+    _clamp_layer_maps(edits, Path(fx.student))
 
 
-def _clamp_hidden_layers(edits: _Edits, student: Path) -> None:
+def _clamp_layer_maps(edits: _Edits, student: Path) -> None:
     distill = edits.cfg.get("distill") or {}
     config = student / "config.json"
     for key in ("hidden_layers", "attention_layers"):  # the same layer-map syntax

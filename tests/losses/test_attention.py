@@ -217,6 +217,19 @@ def test_the_term_alone_pulls_the_student_attention_to_the_teacher():
     assert values[-1] < 0.2 * values[0], values
 
 
+def test_teacher_maps_are_taken_once_per_teacher_forward():
+    """The attention source reads what the online source's teacher forward left: twice is an error."""
+    from distill_plugin.losses.chunked import supervised_mask
+
+    _, source, _ = assembled(tiny(2, 32, 2, seed=2), tiny(4, 48, 4, seed=1))
+    inputs = tiny_batch()
+    mask = supervised_mask(inputs["labels"])
+    (maps,) = [s for kind, s in source.signals(inputs, mask).items() if kind is AttentionMaps]
+    assert list(maps.layers) == [3] and maps.layers[3].shape == (int(mask.sum()), 4, inputs["labels"].shape[1])
+    with pytest.raises(RuntimeError, match="the teacher's layer 3 did not run on this batch"):
+        source.sources[-1].signals(inputs, mask)
+
+
 def test_reentrant_checkpointing_is_refused_at_the_step():
     student, teacher = tiny(2, 32, 2, seed=2), tiny(4, 48, 4, seed=1)
     student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
