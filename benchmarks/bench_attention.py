@@ -11,7 +11,9 @@ Cases: logit KD with sdpa (what runs without the term), logit KD with eager atte
 implementation the term needs: its own cost), and logit KD + attention transfer on eager over
 ``last:1`` and ``uniform:4`` layer pairs. Each case runs in a fresh subprocess; time and memory
 are measured as in ``bench_hidden_kd.py`` (median step; CPU: peak RSS growth over the steps, CUDA:
-``max_memory_allocated`` above the models).
+``max_memory_allocated`` above the models). On CPU each case runs with glibc's mmap threshold fixed at
+64 KiB (``MALLOC_MMAP_THRESHOLD_``): every tensor buffer is then mapped on allocation and returned
+on free, so the RSS follows the live tensors instead of keeping what the warm-up step freed.
 
     python benchmarks/bench_attention.py --device cpu
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -112,9 +115,10 @@ def main() -> None:
     if a.case:
         print(json.dumps(run_case(a.case, a)))
         return
-    rows = []
+    rows, env = [], {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
     for name in CASES:
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--case", name], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--case", name], capture_output=True, text=True,
+                             check=True, env=env)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"device={a.device} B={a.batch} T={a.seq} V={a.vocab} student {a.student_layers}x{a.student_hidden} "
           f"({a.student_hidden // HEAD_DIM} heads), teacher {a.teacher_layers}x{a.teacher_hidden} "

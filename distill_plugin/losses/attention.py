@@ -69,7 +69,8 @@ def key_mask(mask: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.T
 
 
 def group_heads(teacher: torch.Tensor, student_heads: int) -> torch.Tensor:
-    """[N, H_t, T] → [N, H_s, T]: each student head's mean of its g = H_t/H_s teacher heads."""
+    """[N, H_t, ...] → [N, H_s, ...]: each student head's mean of its g = H_t/H_s teacher heads
+    (rows [N, H_t, T], or whole maps [B, H_t, T, T])."""
     g = check_heads(student_heads, teacher.shape[1])
     return teacher if g == 1 else teacher.unflatten(1, (student_heads, g)).mean(2)
 

@@ -13,7 +13,9 @@ layer's attention module keeps a reference to the [B, H, T, T] probabilities it 
 layer's is kept. The student's are the very tensors eager attention saves for its own backward (no
 copy); the loss selects their supervised query rows. The teacher's come from the forward that the
 online ``teacher``'s source runs on each batch (``methods.online``, listed before this method);
-this method's source takes them from its hooks right after and keeps the supervised rows only.
+this method's source takes them from its hooks right after and keeps the supervised rows only. The
+teacher's hook averages each map's heads in groups to the student's count at once (the loss's own
+mean, taken earlier), so a mapped teacher layer costs B·H_s·T² until its rows are kept.
 
 Gradient checkpointing: non-reentrant only (reentrant runs the layers without autograd in the
 forward, so the captured probabilities would carry no gradient). A hook does nothing while autograd
@@ -87,15 +89,16 @@ def _recomputing() -> bool:
 
 class AttentionProbe:
     """Forward hooks on the attention modules of ``layers`` (decoder-layer indices) of ``model``:
-    each forward leaves ``{layer: [B, H, T, T] probabilities}``, taken (and cleared) by ``take``.
+    each forward leaves ``{layer: [B, H, T, T] probabilities}`` (through ``reduce`` when given),
+    taken (and cleared) by ``take``.
 
     One probe per model at a time: a new probe removes the hooks of the previous one (a trainer set
     up again must not keep two captures alive)."""
 
-    def __init__(self, model: torch.nn.Module, layers, who: str):
+    def __init__(self, model: torch.nn.Module, layers, who: str, reduce=None):
         from ..hidden.capture import decoder_layers
 
-        self.who, self.maps, self.layers = who, {}, tuple(sorted(set(layers)))
+        self.who, self.maps, self.layers, self.reduce = who, {}, tuple(sorted(set(layers))), reduce
         decoder = decoder_layers(model)
         old = getattr(decoder, "_distill_attention_probe", None)
         if old is not None:
@@ -107,7 +110,8 @@ class AttentionProbe:
     def _record(self, layer: int):
         def hook(module, args, output):
             if not _recomputing():
-                self.maps[layer] = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                maps = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                self.maps[layer] = self.reduce(maps) if maps is not None and self.reduce is not None else maps
         return hook
 
     def take(self) -> dict[int, torch.Tensor]:
@@ -146,13 +150,17 @@ class StudentMaps:
 
 class TeacherAttentionSource:
     """→ ``AttentionMaps``: the supervised query rows of the mapped layers' probabilities that the
-    online teacher's forward on this batch left in the probe (module docstring)."""
+    online teacher's forward on this batch left in the probe (module docstring), each layer's heads
+    already averaged in groups to the student's ``student_heads`` as it returns them
+    (``losses.attention.group_heads``: the same mean the loss takes, taken before the rows are
+    selected, so only H_s/H_t of each mapped map is kept)."""
 
-    def __init__(self, model: torch.nn.Module, layers, device):
+    def __init__(self, model: torch.nn.Module, layers, device, student_heads: int):
+        from ..losses.attention import group_heads
         from ..signals import AttentionMaps
 
         self.produces = (AttentionMaps,)
-        self.probe = AttentionProbe(model, layers, "teacher")
+        self.probe = AttentionProbe(model, layers, "teacher", reduce=lambda maps: group_heads(maps, student_heads))
         self.device = device
 
     def signals(self, inputs: dict, mask: torch.Tensor) -> dict:
@@ -218,16 +226,16 @@ class AttentionTransfer(Method):
         from ..losses.attention import check_heads
 
         check_heads(student_heads, teacher_heads)
-        return teacher, attention_pairs(config.attention_layers, student_depth, teacher_depth)
+        return teacher, student_heads, attention_pairs(config.attention_layers, student_depth, teacher_depth)
 
     def source(self, config, setup: Setup):
-        teacher, pairs = self._pairs(config, setup)
-        return TeacherAttentionSource(teacher, [t for _, t in pairs], setup.device)
+        teacher, student_heads, pairs = self._pairs(config, setup)
+        return TeacherAttentionSource(teacher, [t for _, t in pairs], setup.device, student_heads)
 
     def terms(self, config, setup: Setup) -> list:
         from ..losses.attention import AttentionTerm
 
-        _, pairs = self._pairs(config, setup)
+        _, _, pairs = self._pairs(config, setup)
         setup.info("attention transfer: decoder-layer pairs (student, teacher) %s, weight %g", list(pairs),
                    config.attention_weight)
         return [AttentionTerm(pairs, StudentMaps(setup.student, [s for s, _ in pairs]), config.attention_weight)]
