@@ -91,7 +91,8 @@ def _pair_kl(maps: torch.Tensor, mask: torch.Tensor, teacher: torch.Tensor, keys
 def attention_kl_maps(student_maps: Sequence[torch.Tensor], teacher_rows: Sequence[torch.Tensor], mask: torch.Tensor,
                       keys: torch.Tensor) -> torch.Tensor:
     """Σ_i (1/P) Σ_p (1/H_s) Σ_h KL over P pairs: ``student_maps[p]`` the student's whole [B, H_s, T, T]
-    probabilities, ``teacher_rows[p]`` the teacher's [N, H_t, T] rows already selected by ``mask``."""
+    probabilities, ``teacher_rows[p]`` the teacher's [N, H_t, T] rows already selected by ``mask`` (H_t a
+    multiple of H_s, or H_s when the capture averaged the groups already)."""
     total = 0.0
     for maps, teacher in zip(student_maps, teacher_rows, strict=True):
         if maps.requires_grad:  # the [N, H, T] fp32 buffers are rebuilt in the backward, one pair at a time
