@@ -28,8 +28,10 @@ from typing import Annotated
 from pydantic import Strict
 
 Pairs = tuple[tuple[int, int], ...]
-# The type of a layer-map key: YAML's [[s, t], ...] arrives as lists, which strict fields refuse as tuples.
-LayerSpec = str | list[Annotated[tuple[int, int], Strict(False)]]
+# The type of a layer-map key: YAML's [[s, t], ...] arrives as lists, which strict fields refuse as
+# tuples, and a validated block dumped and validated again (Axolotl's loader, then the plugin) holds
+# tuples where the field says list; the key's validator stores ``as_field(check_spec(...))``.
+LayerSpec = str | Annotated[list[Annotated[tuple[int, int], Strict(False)]], Strict(False)]
 _SPEC = re.compile(r"^(uniform|last):(\d+)$")
 
 
@@ -47,6 +49,11 @@ def check_spec(spec: str | list, key: str = "hidden_layers") -> str | Pairs:
     if len(set(pairs)) != len(pairs):
         raise ValueError(f"distill.{key}: pair listed twice in {spec!r}")
     return pairs
+
+
+def as_field(spec: str | Pairs) -> str | list[tuple[int, int]]:
+    """A checked spec as its ``LayerSpec`` field holds it (pairs as a list)."""
+    return spec if isinstance(spec, str) else list(spec)
 
 
 def resolve(spec: str | Pairs, student_depth: int, teacher_depth: int, key: str = "hidden_layers") -> Pairs:

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..errors import SetupError
-from ..hidden.layer_map import LayerSpec, check_spec, resolve
+from ..hidden.layer_map import LayerSpec, as_field, check_spec, resolve
 from .base import FieldsBase, Method, Setup
 
 KEY = "attention_layers"
@@ -49,7 +49,7 @@ class AttentionFields(FieldsBase):
     @model_validator(mode="after")
     def _check_attention(self):
         try:
-            self.attention_layers = check_spec(self.attention_layers, KEY)
+            self.attention_layers = as_field(check_spec(self.attention_layers, KEY))
         except ValueError as error:
             raise ValueError(str(error)) from None
         self.refuse_unless([KEY], self.attention_weight > 0, "without `attention_weight` > 0")

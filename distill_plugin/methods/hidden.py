@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ..errors import SetupError
-from ..hidden.layer_map import LayerSpec, check_spec
+from ..hidden.layer_map import LayerSpec, as_field, check_spec
 from ..losses.hidden import HiddenLoss
 from .base import FieldsBase, Method, Setup
 
@@ -32,7 +32,7 @@ class HiddenFields(FieldsBase):
     @model_validator(mode="after")
     def _check_hidden(self):
         try:
-            self.hidden_layers = check_spec(self.hidden_layers)
+            self.hidden_layers = as_field(check_spec(self.hidden_layers))
         except ValueError as error:
             raise ValueError(str(error)) from None
         if self.hidden_weight and getattr(self, "teacher", None) is None:

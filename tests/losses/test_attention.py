@@ -294,6 +294,27 @@ def test_distill_keys_that_make_no_sense_are_refused(distill, needle):
         DistillConfig(**{"teacher": "t", "attention_weight": 1.0, **distill})
 
 
+def test_explicit_pairs_survive_axolotls_loader():
+    """YAML's [[s, t], ...] validates, and the block Axolotl's loader hands back validates again (the
+    plugin re-reads it), for attention_layers and hidden_layers alike."""
+    import yaml
+    from axolotl.utils.config import prepare_plugins, validate_config
+    from axolotl.utils.dict import DictDefault
+
+    cfg = DictDefault({**raw(attn_implementation="eager"), **yaml.safe_load("""
+micro_batch_size: 1
+num_epochs: 1
+learning_rate: 1.0e-5
+output_dir: out
+sequence_len: 512
+datasets: [{path: data.jsonl, type: chat_template}]
+""")})
+    cfg["distill"].update(yaml.safe_load("{attention_layers: [[0, 1], [1, 3]], hidden_weight: 1.0, hidden_layers: [[1, 2]]}"))
+    prepare_plugins(cfg)
+    again = DistillConfig.model_validate(dict(validate_config(cfg)["distill"]))
+    assert again.attention_layers == [(0, 1), (1, 3)] and again.hidden_layers == [(1, 2)]
+
+
 def test_eager_configs_pass():
     from distill_plugin.preflight import check_raw_config
 
