@@ -9,6 +9,8 @@ whose distribution predicts token t+1 (``labels[b, t+1] != -100``).
                    by chunk inside the fused loss, never materialised whole
     TopKLogprobs   the teacher's top-k ids and log-probs [N, k] stored at a capture temperature
     HiddenStates   the teacher's hidden states [N, H_t] at the mapped layers (hidden-state KD)
+    AttentionMaps  the teacher's attention probabilities [N, H, T] of the supervised query rows at
+                   the mapped decoder layers (attention transfer)
     AlignedLogits  cross-tokenizer KD: the teacher's final hidden states [M, H_t] at its positions
                    aligned to student rows (``alignment.spans``) + output head, and for each of the
                    N student rows the index of its teacher row (−1: no aligned teacher position)
@@ -95,6 +97,21 @@ class HiddenStates:
     """Teacher hidden states of the supervised rows: ``layers[h]`` [N, H_t] for each mapped index h."""
 
     layers: dict[int, torch.Tensor]
+
+
+@dataclass
+class AttentionMaps:
+    """Teacher attention probabilities of the supervised query rows: ``layers[l]`` [N, H, T] for
+    each mapped decoder layer l (row i: query position t, ``select_rows`` order; over all T keys;
+    H the teacher's heads, or already averaged in groups to the student's).
+
+    ``mask`` is the [B, T-1] supervised mask that selected them (the student's rows are selected
+    alike); ``keys`` [N, T] marks the key positions that count: k ≤ t and not padding.
+    """
+
+    layers: dict[int, torch.Tensor]
+    mask: torch.Tensor
+    keys: torch.Tensor
 
 
 @dataclass

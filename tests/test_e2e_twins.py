@@ -32,7 +32,8 @@ TRAINED_ELSEWHERE = {
     "multi_gpu/fsdp2_qwen7b_from_32b_teacher_sharded.yml": "tests/test_e2e_fsdp2.py",
     "r1_distill_qwen7b.yml": "tests/data_prep/test_recipes.py",  # on the data pipeline's export
     "uld_llama_to_qwen.yml": "tests/test_e2e_uld.py",  # a trained cross-tokenizer teacher, 36 steps, learning checks
-    "ema_self_distill.yml": "tests/test_ema.py",  # with a decay and learning rate whose kd_loss 4 steps resolve
+    "ema_self_distill.yml": "tests/test_ema.py",
+    "attention_transfer.yml": "tests/losses/test_attention.py",  # 12 steps: the attention KL falls  # with a decay and learning rate whose kd_loss 4 steps resolve
     # a chain: stage 2's teacher is stage 1's twin's merged output
     "progressive/stage1_qwen2p5_7b_to_3b.yml": "tests/test_e2e_progressive.py",
     "progressive/stage2_qwen2p5_3b_to_1p5b.yml": "tests/test_e2e_progressive.py",

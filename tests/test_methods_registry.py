@@ -71,6 +71,7 @@ def test_every_key_has_one_owner():
     ({"teacher_server": {"url": "http://127.0.0.1:1/v1", "model": "m"}}, ["served"]),
     ({"teacher": "t", "teacher_logits": "store/", "hidden_weight": 1.0}, ["online", "stored", "hidden"]),
     ({"teacher": "t", "on_policy_fraction": 0.5}, ["online", "on_policy"]),
+    ({"teacher": "t", "attention_weight": 1.0}, ["online", "attention"]),
     ({"teacher": "t", "cross_tokenizer": "uld", "ce_weight": 1.0}, ["cross_tokenizer"]),  # it takes online's place
 ])
 def test_active_methods(block, expected):

@@ -56,7 +56,7 @@ def check_loss(run: Run):
 
 
 def check_loss_sum(run: Run):
-    """loss = kd_scale·kd + ce_weight·ce + hidden_weight·hidden, kd_scale = kd_weight·T² (temperature_squared),
+    """loss = kd_scale·kd + ce_weight·ce + hidden_weight·hidden + attention_weight·attention, kd_scale = kd_weight·T² (temperature_squared),
     on the unrounded log history of the last checkpoint (the console shows 4 digits; the components
     are kept to 6 decimals, hence the 1e-5 tolerance)."""
     from distill_plugin.args import DistillConfig
@@ -67,8 +67,9 @@ def check_loss_sum(run: Run):
     history = [e for e in json.loads(state.read_text())["log_history"] if "kd_loss" in e]
     assert len(history) == len(run.logs)
     for e in history:
-        expected = kd_scale * e["kd_loss"] + d.ce_weight * e.get("ce_loss", 0.0) + d.hidden_weight * e.get("hidden_loss", 0.0)
-        assert e["loss"] == pytest.approx(expected, rel=1e-6, abs=1e-5), (e, kd_scale, d.ce_weight, d.hidden_weight)
+        expected = (kd_scale * e["kd_loss"] + d.ce_weight * e.get("ce_loss", 0.0) + d.hidden_weight * e.get("hidden_loss", 0.0)
+                    + d.attention_weight * e.get("attention_loss", 0.0))
+        assert e["loss"] == pytest.approx(expected, rel=1e-6, abs=1e-5), (e, kd_scale, d.ce_weight, d.hidden_weight, d.attention_weight)
     assert kd_scale * history[0]["kd_loss"] > 0.05 * history[0]["loss"]  # the KD term is not negligible
 
 
@@ -210,7 +211,7 @@ def check_teacher_shard(run: Run):
 
 CHECKS = {
     "loss": check_loss, "kd_loss": check_component("kd_loss"), "ce_loss": check_component("ce_loss"),
-    "hidden_loss": check_component("hidden_loss"), "loss_sum": check_loss_sum, "eval": check_eval,
+    "hidden_loss": check_component("hidden_loss"), "attention_loss": check_component("attention_loss"), "loss_sum": check_loss_sum, "eval": check_eval,
     "packing": check_packing, "adapter": check_adapter, "reload": check_reload, "4bit": check_4bit,
     "teacher_4bit": check_teacher_4bit, "projectors": check_projectors, "stored_topk": check_stored_topk,
     "ddp": check_ddp, "on_policy": check_on_policy, "next_byte_loss": check_component("next_byte_loss"), "uld_loss": check_component("uld_loss"),

@@ -4,6 +4,7 @@
     stored           distill.teacher_logits      offline top-k KD (``stored.py``)
     served           distill.teacher_server      top-k KD from an inference server (``served.py``)
     hidden           distill.hidden_weight       hidden-state KD (``hidden.py``)
+    attention        distill.attention_weight    attention transfer (``attention.py``)
     on_policy        distill.on_policy_fraction  on-policy distillation, GKD (``on_policy.py``)
     cross_tokenizer  distill.cross_tokenizer     cross-tokenizer KD, ULD / hybrid (``cross_tokenizer.py``)
     ema              distill.ema_decay           EMA self-distillation, no teacher model (``ema.py``)
@@ -22,6 +23,7 @@ validators) and a ``Method`` subclass (``base.py`` says what each hook is for), 
 
 from __future__ import annotations
 
+from .attention import AttentionTransfer
 from .base import FieldsBase, Method, Setup, StepHook
 from .cross_tokenizer import CrossTokenizer
 from .ema import EMASelfDistill
@@ -36,8 +38,8 @@ from .teacher_stats import TeacherStats
 __all__ = ["METHODS", "FieldsBase", "LossFields", "Method", "Setup", "StepHook", "active", "check_config",
            "check_resources", "collator", "loss_terms", "packing_warning", "refuse_outside_axolotl", "step_hooks", "teacher_source", "with_teacher_model"]
 
-METHODS: tuple[Method, ...] = (OnlineLogits(), StoredTopK(), ServedTopK(), HiddenStateKD(), OnPolicy(), CrossTokenizer(),
-                               EMASelfDistill(), TeacherStats())
+METHODS: tuple[Method, ...] = (OnlineLogits(), StoredTopK(), ServedTopK(), HiddenStateKD(), AttentionTransfer(), OnPolicy(),
+                               CrossTokenizer(), EMASelfDistill(), TeacherStats())
 
 
 def active(config) -> list[Method]:

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ..errors import SetupError
-from ..hidden.layer_map import check_spec
+from ..hidden.layer_map import LayerSpec, as_field, check_spec
 from ..losses.hidden import HiddenLoss
 from .base import FieldsBase, Method, Setup
 
@@ -21,7 +21,7 @@ from .base import FieldsBase, Method, Setup
 class HiddenFields(FieldsBase):
     hidden_weight: float = Field(0.0, ge=0.0, description="Weight of the hidden-state component `hidden`; 0 = off.")
     hidden_loss: HiddenLoss = Field("cosine", description="Per-row hidden-state loss: `cosine`, `mse` or `normalized_mse`.")
-    hidden_layers: str | list[tuple[int, int]] = Field(
+    hidden_layers: LayerSpec = Field(
         "uniform:4", description="Layer map: `uniform:N`, `last:N` or `[[student, teacher], ...]` hidden-state indices (0 = embeddings, L = final)."
     )
     hidden_projector: Literal["linear", "none"] = Field(
@@ -32,7 +32,7 @@ class HiddenFields(FieldsBase):
     @model_validator(mode="after")
     def _check_hidden(self):
         try:
-            self.hidden_layers = check_spec(self.hidden_layers)
+            self.hidden_layers = as_field(check_spec(self.hidden_layers))
         except ValueError as error:
             raise ValueError(str(error)) from None
         if self.hidden_weight and getattr(self, "teacher", None) is None:

@@ -32,8 +32,8 @@ The rules, in order; every change is listed with its reason, and nothing else ch
              ``gradient_accumulation_steps`` and ``micro_batch_size`` ≤ 2; per-epoch saves and evals →
              once, at the last step; ``val_set_size`` > 0 → 0.1 (a few rows of the small data);
              ``logging_steps`` 1; ``distill.max_new_tokens`` ≤ 16 (on-policy sampling);
-             ``hidden_layers: uniform:N / last:N`` with N above the tiny
-             student's depth → its depth.
+             ``hidden_layers`` / ``attention_layers: uniform:N / last:N`` with N above the
+             tiny student's depth → its depth.
   CPU        ``bf16`` / ``fp16`` / ``tf32`` → false; flash attention → ``sdpa`` (student and
              ``distill.teacher_attn_implementation``); Axolotl's Triton LoRA kernels
              (``lora_*_kernel``) → false where the recipe sets them, and for LoRA recipes without the
@@ -253,19 +253,20 @@ def _size(edits: _Edits, fx: Fixtures, steps: int, sequence_len: int) -> None:
     distill = cfg.get("distill") or {}
     if distill.get("max_new_tokens", 0) > MAX_NEW_TOKENS:  # on-policy sampling: sequential decoding
         edits.set(distill, "max_new_tokens", MAX_NEW_TOKENS, why, "distill.max_new_tokens")
-    _clamp_hidden_layers(edits, Path(fx.student))
+    _clamp_layer_maps(edits, Path(fx.student))
 
 
-def _clamp_hidden_layers(edits: _Edits, student: Path) -> None:
+def _clamp_layer_maps(edits: _Edits, student: Path) -> None:
     distill = edits.cfg.get("distill") or {}
-    spec = distill.get("hidden_layers")
     config = student / "config.json"
-    if not (isinstance(spec, str) and ":" in spec and config.exists()):
-        return
-    depth = json.loads(config.read_text())["num_hidden_layers"]
-    kind, n = spec.split(":")
-    if int(n) > depth:
-        edits.set(distill, "hidden_layers", f"{kind}:{depth}", f"the tiny student has {depth} layers", "distill.hidden_layers")
+    for key in ("hidden_layers", "attention_layers"):  # the same layer-map syntax
+        spec = distill.get(key)
+        if not (isinstance(spec, str) and ":" in spec and config.exists()):
+            continue
+        depth = json.loads(config.read_text())["num_hidden_layers"]
+        kind, n = spec.split(":")
+        if int(n) > depth:
+            edits.set(distill, key, f"{kind}:{depth}", f"the tiny student has {depth} layers", f"distill.{key}")
 
 
 def _cpu(edits: _Edits) -> None:
