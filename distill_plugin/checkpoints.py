@@ -68,8 +68,9 @@ def save_or_stop(save, folder: str | os.PathLike, show: bool = True) -> None:
         previous = last_complete(folder.parent, folder)
         then = (f"resume from {previous} (`resume_from_checkpoint: {previous}`)" if previous is not None
                 else "no earlier checkpoint exists: run again")
-        stop(f"{folder.parent}: no space left on device while saving {folder.name} ({human(free)} free); "
-             f"the incomplete {folder.name} was removed; free space or set another output_dir, then {then}", show)
+        stop(f"{folder.parent}: no space left on device while saving {folder.name}; the incomplete {folder.name} was "
+             f"removed ({human(free_bytes(folder.parent))} free now); free space or set another output_dir, then {then}",
+             show)
 
 
 def check_checkpoint(folder: str | os.PathLike) -> None:

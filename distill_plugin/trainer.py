@@ -19,6 +19,11 @@ teacher's read-ahead). Its hook wraps the iterator at ``get_batch_samples``, whe
 fetches all micro-batches of one optimizer step and then counts their supervised tokens (so a
 step's completions can be regenerated before they are counted), and adds its values to each
 training log.
+
+Checkpoints under faults (``checkpoints``): a save that meets a full disk removes its torn
+``checkpoint-N`` and stops in one line (exit 2); a checkpoint to resume from is checked before
+anything loads, and a file that cannot be loaded stops in one line naming it. On a resume the
+checkpoint's RNG state is restored before a step hook samples (``get_batch_samples``).
 """
 
 from __future__ import annotations
@@ -187,12 +192,13 @@ class DistillTrainerMixin:
         folder = resume_from_checkpoint
         if folder is True:
             folder = get_last_checkpoint(self.args.output_dir)
-        if isinstance(folder, (str, Path)):
+        if isinstance(folder, (str, Path)) and self.is_world_process_zero():  # one reader of the files
             try:
                 check_checkpoint(folder)
             except DamagedCheckpoint as err:
-                stop(f"resume_from_checkpoint: {err}; resume from an earlier checkpoint-N or train from the start",
-                     self.args.should_save)
+                stop(f"resume_from_checkpoint: {err}; resume from an earlier checkpoint-N or train from the start")
+        self._distill_resumed_from = folder if isinstance(folder, (str, Path)) else None
+        self._distill_rng_restored = False
         result = super().train(resume_from_checkpoint, *args, **kwargs)
         self._save_distill_modules(None)  # Axolotl saves its final model with save_pretrained
         return result
@@ -222,15 +228,26 @@ class DistillTrainerMixin:
         fetched the first step's batches, but a hook may draw from it here (on-policy sampling): the
         state is restored right after the first batch is fetched instead, before any hook draws, and
         the Trainer's own restore is then skipped (``_load_rng_state``)."""
-        if self.distill_hooks and self._distill_rng_pending():
-            epoch_iterator = self._rng_restored_after_first_fetch(epoch_iterator)
+        if self.distill_hooks:
+            epoch_iterator = self._rng_restoring(epoch_iterator)
         for hook in self.distill_hooks.values():
             epoch_iterator = hook.batches(self, epoch_iterator)
         return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
 
     def _distill_rng_pending(self) -> bool:
-        checkpoint = getattr(self, "_distill_resumed_from", None)
-        return checkpoint is not None and getattr(self, "_distill_rng_restored", None) != checkpoint
+        return getattr(self, "_distill_resumed_from", None) is not None and not self._distill_rng_restored
+
+    def _rng_restoring(self, iterator):
+        """``iterator``, wrapped while a resume's RNG state is pending: one wrapper for the whole epoch
+        (a hook may tell epochs apart by the iterator it is given: the served read-ahead)."""
+        source, wrapped = getattr(self, "_distill_rng_wrap", (None, None))
+        if source is iterator:
+            return wrapped
+        if not self._distill_rng_pending():
+            return iterator
+        wrapped = self._rng_restored_after_first_fetch(iterator)
+        self._distill_rng_wrap = (iterator, wrapped)
+        return wrapped
 
     def _rng_restored_after_first_fetch(self, iterator):
         for batch in iterator:
@@ -240,20 +257,19 @@ class DistillTrainerMixin:
 
     def _load_rng_state(self, checkpoint):
         """Once per resume: the first of the Trainer's call and ours (``get_batch_samples``)."""
-        if checkpoint is not None and getattr(self, "_distill_rng_restored", None) == checkpoint:
+        if checkpoint is None or getattr(self, "_distill_rng_restored", False):
             return
         from .checkpoints import loading_or_stop
 
         with loading_or_stop(checkpoint, self.args.should_save):
             super()._load_rng_state(checkpoint)
-        self._distill_rng_restored = checkpoint
+        self._distill_rng_restored = True
 
     def _load_optimizer_and_scheduler(self, resume_from_checkpoint):
         """On resume, after the model's weights (the Trainer calls this under every engine, where it
         skips ``_load_from_checkpoint`` under DeepSpeed): the projectors and the step hooks' state."""
         from .checkpoints import loading_or_stop
 
-        self._distill_resumed_from = resume_from_checkpoint
         with loading_or_stop(resume_from_checkpoint, self.args.should_save):
             super()._load_optimizer_and_scheduler(resume_from_checkpoint)
         self._load_distill_state(resume_from_checkpoint)  # a missing file: FileNotFoundError naming it

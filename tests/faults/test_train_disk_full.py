@@ -36,7 +36,8 @@ def test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_resumes_from_the_last
             train("online", tiny_pair, arithmetic_data, out, callbacks=[FillAfterSave(fs / "filler", 2, 200_000)])
         lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill_plugin: error:")]
         assert stopped.value.code == 2 and len(lines) == 1, lines
-        assert f"{out}: no space left on device while saving checkpoint-4 (" in lines[0]
+        assert f"{out}: no space left on device while saving checkpoint-4; the incomplete checkpoint-4 was " \
+               "removed (" in lines[0]
         assert f"resume from {out / 'checkpoint-2'} (`resume_from_checkpoint: {out / 'checkpoint-2'}`)" in lines[0]
         assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
