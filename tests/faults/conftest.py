@@ -33,6 +33,11 @@ def source_extra(request):
 
     def extra(kind):
         name = {"served": "teacher_url", "stored": "stored_logits"}.get(kind)
-        return request.getfixturevalue(name) if name else None
+        value = request.getfixturevalue(name) if name else None
+        if kind == "served":
+            from served_teacher import set_faults
+
+            set_faults(value)  # none left over from another test
+        return value
 
     return extra
