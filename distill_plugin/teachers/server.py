@@ -25,7 +25,8 @@ ahead). Requests run on one background event loop with one HTTP client and at mo
 ``max_concurrency`` requests in flight; the retries, backoff and error messages are the generation
 layer's (``OpenAIHTTPBackend.send``); on top of them a training batch's requests ride out a
 server restart for up to ``max_outage_s`` (``teachers.outage``; the start-up checks do not wait: an
-unreachable server at start is an error at once). Every process asks for its own batches (DDP). The time the
+unreachable server at start is an error at once), and a malformed answer is asked for again
+(``MALFORMED_ATTEMPTS`` in all) before ``MalformedAnswers`` stops the run like a spent outage. Every process asks for its own batches (DDP). The time the
 trainer blocks on the server is logged as ``teacher_wait_s`` (seconds per optimizer step).
 
 Shutdown: ``close`` (also ``with`` exit and, for the trainer's source, interpreter exit) cancels
