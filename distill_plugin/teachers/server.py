@@ -246,7 +246,7 @@ class ServerTopKSource:
             except GenerationError as err:
                 if err.status != "unparsable":
                     raise
-                why = " ".join(str(err).split())[:300]
+                why = " ".join(str(err).split()).removeprefix(f"{self.url}/completions: ")[:300]
             except (KeyError, ValueError, TypeError, IndexError) as err:
                 why = f"unparsable prompt log-probs ({type(err).__name__}: {err})"
             if attempt < MALFORMED_ATTEMPTS:
