@@ -64,12 +64,13 @@ CELLS: dict[tuple[str, str], tuple[str, str, list[str]]] = {
 # Training: SIGKILL per teacher source (one parametrised test); a full disk meets the checkpoint save
 # every source shares (the trainer mixin's), tested once in process and once through axolotl.cli.train.
 KILLED = F + "test_train_kill.py::test_a_killed_run_resumes_to_the_same_losses"
+E2E = "test_axolotl_stops_in_one_line_on_bad_data_a_full_disk_and_a_damaged_checkpoint"  # axolotl.cli.train
 FULL_DISK = ("stops", "shared checkpoint save: one line, torn checkpoint removed; resumes from the previous one "
              "to the same per-step losses", [
                  F + "test_train_disk_full.py::test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_resumes_from_the_last_one",
-                 F + "test_train_faults_e2e.py::test_axolotl_on_a_full_disk_stops_in_one_line_and_resumes_to_the_same_losses"])
+                 F + "test_train_faults_e2e.py::" + E2E])
 DAMAGED_CHECKPOINT = [F + "test_train_corrupt_input.py::test_a_damaged_checkpoint_stops_the_resume_in_one_line",
-                      F + "test_train_faults_e2e.py::test_axolotl_names_a_bad_dataset_line_and_a_damaged_checkpoint"]
+                      F + "test_train_faults_e2e.py::" + E2E]
 BAD_DATASET_LINE = F + "test_train_corrupt_input.py::test_a_bad_dataset_line_is_named_before_the_data_loads"
 CORRUPT_DATA = ("stops", "a bad dataset line (file:line, before the data loads); a damaged checkpoint to resume from "
                 "(its file named)", [BAD_DATASET_LINE, *DAMAGED_CHECKPOINT])

@@ -8,6 +8,9 @@ the per-source cases run in process (``test_train_corrupt_input.py``, ``test_tra
 * full disk: a filesystem with room for one checkpoint, not two: the second save stops the run in
   one line, the torn checkpoint is removed, and with space freed ``auto_resume_from_checkpoints``
   resumes from the first to the uninterrupted run's losses.
+
+One test (one uninterrupted run serves as the reference and as the checkpoint to damage): each
+``axolotl.cli.train`` run costs most of a minute on a shared CPU.
 """
 
 from __future__ import annotations
@@ -41,25 +44,17 @@ def stopped(path, cwd) -> str:
     return lines[0]
 
 
-def test_axolotl_names_a_bad_dataset_line_and_a_damaged_checkpoint(tmp_path, tiny_pair, arithmetic_data):
+def test_axolotl_stops_in_one_line_on_bad_data_a_full_disk_and_a_damaged_checkpoint(tmp_path, tiny_pair,
+                                                                                     arithmetic_data):
     lines = arithmetic_data.read_text().splitlines(keepends=True)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(lines[:2] + ['{"messages": [}\n'] + lines[2:]))
     line = stopped(recipe(tmp_path, tiny_pair, bad, "bad"), tmp_path)
     assert f"datasets[0].path: {bad}:3: malformed JSON (" in line, line
 
-    run = tmp_path / "run"
-    run_axolotl_train(recipe(tmp_path, tiny_pair, arithmetic_data, "run"), cwd=tmp_path)
-    optimizer = run / "checkpoint-4" / "optimizer.pt"
-    os.truncate(optimizer, optimizer.stat().st_size // 2)
-    line = stopped(recipe(tmp_path, tiny_pair, arithmetic_data, "resume", out=run,
-                          resume_from_checkpoint=str(run / "checkpoint-4")), tmp_path)
-    assert f"resume_from_checkpoint: {optimizer}: truncated torch file (" in line, line
-
-
-def test_axolotl_on_a_full_disk_stops_in_one_line_and_resumes_to_the_same_losses(tmp_path, tiny_pair, arithmetic_data):
+    whole_dir = tmp_path / "whole"
     _, whole = run_axolotl_train(recipe(tmp_path, tiny_pair, arithmetic_data, "whole"), cwd=tmp_path)
-    checkpoint = sum(f.stat().st_size for f in (tmp_path / "whole" / "checkpoint-2").rglob("*") if f.is_file())
+    checkpoint = sum(f.stat().st_size for f in (whole_dir / "checkpoint-2").rglob("*") if f.is_file())
     with small_filesystem(16 * 1024) as fs:
         out, filler = fs / "run", fs / "filler"
         fill(filler, leave=int(1.5 * checkpoint))  # room for checkpoint-2, not for checkpoint-4 beside it
@@ -71,3 +66,9 @@ def test_axolotl_on_a_full_disk_stops_in_one_line_and_resumes_to_the_same_losses
         _, resumed = run_axolotl_train(recipe(tmp_path, tiny_pair, arithmetic_data, "again", out=out,
                                               auto_resume_from_checkpoints=True), cwd=tmp_path)
     assert len(whole) == 4 and resumed == whole[2:], (whole, resumed)
+
+    optimizer = whole_dir / "checkpoint-4" / "optimizer.pt"
+    os.truncate(optimizer, optimizer.stat().st_size // 2)
+    line = stopped(recipe(tmp_path, tiny_pair, arithmetic_data, "resume", out=whole_dir,
+                          resume_from_checkpoint=str(optimizer.parent)), tmp_path)
+    assert f"resume_from_checkpoint: {optimizer}: truncated torch file (" in line, line
