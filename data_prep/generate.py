@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from tqdm import tqdm
 
 from distill_plugin.generation import Backend, SamplingParams, make_backend
 
-from .io import (JsonlAppender, SkipLog, done_ids, input_files, parse_shard, read_rows, repair_torn_tail,
-                 shard_of, write_jsonl_atomic)
+from .io import (JsonlAppender, RoomGuard, SkipLog, done_ids, input_files, parse_shard, read_rows,
+                 repair_torn_tail, shard_of, write_jsonl_atomic)
 from .generation_errors import ErrorLog, TooManyErrors, error_path, errored_ids
 from .report import StageReport
 from .schema import FieldMap, canonical_row
@@ -173,44 +172,6 @@ def run_backend(backend: Backend, todo: list[dict], cfg: GenerateConfig, out_pat
             bar.update(1)
 
         drive(backend, requests, cfg.sampling, cfg.chunk_size, on_done, on_error)
-
-
-class RoomGuard:
-    """Appends rows through ``sink`` (a ``JsonlAppender``) while watching the disk.
-
-    After ``measure_after`` rows the output's bytes per row (prompt and ``n`` completions: the tokens
-    generated times their bytes, measured) sizes the rows still to do; when the filesystem cannot hold
-    them the run stops with ``DiskFullError`` (one line: the path, the free space, the estimate), the
-    rows written kept for the resume. A write that meets a full disk removes its torn line and raises
-    the same error.
-    """
-
-    def __init__(self, sink, rows_todo: int, measure_after: int = 4):
-        self.sink, self.rows_todo, self.measure_after = sink, rows_todo, measure_after
-        self.start = sink.fh.tell()
-        self.estimated: int | None = None
-
-    def write(self, row: dict) -> None:
-        from distill_plugin.offline import DiskFullError, check_room, estimate_bytes, is_disk_full
-
-        before = self.sink.fh.tell()
-        try:
-            self.sink.write(row)
-        except OSError as err:
-            if not is_disk_full(err):
-                raise
-            try:
-                self.sink.fh.close()  # its buffer cannot be written either
-            except OSError:
-                pass
-            os.truncate(self.sink.path, before)  # no torn line left behind
-            self.sink.fh = open(self.sink.path, "ab")
-            raise DiskFullError(self.sink.path, self.estimated) from None
-        if self.sink.count == self.measure_after and self.rows_todo > self.measure_after:
-            per_row = (self.sink.fh.tell() - self.start) / self.sink.count
-            needed = estimate_bytes(self.rows_todo - self.sink.count, per_row)
-            self.estimated = self.sink.fh.tell() + needed
-            check_room(self.sink.path.parent, needed, self.estimated)
 
 
 def merge(in_dir: str | Path, out_path: str | Path) -> StageReport:

@@ -2,8 +2,10 @@
 
 Each generation gets ``verdict`` (correct | wrong | no_answer | timeout | unverifiable) and
 ``correct`` (True / False / None = could not be checked); each row gets ``n_correct``,
-``n_checked`` and ``pass_rate``. Output: ``<out>/verified.jsonl`` (rows appended per chunk; a
-restart skips ids already there). ``majority`` (maths only): a row without an answer is verified by
+``n_checked`` and ``pass_rate``. Output: ``<out>/verified.jsonl`` (rows appended one by one as each
+chunk is graded; a restart cuts a torn last line and skips ids already there, so a run killed at
+any moment and restarted ends with every row once; a full disk stops in one line, its torn row
+removed). ``majority`` (maths only): a row without an answer is verified by
 the vote of its samples (:mod:`data_prep.majority`).
 """
 
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from . import majority as vote, verify_code, verify_math, verify_mcq
 from .guards import preflight, record_settings
-from .io import JsonlAppender, SkipLog, done_ids, read_rows
+from .io import JsonlAppender, RoomGuard, SkipLog, done_ids, read_rows
 from .pool import TIMEOUT
 from .report import StageReport
 from .rows import GenerationRow, row_error
@@ -110,6 +112,7 @@ def verify(inputs, out_dir: str | Path, cfg: VerifyConfig) -> StageReport:
     bar = tqdm(desc=f"verify[{cfg.task}]", unit="row")
     try:
         with JsonlAppender(out_path) as sink:
+            guard = RoomGuard(sink, None)  # a full disk: one line, the torn row removed, the rows written kept
             for chunk in chunks(todo(), cfg.chunk_rows):
                 voted = [r for r in chunk if cfg.majority and not vote.has_answer(r)]
                 graded = [r for r in chunk if not (cfg.majority and not vote.has_answer(r))]
@@ -136,7 +139,7 @@ def verify(inputs, out_dir: str | Path, cfg: VerifyConfig) -> StageReport:
                     row["n_correct"] = sum(1 for f in flags if f)
                     row["n_checked"] = sum(1 for f in flags if f is not None)
                     row["pass_rate"] = row["n_correct"] / row["n_checked"] if row["n_checked"] else None
-                    sink.write(row)
+                    guard.write(row)
                     report.rows_out += 1
                 bar.update(len(chunk))
     finally:

@@ -7,6 +7,7 @@ Two stages, each as early as its input exists:
                          the block validates, the engine is supported (FSDP1 is refused), then each
                          method's own checks (``methods``: engine, teacher placement, packing)
     check_resources      the validated cfg, before the data is tokenised and the student loads:
+                         every line of the local JSON-lines datasets parses (``check_datasets``),
                          each method's files (a teacher's config.json and tokenizer, a store, a
                          server)
     switch_off_cuda_only the validated cfg, same moment: CUDA-only speed-ups on a machine without
@@ -18,6 +19,8 @@ Every failure is a ``SetupError``: one line that names the key. The plugin turns
 from __future__ import annotations
 
 import difflib
+import json
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -109,11 +112,54 @@ def check_resources(cfg, config: DistillConfig) -> None:
     A student tokenizer that cannot be loaded is Axolotl's to report (it names ``base_model``); the
     tokenizer comparisons then happen once Axolotl has loaded it (the methods' sources).
     """
+    check_datasets(cfg)
     try:
         tokenizer = student_tokenizer(cfg)
     except Exception:
         tokenizer = None
     methods.check_resources(cfg, config, tokenizer)
+
+
+def local_jsonl_files(entry) -> list[Path]:
+    """The local JSON-lines files a ``datasets:`` entry names (``path``: a ``.jsonl`` file or a folder
+    of them; ``data_files``), or none (a hub dataset, another format)."""
+    get = entry.get if hasattr(entry, "get") else lambda key, default=None: getattr(entry, key, default)
+    named = [get("path")] + list(get("data_files") or [])
+    found = []
+    for name in named:
+        path = Path(str(name)) if isinstance(name, (str, Path)) else None
+        if path is None or not path.exists():
+            continue
+        found += sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.suffix == ".jsonl" else []
+    return found
+
+
+def check_datasets(cfg) -> None:
+    """Every line of the local JSON-lines datasets parses as a JSON object (one pass over each file);
+    the first one that does not is a ``SetupError`` naming ``file:line`` (Axolotl's loader would stop
+    on it with a traceback from deep inside ``datasets``)."""
+    for group in ("datasets", "test_datasets"):
+        for i, entry in enumerate(cfg.get(group) or []):
+            for path in local_jsonl_files(entry):
+                where = bad_jsonl_line(path)
+                if where:
+                    raise SetupError(f"{group}[{i}].path: {where}; fix or remove that line")
+
+
+def bad_jsonl_line(path: Path) -> str | None:
+    """``file:line: reason`` of the first line of ``path`` that is not a JSON object, else None."""
+    with open(path, "rb", buffering=1 << 20) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except ValueError as err:  # JSONDecodeError, invalid UTF-8
+                torn = " (a torn last line: the file was cut short)" if not raw.endswith(b"\n") else ""
+                return f"{path}:{lineno}: malformed JSON ({getattr(err, 'msg', err)}){torn}"
+            if not isinstance(row, dict):
+                return f"{path}:{lineno}: not a JSON object ({type(row).__name__})"
+    return None
 
 
 # Axolotl's Triton LoRA kernels: the same LoRA forward and backward as PEFT's modules, fused, CUDA only.

@@ -19,6 +19,11 @@ teacher's read-ahead). Its hook wraps the iterator at ``get_batch_samples``, whe
 fetches all micro-batches of one optimizer step and then counts their supervised tokens (so a
 step's completions can be regenerated before they are counted), and adds its values to each
 training log.
+
+Checkpoints under faults (``checkpoints``): a save that meets a full disk removes its torn
+``checkpoint-N`` and stops in one line (exit 2); a checkpoint to resume from is checked before
+anything loads, and a file that cannot be loaded stops in one line naming it. On a resume the
+checkpoint's RNG state is restored before a step hook samples (``get_batch_samples``).
 """
 
 from __future__ import annotations
@@ -129,13 +134,6 @@ class DistillTrainerMixin:
         self._record("train" if model.training else "eval", sums / normalizer * scale)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
 
-    def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
-        """The step's micro-batches as the methods' step hooks give them (read ahead, regenerated); the
-        Trainer counts ``num_items_in_batch`` over what this returns."""
-        for hook in self.distill_hooks.values():
-            epoch_iterator = hook.batches(self, epoch_iterator)
-        return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
-
     def create_optimizer(self, *args, **kwargs):
         """The student's optimizer plus one param group per term with trainable modules (its
         ``trainable_lr``, else the student's learning rate)."""
@@ -150,11 +148,11 @@ class DistillTrainerMixin:
         return optimizer
 
     def training_step(self, *args, **kwargs):
-        from .teachers.outage import TeacherOutage, stop_for_outage
+        from .teachers.outage import TeacherStopped, stop_for_outage
 
         try:
             loss = super().training_step(*args, **kwargs)
-        except TeacherOutage as err:  # a served teacher down past max_outage_s: checkpoint, one line, exit 2
+        except TeacherStopped as err:  # a served teacher down past max_outage_s, or malformed: checkpoint, one line, exit 2
             stop_for_outage(self, args[0] if args else kwargs["model"], err)
         # DDP all-reduces only the model's gradients. Averaging the accumulated projector gradients
         # after every backward is exact under accumulation too: avg(avg(a) + b) = avg(a) + avg(b).
@@ -166,11 +164,11 @@ class DistillTrainerMixin:
         return loss
 
     def prediction_step(self, model, *args, **kwargs):
-        from .teachers.outage import TeacherOutage, stop_for_outage
+        from .teachers.outage import TeacherStopped, stop_for_outage
 
         try:
             return super().prediction_step(model, *args, **kwargs)
-        except TeacherOutage as err:  # during evaluation, between steps: the last step is complete
+        except TeacherStopped as err:  # during evaluation, between steps: the last step is complete
             stop_for_outage(self, model, err)
 
     def _clip_grad_norm(self, model):
@@ -184,15 +182,99 @@ class DistillTrainerMixin:
         super().save_model(output_dir, _internal_call)
         self._save_distill_modules(output_dir)
 
-    def train(self, *args, **kwargs):
-        result = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """A checkpoint to resume from is checked first (``checkpoints.check_checkpoint``): a damaged
+        file stops the run in one line naming it, exit code 2."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from .checkpoints import DamagedCheckpoint, check_checkpoint, stop
+
+        folder = resume_from_checkpoint
+        if folder is True:
+            folder = get_last_checkpoint(self.args.output_dir)
+        if isinstance(folder, (str, Path)) and self.is_world_process_zero():  # one reader of the files
+            try:
+                check_checkpoint(folder)
+            except DamagedCheckpoint as err:
+                stop(f"resume_from_checkpoint: {err}; resume from an earlier checkpoint-N or train from the start")
+        self._distill_resumed_from = folder if isinstance(folder, (str, Path)) else None
+        self._distill_rng_restored = False
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
         self._save_distill_modules(None)  # Axolotl saves its final model with save_pretrained
         return result
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint; on a full disk the torn folder is removed and the run stops in one
+        line (``checkpoints.save_or_stop``)."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        from .checkpoints import save_or_stop
+
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        save_or_stop(lambda: super(DistillTrainerMixin, self)._save_checkpoint(model, trial), folder,
+                     self.args.should_save)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from .checkpoints import loading_or_stop
+
+        with loading_or_stop(resume_from_checkpoint, self.args.should_save):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
+        """The step's micro-batches as the methods' step hooks give them (read ahead, regenerated); the
+        Trainer counts ``num_items_in_batch`` over what this returns.
+
+        On a resume mid-epoch the Trainer restores the checkpoint's RNG state only after this call has
+        fetched the first step's batches, but a hook may draw from it here (on-policy sampling): the
+        state is restored right after the first batch is fetched instead, before any hook draws, and
+        the Trainer's own restore is then skipped (``_load_rng_state``)."""
+        if self.distill_hooks:
+            epoch_iterator = self._rng_restoring(epoch_iterator)
+        for hook in self.distill_hooks.values():
+            epoch_iterator = hook.batches(self, epoch_iterator)
+        return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
+
+    def _distill_rng_pending(self) -> bool:
+        return getattr(self, "_distill_resumed_from", None) is not None and not self._distill_rng_restored
+
+    def _rng_restoring(self, iterator):
+        """``iterator``, wrapped while a resume's RNG state is pending: one wrapper for the whole epoch
+        (a hook may tell epochs apart by the iterator it is given: the served read-ahead)."""
+        source, wrapped = getattr(self, "_distill_rng_wrap", (None, None))
+        if source is iterator:
+            return wrapped
+        if not self._distill_rng_pending():
+            return iterator
+        wrapped = self._rng_restored_after_first_fetch(iterator)
+        self._distill_rng_wrap = (iterator, wrapped)
+        return wrapped
+
+    def _rng_restored_after_first_fetch(self, iterator):
+        for batch in iterator:
+            if self._distill_rng_pending():
+                self._load_rng_state(self._distill_resumed_from)
+            yield batch
+
+    def _load_rng_state(self, checkpoint):
+        """Once per resume: the first of the Trainer's call and ours (``get_batch_samples``)."""
+        if checkpoint is None or getattr(self, "_distill_rng_restored", False):
+            return
+        from .checkpoints import loading_or_stop
+
+        with loading_or_stop(checkpoint, self.args.should_save):
+            super()._load_rng_state(checkpoint)
+        self._distill_rng_restored = True
 
     def _load_optimizer_and_scheduler(self, resume_from_checkpoint):
         """On resume, after the model's weights (the Trainer calls this under every engine, where it
         skips ``_load_from_checkpoint`` under DeepSpeed): the projectors and the step hooks' state."""
-        super()._load_optimizer_and_scheduler(resume_from_checkpoint)
+        from .checkpoints import loading_or_stop
+
+        with loading_or_stop(resume_from_checkpoint, self.args.should_save):
+            super()._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_distill_state(resume_from_checkpoint)  # a missing file: FileNotFoundError naming it
+
+    def _load_distill_state(self, resume_from_checkpoint) -> None:
         if resume_from_checkpoint is None:
             return
         if self._distill_parameters() and not load_projectors(self.distill_modules, resume_from_checkpoint):

@@ -28,6 +28,7 @@ STAGES = ("generate", "verify", "capture (logits)", "train: online", "train: sto
           "train: on-policy", "train: hidden")
 D = "tests/data_prep/"
 O = "tests/offline/"
+F = "tests/faults/"
 
 # (stage, fault) -> (outcome, what happens, [pytest node ids]); a missing pair is a gap.
 CELLS: dict[tuple[str, str], tuple[str, str, list[str]]] = {
@@ -54,15 +55,47 @@ CELLS: dict[tuple[str, str], tuple[str, str, list[str]]] = {
     ("capture (logits)", "corrupt input"): ("stops", "a bad line (file:line); a corrupt part and its re-capture command", [
         "tests/faults/test_capture_faults.py::test_a_bad_input_line_stops_capture_in_one_line",
         O + "test_checksums.py::test_cli_refuses_a_corrupt_part_and_its_command_recaptures_it"]),
-    ("train: stored", "corrupt input"): ("stops", "checksum per part: preflight and reader refuse it; no checksums: warning", [
-        O + "test_checksums.py::test_every_part_has_its_checksum_and_a_flipped_byte_is_named",
-        O + "test_checksums.py::test_truncated_part_is_named_with_its_sizes",
-        O + "test_checksums.py::test_store_without_checksums_warns_and_is_read",
-        "tests/faults/test_stored_train_faults.py::test_axolotl_refuses_a_flipped_store_and_trains_on_one_without_checksums"]),
-    ("train: online", "SIGKILL"): ("resumes", "from the last checkpoint: the same per-step losses", [
-        "tests/faults/test_train_kill.py::test_a_killed_run_resumes_to_the_same_losses"]),
-    ("train: served", "SIGKILL"): ("resumes", "from the last checkpoint: the same per-step losses", [
-        "tests/faults/test_train_kill.py::test_a_killed_run_resumes_to_the_same_losses"]),
+
+    ("verify", "SIGKILL"): ("resumes", "killed mid-row: torn row cut, the same rows byte for byte", [
+        F + "test_verify_faults.py::test_a_killed_verify_resumes_to_the_same_rows"]),
+    ("verify", "full disk"): ("stops", "ENOSPC: one line, torn row removed; resumes", [
+        F + "test_verify_faults.py::test_verify_stops_in_one_line_on_a_full_disk_and_resumes"]),
+}
+# Training: SIGKILL per teacher source (one parametrised test); a full disk meets the checkpoint save
+# every source shares (the trainer mixin's), tested once in process and once through axolotl.cli.train.
+KILLED = F + "test_train_kill.py::test_a_killed_run_resumes_to_the_same_losses"
+E2E = "test_axolotl_stops_in_one_line_on_bad_data_a_full_disk_and_a_damaged_checkpoint"  # axolotl.cli.train
+FULL_DISK = ("stops", "shared checkpoint save: one line, torn checkpoint removed; resumes from the previous one "
+             "to the same per-step losses", [
+                 F + "test_train_disk_full.py::test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_resumes_from_the_last_one",
+                 F + "test_train_faults_e2e.py::" + E2E])
+DAMAGED_CHECKPOINT = [F + "test_train_corrupt_input.py::test_a_damaged_checkpoint_stops_the_resume_in_one_line",
+                      F + "test_train_faults_e2e.py::" + E2E]
+BAD_DATASET_LINE = F + "test_train_corrupt_input.py::test_a_bad_dataset_line_is_named_before_the_data_loads"
+CORRUPT_DATA = ("stops", "a bad dataset line (file:line, before the data loads); a damaged checkpoint to resume from "
+                "(its file named)", [BAD_DATASET_LINE, *DAMAGED_CHECKPOINT])
+for source, what in (("online", "from the last checkpoint: the same per-step losses"),
+                     ("stored", "from the last checkpoint: the same per-step losses (offline collator's batches)"),
+                     ("served", "from the last checkpoint: the same per-step losses"),
+                     ("on-policy", "the same per-step losses: the RNG restored before the resumed step samples"),
+                     ("hidden", "the same per-step losses: the projectors restored")):
+    CELLS[(f"train: {source}", "SIGKILL")] = ("resumes", what, [KILLED])
+    CELLS[(f"train: {source}", "full disk")] = FULL_DISK
+for source in ("online", "on-policy", "hidden"):
+    CELLS[(f"train: {source}", "corrupt input")] = CORRUPT_DATA
+CELLS[("train: stored", "corrupt input")] = ("stops", "checksum per part: preflight and reader refuse it; no checksums: "
+                                             "warning; a damaged checkpoint named", [
+    O + "test_checksums.py::test_every_part_has_its_checksum_and_a_flipped_byte_is_named",
+    O + "test_checksums.py::test_truncated_part_is_named_with_its_sizes",
+    O + "test_checksums.py::test_store_without_checksums_warns_and_is_read",
+    F + "test_stored_train_faults.py::test_axolotl_refuses_a_flipped_store_and_trains_on_one_without_checksums",
+    *DAMAGED_CHECKPOINT])
+CELLS[("train: served", "corrupt input")] = ("stops", "malformed answers (cut body, wrong shapes) asked again "
+                                             "(one: the same losses), then checkpoint, one line naming the URL; "
+                                             "resume reproduces; a damaged checkpoint named", [
+    F + "test_train_corrupt_input.py::test_malformed_answers_are_asked_again_then_stop_in_one_line",
+    *DAMAGED_CHECKPOINT])
+CELLS.update({
     ("train: stored", "dropped connection"): ("n/a", "no server", []),
     ("train: online", "dropped connection"): ("n/a", "no server", []),
     ("train: on-policy", "dropped connection"): ("n/a", "no server", []),
@@ -73,7 +106,7 @@ CELLS: dict[tuple[str, str], tuple[str, str, list[str]]] = {
         "tests/teachers/test_outage.py::test_a_restarted_server_is_ridden_out_with_the_same_losses",
         "tests/teachers/test_outage.py::test_a_server_that_never_returns_stops_with_a_checkpoint_and_resumes",
         "tests/teachers/test_outage.py::test_under_ddp_every_process_stops_at_the_same_step"]),
-}
+})
 
 
 def cells_for(stage: str) -> list[tuple[str, str, list[str]]]:

@@ -35,7 +35,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"onpolicy"},  # rollouts during training
     {"methods", "alignment.setup"},  # one module per method: its keys, checks, source and terms
     {"args", "preflight"},  # the distill: block, the checks made before loading models
-    {"trainer", "axolotl_trainer", "plugin", "serve", ""},  # entry points
+    {"trainer", "axolotl_trainer", "plugin", "serve", "checkpoints", ""},  # entry points
     {"testing", "demo"},  # tiny models, twins, the demo
 ))
 CONFIG_KEYS = ("teacher_logits", "teacher_server", "cross_tokenizer", "hidden_weight", "on_policy_fraction", "teacher")

@@ -6,9 +6,11 @@ until the outage, timed from the start of the first failing attempt and shared b
 the source, has lasted ``max_outage_s``; then ``TeacherOutage`` is raised. Any success ends the
 outage. While it lasts, one line is logged every ``log_every_s`` ("teacher unreachable for 40 s;
 retrying until 600 s"), and one when the server answers again. Other failures (400, 401, 404, an
-unparsable answer) are not outages: they raise at once.
+unparsable answer) are not outages: they raise at once (the source asks again a few times for an
+answer it cannot parse, then raises ``MalformedAnswers``).
 
-The trainer (``trainer.DistillTrainerMixin.training_step``) turns ``TeacherOutage`` into a
+The trainer (``trainer.DistillTrainerMixin.training_step``) turns ``TeacherOutage`` (and
+``MalformedAnswers``: both are ``TeacherStopped``) into a
 checkpoint of the last completed optimizer step and exit code 2 (``stop_for_outage``). Under DDP
 the processes agree on it per teacher batch (``agree_on_outage``), so all stop at the same step.
 """
@@ -28,13 +30,28 @@ LOG = logging.getLogger("axolotl.distill_plugin")
 T = TypeVar("T")
 
 
-class TeacherOutage(GenerationError):
+class TeacherStopped(GenerationError):
+    """A served teacher that training cannot go on with: the trainer saves the last step and stops."""
+
+    url: str
+
+
+class TeacherOutage(TeacherStopped):
     """The served teacher stayed unreachable for the whole outage budget."""
 
     def __init__(self, url: str, seconds: float, budget: float, cause: GenerationError):
         super().__init__(f"{url}: teacher unreachable for {seconds:.0f} s, the outage budget "
                          f"(distill.teacher_server.max_outage_s: {budget:g}) is spent; last error: {cause}", cause.status)
         self.url, self.seconds, self.budget = url, seconds, budget
+
+
+class MalformedAnswers(TeacherStopped):
+    """The served teacher answered, but not with the top-k log-probs asked for, ``attempts`` times in a row."""
+
+    def __init__(self, url: str, attempts: int, last: str):
+        super().__init__(f"{url}: a malformed answer {attempts} times in a row (last: {last}); is it a "
+                         "vLLM-compatible server (prompt_logprobs or echo + logprobs)?", "unparsable")
+        self.url, self.attempts = url, attempts
 
 
 def is_outage(err: GenerationError) -> bool:
@@ -95,25 +112,29 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def agree_on_outage(err: TeacherOutage | None, url: str, budget: float, device) -> None:
-    """Raise ``TeacherOutage`` on every process when it was raised on any (DDP), else return.
+def agree_on_outage(err: TeacherStopped | None, url: str, budget: float, device) -> None:
+    """Raise ``err`` on every process when any process got one (DDP), else return.
 
     Every process calls this once per teacher batch, so all of them stop at the same micro-batch of
     the same step and none is left waiting in a collective of the next one: one scalar all-reduce
-    (whether any process saw one, and the longest) per batch, only when there are several processes."""
+    (whether any process saw an outage or malformed answers, and the longest outage) per batch, only
+    when there are several processes."""
     if _distributed():
         import torch
         import torch.distributed as dist
 
-        seen = torch.tensor([0.0, 0.0] if err is None else [1.0, float(err.seconds)], dtype=torch.float64, device=device)
+        kind = 0.0 if err is None else 1.0 if isinstance(err, TeacherOutage) else 2.0
+        seen = torch.tensor([kind, float(getattr(err, "seconds", 0.0))], dtype=torch.float64, device=device)
         dist.all_reduce(seen, op=dist.ReduceOp.MAX)
-        if err is None and seen[0].item():
+        if err is None and seen[0].item() == 1.0:
             err = TeacherOutage(url, seen[1].item(), budget, GenerationError("another process's requests", "peer"))
+        elif err is None and seen[0].item() == 2.0:
+            err = MalformedAnswers(url, 0, "in another process")
     if err is not None:
         raise err
 
 
-def stop_for_outage(trainer, model, err: TeacherOutage) -> None:
+def stop_for_outage(trainer, model, err: TeacherStopped) -> None:
     """Save the last completed optimizer step as a checkpoint (the Trainer's own format, resumable with
     ``resume_from_checkpoint``; every process takes part, then waits for the others), print one line
     naming the URL and how to resume (the main process), exit with code 2."""
@@ -122,17 +143,21 @@ def stop_for_outage(trainer, model, err: TeacherOutage) -> None:
 
     step = trainer.state.global_step
     folder = os.path.join(trainer.args.output_dir, f"checkpoint-{step}")
+    back = "once the server is back" if isinstance(err, TeacherOutage) else "once the server answers correctly"
     if step == 0:
-        saved = "no optimizer step was completed, nothing to save; run again once the server is back"
+        saved = f"no optimizer step was completed, nothing to save; run again {back}"
     else:
         trainer._save_checkpoint(model, trial=None)  # again if the schedule saved this step: same files
         if _distributed():
             import torch.distributed as dist
 
             dist.barrier()  # no process exits (ending the job) before the checkpoint is written
-        saved = (f"saved step {step} as {folder}; resume once the server is back with "
+        saved = (f"saved step {step} as {folder}; resume {back} with "
                  f"`resume_from_checkpoint: {folder}` (or `axolotl train CONFIG --resume_from_checkpoint {folder}`)")
+    if isinstance(err, TeacherOutage):
+        what = f"{err.url} unreachable for {err.seconds:.0f} s (max_outage_s {err.budget:g})"
+    else:
+        what = " ".join(str(err).split())
     if trainer.args.should_save:
-        print(f"distill_plugin: error: distill.teacher_server: {err.url} unreachable for {err.seconds:.0f} s "
-              f"(max_outage_s {err.budget:g}); {saved}", file=sys.stderr, flush=True)
+        print(f"distill_plugin: error: distill.teacher_server: {what}; {saved}", file=sys.stderr, flush=True)
     raise SystemExit(2)

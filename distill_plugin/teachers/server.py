@@ -25,7 +25,8 @@ ahead). Requests run on one background event loop with one HTTP client and at mo
 ``max_concurrency`` requests in flight; the retries, backoff and error messages are the generation
 layer's (``OpenAIHTTPBackend.send``); on top of them a training batch's requests ride out a
 server restart for up to ``max_outage_s`` (``teachers.outage``; the start-up checks do not wait: an
-unreachable server at start is an error at once). Every process asks for its own batches (DDP). The time the
+unreachable server at start is an error at once), and a malformed answer is asked for again
+(``MALFORMED_ATTEMPTS`` in all) before ``MalformedAnswers`` stops the run like a spent outage. Every process asks for its own batches (DDP). The time the
 trainer blocks on the server is logged as ``teacher_wait_s`` (seconds per optimizer step).
 
 Shutdown: ``close`` (also ``with`` exit and, for the trainer's source, interpreter exit) cancels
@@ -53,10 +54,11 @@ from ..generation.openai_http import OpenAIHTTPBackend
 from ..generation.prompt_logprobs import decoded_prompt_tokens, parse_topk, score_body
 from ..losses.chunked import supervised_mask
 from ..signals import LABELS, TEACHER_REQUEST, TopKLogprobs
-from .outage import OutageBudget, TeacherOutage, agree_on_outage
+from .outage import MalformedAnswers, OutageBudget, TeacherStopped, agree_on_outage
 
 LOG = logging.getLogger("axolotl.distill_plugin")
 KEY = "distill.teacher_server"
+MALFORMED_ATTEMPTS = 3  # asks per document before a malformed answer stops the run
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 (x+y)^2 = x^2 + 2xy + y^2\n"
 
 
@@ -225,25 +227,40 @@ class ServerTopKSource:
         return asyncio.run_coroutine_threadsafe(self._score(spans, *batch["input_ids"].shape), self._loop)
 
     async def _score(self, spans: list, B: int, T: int):
-        answers = await asyncio.gather(*(self._post(score_body(self.config.model, ids, self.k, self.api), ride_out=True)
-                                         for _, _, ids in spans))
+        answers = await asyncio.gather(*(self._scored(span) for _, _, span in spans))
         ids = torch.zeros(B, T, self.k, dtype=torch.long)
         lps = torch.full((B, T, self.k), -torch.inf)
-        for (b, start, span), choice in zip(spans, answers):
-            try:
-                top, values = parse_topk(choice, len(span), self.k, self.api, self.vocab_size)
-            except (KeyError, ValueError, TypeError) as err:
-                raise GenerationError(f"{self.url}/completions: unparsable prompt log-probs ({err})", "unparsable") from None
+        for (b, start, span), (top, values) in zip(spans, answers):
             ids[b, start:start + len(span) - 1] = torch.from_numpy(top)
             lps[b, start:start + len(span) - 1] = torch.from_numpy(values)
         return ids, lps
+
+    async def _scored(self, span: list[int]):
+        """One document's top-k; a malformed answer (not JSON, or not the positions and k asked for: a
+        proxy's error page, a cut body) is asked for again, ``MALFORMED_ATTEMPTS`` times in all with
+        backoff, then ``MalformedAnswers`` (one line naming the URL)."""
+        body = score_body(self.config.model, span, self.k, self.api)
+        for attempt in range(1, MALFORMED_ATTEMPTS + 1):
+            try:
+                return parse_topk(await self._post(body, ride_out=True), len(span), self.k, self.api, self.vocab_size)
+            except GenerationError as err:
+                if err.status != "unparsable":
+                    raise
+                why = " ".join(str(err).split()).removeprefix(f"{self.url}/completions: ")[:300]
+            except (KeyError, ValueError, TypeError, IndexError) as err:
+                why = f"unparsable prompt log-probs ({type(err).__name__}: {err})"
+            if attempt < MALFORMED_ATTEMPTS:
+                LOG.warning("distill_plugin: %s/completions: malformed answer (%s); asking again (%d/%d)", self.url, why,
+                            attempt, MALFORMED_ATTEMPTS - 1)
+                await asyncio.sleep(self.outage.backoff_s * 2 ** (attempt - 1))
+        raise MalformedAnswers(f"{self.url}/completions", MALFORMED_ATTEMPTS, why)
 
     def signals(self, inputs: dict, mask: torch.Tensor) -> dict[type, Any]:
         future = inputs.get(TEACHER_REQUEST) or self.submit(inputs)  # evaluation batches are not read ahead
         started = time.perf_counter()
         try:
             ids, lps, outage = *future.result(), None
-        except TeacherOutage as err:
+        except TeacherStopped as err:
             outage = err
         agree_on_outage(outage, self.url, self.config.max_outage_s, mask.device)  # every process stops together
         if torch.is_grad_enabled():  # training micro-batches only

@@ -7,8 +7,10 @@ the real app (nothing is mocked) and is set at run time, so one server serves ma
 stall_seconds=S, no_prompt_logprobs=True)`` restarts the ``/completions`` request count; requests
 (1-based) in ``fail`` get a 503, those in ``stall`` are held S seconds first, and with
 ``no_prompt_logprobs`` the vLLM extension is refused with a 400 like a strict OpenAI server (the
-client must fall back to ``echo``); ``delay_s`` holds every request that long (a remote server's
-latency, for the benchmark). ``faults(url)`` returns the plan and the counters.
+client must fall back to ``echo``); those in ``garble`` get a 200 whose body is cut short (not
+JSON), those in ``cut`` the real answer with half its prompt log-prob entries (malformed answers);
+``delay_s`` holds every request that long (a remote server's latency, for the benchmark).
+``faults(url)`` returns the plan and the counters.
 """
 
 from __future__ import annotations
@@ -127,14 +129,17 @@ def set_faults(url: str, **plan) -> None:
 
 
 def with_faults(app):
-    from fastapi.responses import JSONResponse
+    import json
+
+    from fastapi.responses import JSONResponse, Response
 
     state: dict = {}
 
-    def reset(fail=(), stall=(), stall_seconds=0.0, no_prompt_logprobs=False, delay_s=0.0):
+    def reset(fail=(), stall=(), stall_seconds=0.0, no_prompt_logprobs=False, delay_s=0.0, garble=(), cut=()):
         state.clear()
         state.update(fail=list(fail), stall=list(stall), stall_seconds=stall_seconds, delay_s=delay_s,
-                     no_prompt_logprobs=no_prompt_logprobs, completions=0, failed=0, stalled=0, refused_prompt_logprobs=0)
+                     no_prompt_logprobs=no_prompt_logprobs, garble=list(garble), cut=list(cut), completions=0,
+                     failed=0, stalled=0, refused_prompt_logprobs=0, garbled=0, was_cut=0)
 
     reset()
 
@@ -146,6 +151,18 @@ def with_faults(app):
             if n in state["fail"]:
                 state["failed"] += 1
                 return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+            if n in state["garble"]:  # a 200 whose body is cut short: not JSON
+                state["garbled"] += 1
+                return Response(b'{"choices": [{"prompt_logprobs": [null, {"12": {"logp', media_type="application/json")
+            if n in state["cut"]:  # valid JSON, but half the positions asked for
+                state["was_cut"] += 1
+                response = await call_next(request)
+                body = json.loads(b"".join([chunk async for chunk in response.body_iterator]))
+                choice = body["choices"][0]
+                for holder, key in ((choice, "prompt_logprobs"), (choice.get("logprobs") or {}, "top_logprobs")):
+                    if holder.get(key):
+                        holder[key] = holder[key][: len(holder[key]) // 2]
+                return JSONResponse(body)
             if n in state["stall"]:
                 state["stalled"] += 1
                 await asyncio.sleep(state["stall_seconds"])
