@@ -7,7 +7,8 @@ Qwen2-shaped models with random weights, built here (no download): by default a 
 
     hf_sft     ``student(**batch, labels=labels).loss``: the model's own CE over the full [B, T, V] logits
     fused_sft  student with its lm_head bypassed → supervised rows → ``losses.chunked.fused_linear_loss``
-               with a closed-form CE chunk (log_softmax, then softmax − onehot): Liger-style fused CE
+               with a closed-form CE chunk (log_softmax, then softmax − onehot): Liger-style fused CE,
+               its fp32 maths run over blocks of ``--block-elements`` logits (rows that stay in cache)
     kd_ours    ``DistillTrainerMixin.compute_loss`` as the trainer calls it: teacher forward under
                no_grad (``TeacherModelSource``), student forward, ``LogitTerms`` → ``online_kd_loss``
                (forward KL, T = 1, kd_weight 1, ce_weight 0), then backward
@@ -98,19 +99,25 @@ def step_flops(a, student, teacher) -> dict[str, float]:
 # the steps: each returns a closure doing zero_grad + forward + backward
 
 
-def ce_chunk(targets, normalizer):
-    """Closed-form CE chunk for ``fused_linear_loss``: ``[Σ ce / N]`` and (softmax − onehot) / N."""
+def ce_chunk(targets, normalizer, block: int):
+    """Closed-form CE chunk for ``fused_linear_loss``: ``[Σ ce / N]`` and (softmax − onehot) / N,
+    computed over blocks of ``block`` rows (as ours: the fp32 maths stays in cache), the gradient
+    written over the chunk's logits."""
 
     def chunk(logits, start, end):
-        t = targets[start:end]
-        logp = F.log_softmax(logits.float(), dim=-1)
-        ce = -logp.gather(1, t[:, None]).sum()
-        parts = (ce / normalizer)[None]
-        if not logits.requires_grad:
-            return parts
-        grad = logp.exp_()
-        grad[torch.arange(len(t)), t] -= 1.0
-        return parts, grad.mul_(1.0 / normalizer).to(logits.dtype)
+        grad, total = logits.detach(), None
+        for i in range(0, max(end - start, 1), block):
+            j = min(i + block, end - start)
+            t = targets[start + i:start + j]
+            with torch.no_grad():
+                logp = F.log_softmax(logits[i:j].float(), dim=-1)
+                ce = -logp.gather(1, t[:, None]).sum() / normalizer
+                total = ce if total is None else total + ce
+                if logits.requires_grad:
+                    g = logp.exp_()
+                    g[torch.arange(len(t)), t] -= 1.0
+                    grad[i:j] = g.mul_(1.0 / normalizer)
+        return (total[None], grad) if logits.requires_grad else total[None]
 
     return chunk
 
@@ -130,6 +137,7 @@ def steps(a, student, teacher, batch):
     labels = batch["labels"]
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     n = labels[:, 1:].ne(-100).sum()
+    sft_block = max(1, a.block_elements // a.vocab)
     config = DistillConfig(teacher="bench", divergence="forward_kl", temperature=1.0, kd_weight=1.0, ce_weight=0.0,
                            chunk_size=a.chunk_size)
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench_kd_step_"), report_to=[], use_cpu=True, seed=0)
@@ -146,7 +154,7 @@ def steps(a, student, teacher, batch):
         student.zero_grad(set_to_none=True)
         rows, targets, _ = select_rows(final_hidden_states(student, inputs), labels)
         head = student.lm_head
-        loss, _ = fused_linear_loss(rows, head.weight, ce_chunk(targets, float(n)), head.bias, a.chunk_size)
+        loss, _ = fused_linear_loss(rows, head.weight, ce_chunk(targets, float(n), sft_block), head.bias, a.chunk_size)
         loss.backward()
         return loss
 
@@ -200,7 +208,8 @@ def breakdown(a, student, teacher, batch, trainer, repeats: int) -> list[tuple[s
 
     def head_ce():
         rows = rows0.detach().requires_grad_(True)
-        loss, _ = fused_linear_loss(rows, head.weight, ce_chunk(targets, n), head.bias, a.chunk_size)
+        chunk = ce_chunk(targets, n, max(1, a.block_elements // a.vocab))
+        loss, _ = fused_linear_loss(rows, head.weight, chunk, head.bias, a.chunk_size)
         loss.backward()
 
     def head_kd():
@@ -299,6 +308,8 @@ def parse(argv=None):
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--prompt", type=int, default=64, help="prompt positions per sequence (labels -100)")
     p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the fused losses (default: auto)")
+    p.add_argument("--block-elements", type=int, default=1 << 20,
+                   help="fused_sft's CE maths runs over blocks of this many logits (rows = this // V)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
