@@ -18,7 +18,8 @@ Each step is ``zero_grad`` + forward + backward (no optimizer step: it is the sa
 and outside the FLOP model). The rows run interleaved, one of each per round (order rotated each
 round), ``--warmup`` rounds then ``--repeats`` timed ones; reported: the median ms/step with its
 min–max, and the median (min–max) over rounds of each row's time divided by fused_sft's in the same
-round — the ratio is what survives a contended machine.
+round — the ratio is what survives a contended machine. ``--clock process`` times this process's CPU
+seconds (all threads) instead of wall seconds: time slices lost to other processes then do not count.
 
 FLOPs (the limit): matmuls only, 2 per multiply-add; a decoder body forward is
 2·N·tokens (N = non-embedding parameters) + 2·H·T(T+1) per layer and sequence (causal QKᵀ and AV);
@@ -248,6 +249,7 @@ def run(a):
     student = build(**s_shape, vocab=a.vocab, seed=1).train()
     teacher = build(**t_shape, vocab=a.vocab, seed=2).eval().requires_grad_(False)
     batch = make_batch(a)
+    clock = time.process_time if a.clock == "process" else time.perf_counter
     fns, trainer = steps(a, student, teacher, batch)
     names = [r for r in ROWS if r in a.rows]
     times = {r: [] for r in names}
@@ -255,9 +257,9 @@ def run(a):
     for rnd in range(a.warmup + a.repeats):
         order = names[rnd % len(names):] + names[: rnd % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start = clock()
             losses[name] = float(fns[name]().detach())
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if rnd >= a.warmup:
                 times[name].append(elapsed)
         print(f"round {rnd + 1}/{a.warmup + a.repeats}: " + ", ".join(f"{k} {1e3 * v[-1]:.0f} ms" for k, v in times.items() if v),
@@ -273,7 +275,7 @@ def table(a, student, teacher, times, losses, flops) -> str:
     out = [f"student {non_embedding(student) / 1e6:.1f}M / teacher {non_embedding(teacher) / 1e6:.1f}M non-embedding "
            f"parameters (H {student.config.hidden_size} / {teacher.config.hidden_size}), V {a.vocab:,}, batch {a.batch} × "
            f"{a.seq} tokens, {rows} supervised rows, fp32, {a.threads} threads, chunk "
-           f"{a.chunk_size or 'auto'}; median of {a.repeats} interleaved rounds after {a.warmup} warm-up",
+           f"{a.chunk_size or 'auto'}, {a.clock} clock; median of {a.repeats} interleaved rounds after {a.warmup} warm-up",
            "", "| row | ms/step (min–max) | × fused_sft (min–max over rounds) | GFLOP | FLOP × fused_sft | loss |",
            "|---|---|---|---|---|---|"]
     base = times.get("fused_sft")
@@ -311,6 +313,8 @@ def parse(argv=None):
     p.add_argument("--block-elements", type=int, default=1 << 20,
                    help="fused_sft's CE maths runs over blocks of this many logits (rows = this // V)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="process: this process's CPU seconds (all its threads), less sensitive to a contended machine")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--breakdown", action="store_true")
