@@ -4,7 +4,7 @@
 token) per token-id prompt. Around the engine call, ``generation_mode`` puts the model in the state
 sampling needs and gives it back as it was:
 
-* eval mode (dropout off) and ``torch.no_grad`` (``decode.sample_tokens`` samples under no_grad);
+* eval mode (dropout off) and inference mode (``decode.sample_tokens`` samples under it);
 * the KV cache on: Axolotl/TRL set ``config.use_cache = False`` for training, which would make
   every new token recompute the whole prefix;
 * gradient checkpointing is not toggled: transformers applies it only in training mode, so eval

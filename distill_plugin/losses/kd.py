@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from .base import KDSettings, LossOutput, combine, softcap
 from .chunked import auto_chunk_size, fused_linear_loss
 from .compiled import COMPILED_CHUNK_ELEMENTS, compiled_forward_kl_chunk, use_compiled
+from .divergences import divergence
 
 # Elements per block of the CPU closed-form maths (``online_kd_loss``): 4 MiB per fp32 buffer, so
 # the few buffers a block keeps alive fit in a server CPU's last-level cache.
 CPU_BLOCK_ELEMENTS = 1 << 20
-from .divergences import divergence
 
 __all__ = ["KDSettings", "LossOutput", "combine", "forward_kl_closed_form", "online_kd_loss", "softcap"]
 
