@@ -1,15 +1,21 @@
 """Step time and tokens/s of on-policy (GKD) vs off-policy distillation steps, and where the time goes.
 
 One step, as the trainer runs it: (on-policy only) the student samples a completion for every
-prompt of the micro-batch (``OnPolicySteps.generated``: ``generate`` in eval mode with the KV
-cache, then the rows are rebuilt) → teacher forward (no grad) → student forward with the fused JSD
-loss inside → backward → optimizer step (``DistillTrainerMixin.compute_loss``, the HF Trainer loop
-around it left out). Prompts are the demo's addition chats (``distill_plugin.testing.addition``) rendered
-with the student's chat template; off-policy steps train on the data's answers.
+prompt of the micro-batch (``OnPolicySteps.generated``: the rollout, then the rows are rebuilt) →
+teacher forward (no grad) → student forward with the fused JSD loss inside → backward → optimizer
+step (``DistillTrainerMixin.compute_loss``, the HF Trainer loop around it left out). Prompts are the
+demo's addition chats (``distill_plugin.testing.addition``) rendered with the student's chat
+template; off-policy steps train on the data's answers. Cases:
 
-Reported per case: median step time over ``--repeats`` steps after ``--warmup``, its split into
-generation and loss (teacher + student forward + backward + step), supervised tokens per step and
-tokens/s (supervised tokens / step time), and the generated tokens per second of the sampling phase.
+    off-policy              the data's completions
+    on-policy               the ``hf`` rollout (``generation.decode.sample_tokens``)
+    on-policy (generate)    the former ``hf`` rollout, ``model.generate`` through ``HFBackend``, for reference
+
+The cases run interleaved (one step of each per batch, the order rotated), so a contended machine
+slows them alike. Reported per case: median step time over ``--repeats`` steps after ``--warmup``,
+its split into generation and loss (teacher + student forward + backward + step), the median
+(min–max) of the per-step generation share, supervised tokens per step and tokens/s (supervised
+tokens / step time), and the generated tokens per second of the sampling phase.
 
     python benchmarks/bench_onpolicy.py                      # tiny pair on CPU
     python benchmarks/bench_onpolicy.py --device cuda --student Qwen/Qwen2.5-1.5B-Instruct \\
@@ -62,7 +68,31 @@ def batches(tok, n_batches: int, batch: int, seed: int = 0):
     return out
 
 
+class GenerateRollout:
+    """The former ``hf`` rollout, kept here as the reference row: ``model.generate`` through
+    ``HFBackend`` (one call per micro-batch: generate's set-up, full-batch steps until every row has
+    stopped, each completion decoded to text)."""
+
+    def __init__(self, rollout):
+        self.tokenizer, self.sampling = rollout.tokenizer, rollout.sampling
+
+    def sample(self, model, prompts):
+        from distill_plugin.generation.hf import HFBackend
+        from distill_plugin.generation.rollout import generation_mode
+
+        out = [None] * len(prompts)
+        with generation_mode(model):
+            HFBackend(model, self.tokenizer, batch_size=len(prompts)).generate(
+                list(prompts), self.sampling, lambda i, c: out.__setitem__(i, c[0].token_ids))
+        return out
+
+
+CASES = ("off-policy", "on-policy", "on-policy (generate)")
+
+
 def run(a) -> list[dict]:
+    import copy
+
     from transformers import Trainer, TrainingArguments
 
     from distill_plugin.args import DistillConfig
@@ -80,39 +110,45 @@ def run(a) -> list[dict]:
     trainer = Bench(model=student, args=args, processing_class=tok)
     trainer.setup_distillation(config, TeacherModelSource(teacher, vocab_size=len(tok)))
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    steps = trainer.distill_hooks["on_policy"].steps
+    reference = copy.copy(steps)
+    reference.rollout = GenerateRollout(steps.rollout)
+    samplers = {"on-policy": steps, "on-policy (generate)": reference}
     data = [{k: v.to(a.device) for k, v in b.items()} for b in batches(tok, a.warmup + a.repeats, a.batch)]
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    results = []
-    for case in ("off-policy", "on-policy"):
-        times = {"step": [], "generation": [], "loss": []}
-        tokens, generated = [], []
-        for i, batch in enumerate(data):
+    cases = [c for c in CASES if c in a.cases]
+    times = {c: {"step": [], "generation": [], "loss": [], "tokens": [], "generated": []} for c in cases}
+    for i, batch in enumerate(data):  # the cases interleaved, one step each per batch, order rotated
+        for case in cases[i % len(cases):] + cases[: i % len(cases)]:
             student.train()
             sync()
             start = time.perf_counter()
-            if case == "on-policy":
-                batch = trainer.distill_hooks["on_policy"].steps.generated(batch, student)
-                generated.append(int(batch["labels"].ne(-100).sum()))
+            inputs = samplers[case].generated(batch, student) if case in samplers else batch
             sync()
             mid = time.perf_counter()
-            n = batch["labels"][:, 1:].ne(-100).sum()
-            loss = trainer.compute_loss(student, batch, num_items_in_batch=n)
+            n = inputs["labels"][:, 1:].ne(-100).sum()
+            loss = trainer.compute_loss(student, inputs, num_items_in_batch=n)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sync()
             end = time.perf_counter()
             if i >= a.warmup:
-                times["step"].append(end - start)
-                times["generation"].append(mid - start)
-                times["loss"].append(end - mid)
-                tokens.append(int(n))
-        step = statistics.median(times["step"])
-        gen = statistics.median(times["generation"])
+                t = times[case]
+                t["step"].append(end - start)
+                t["generation"].append(mid - start)
+                t["loss"].append(end - mid)
+                t["tokens"].append(int(n))
+                t["generated"].append(int(inputs["labels"].ne(-100).sum()) if case in samplers else 0)
+    results = []
+    for case, t in times.items():
+        step, gen = statistics.median(t["step"]), statistics.median(t["generation"])
+        shares = [g / s for g, s in zip(t["generation"], t["step"])]
         results.append({
-            "case": case, "step_ms": 1e3 * step, "generation_ms": 1e3 * gen, "loss_ms": 1e3 * statistics.median(times["loss"]),
-            "tokens": statistics.mean(tokens), "tokens_per_s": statistics.mean(tokens) / step,
-            "gen_tokens_per_s": statistics.mean(generated[a.warmup:]) / gen if generated else float("nan"),
+            "case": case, "step_ms": 1e3 * step, "generation_ms": 1e3 * gen, "loss_ms": 1e3 * statistics.median(t["loss"]),
+            "share": statistics.median(shares), "share_range": (min(shares), max(shares)),
+            "tokens": statistics.mean(t["tokens"]), "tokens_per_s": statistics.mean(t["tokens"]) / step,
+            "gen_tokens_per_s": statistics.mean(t["generated"]) / gen if case in samplers else float("nan"),
         })
     return results
 
@@ -130,20 +166,20 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     a = p.parse_args(argv)
     if (a.student is None) != (a.teacher is None):
         p.error("give both --student and --teacher, or neither (tiny pair)")
     rows = run(a)
     print(f"device {a.device}, batch {a.batch}, max_new_tokens {a.max_new_tokens}, {a.threads} thread(s), "
-          f"median of {a.repeats} steps after {a.warmup} warm-up")
-    print(f"| case | step ms | generation ms | loss ms | generation share | supervised tokens/step | tokens/s | generated tokens/s |")
+          f"median of {a.repeats} steps after {a.warmup} warm-up, cases interleaved")
+    print("| case | step ms | generation ms | loss ms | generation share (min–max) | supervised tokens/step | tokens/s | generated tokens/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        share = r["generation_ms"] / r["step_ms"]
+        lo, hi = r["share_range"]
         gen_tps = "—" if r["gen_tokens_per_s"] != r["gen_tokens_per_s"] else f"{r['gen_tokens_per_s']:.0f}"
-        print(f"| {r['case']} | {r['step_ms']:.1f} | {r['generation_ms']:.1f} | {r['loss_ms']:.1f} | {share:.0%} | "
+        print(f"| {r['case']} | {r['step_ms']:.1f} | {r['generation_ms']:.1f} | {r['loss_ms']:.1f} | {r['share']:.0%} ({lo:.0%}–{hi:.0%}) | "
               f"{r['tokens']:.0f} | {r['tokens_per_s']:.0f} | {gen_tps} |")
-
 
 if __name__ == "__main__":
     main()

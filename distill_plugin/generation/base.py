@@ -86,6 +86,15 @@ class ServerUnreachable(GenerationError):
 OnError = Callable[[int, GenerationError], None]
 
 
+def stop_ids(tokenizer, model=None) -> list[int]:
+    """The tokenizer's EOS and the model's generation-config EOS ids (chat models stop on either)."""
+    ids = {tokenizer.eos_token_id}
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    return sorted(i for i in ids if i is not None)
+
+
 def is_token_ids(prompt: Prompt) -> bool:
     return len(prompt) > 0 and all(isinstance(t, int) for t in prompt)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, Completion, OnDone, OnError, Prompt, SamplingParams, TopK, is_token_ids, render_chat
+from .base import Backend, Completion, OnDone, OnError, Prompt, SamplingParams, TopK, is_token_ids, render_chat, stop_ids
 
 
 def head_logprobs(hidden, head, temperature: float, chunk: int, vocab_size: int | None = None):
@@ -151,9 +151,7 @@ class HFBackend(Backend):
         return self._tokenizer
 
     def stop_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        return sorted(set(eos) | {self.tokenizer.eos_token_id} - {None})
+        return stop_ids(self.tokenizer, self.model)
 
     def encode(self, prompt: Prompt) -> tuple[list[int], str | None]:
         """Token ids of a prompt (ids pass through) and, for chat prompts, the rendered text."""

@@ -4,7 +4,7 @@
 token) per token-id prompt. Around the engine call, ``generation_mode`` puts the model in the state
 sampling needs and gives it back as it was:
 
-* eval mode (dropout off) and ``torch.no_grad`` (``HFBackend`` generates under no_grad);
+* eval mode (dropout off) and inference mode (``decode.sample_tokens`` samples under it);
 * the KV cache on: Axolotl/TRL set ``config.use_cache = False`` for training, which would make
   every new token recompute the whole prefix;
 * gradient checkpointing is not toggled: transformers applies it only in training mode, so eval
@@ -12,9 +12,10 @@ sampling needs and gives it back as it was:
   as the trainer configured it — ``model.train()`` afterwards re-activates it;
 * LoRA adapters stay active: the PEFT model itself generates (its adapters are the student).
 
-Engines: ``hf`` (``HFBackend`` on the training model itself, on its device) and ``vllm`` (a
-colocated ``VLLMBackend`` created on first use; before each call the student's weights — LoRA
-merged in — are loaded into the engine, so it samples the current student). vLLM is optional.
+Engines: ``hf`` (``decode.sample_tokens`` on the training model itself, on its device: batched,
+KV-cached, finished rows dropped) and ``vllm`` (a colocated ``VLLMBackend`` created on first use;
+before each call the student's weights — LoRA merged in — are loaded into the engine, so it samples
+the current student). vLLM is optional.
 Sampling draws from the global torch RNG, which the Trainer seeds and saves with every checkpoint.
 """
 
@@ -25,7 +26,8 @@ from contextlib import contextmanager
 
 import torch
 
-from .base import SamplingParams
+from .base import SamplingParams, stop_ids
+from .decode import sample_tokens
 
 
 @contextmanager
@@ -61,16 +63,9 @@ class Rollout:
             return []
         if self.backend == "vllm":
             return self._sample_vllm(model, prompts)
-        from .hf import HFBackend
-
-        out: list[list[int] | None] = [None] * len(prompts)
-
-        def done(i, completions):
-            out[i] = completions[0].token_ids
-
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with generation_mode(model):
-            HFBackend(model, self.tokenizer, batch_size=len(prompts)).generate(list(prompts), self.sampling, done)
-        return out
+            return sample_tokens(model, prompts, self.sampling, stop_ids(self.tokenizer, model), pad)
 
     def _sample_vllm(self, model, prompts):
         from ..modeling import unwrap_distributed

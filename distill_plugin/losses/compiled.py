@@ -108,11 +108,13 @@ def _fp32_out_addmm(device_type: str, dtype: torch.dtype) -> bool:
 def accumulate_grad_weight(grad_w: torch.Tensor, g: torch.Tensor, hidden: torch.Tensor) -> None:
     """``grad_w += gᵀ hidden`` into the fp32 accumulator.
 
-    Where the GEMM can write fp32 from bf16/fp16 inputs it accumulates straight into ``grad_w``
-    (no rounding of each chunk's product to bf16, no [V, H] temporary); elsewhere the product is
-    made in the compute dtype and added in place.
+    In fp32, and where the GEMM can write fp32 from bf16/fp16 inputs, it accumulates straight into
+    ``grad_w`` (no [V, H] temporary, no rounding of each chunk's product to bf16); elsewhere the
+    product is made in the compute dtype and added in place.
     """
-    if _fp32_out_addmm(g.device.type, g.dtype):
+    if g.dtype == grad_w.dtype:
+        grad_w.addmm_(g.t(), hidden)
+    elif _fp32_out_addmm(g.device.type, g.dtype):
         torch.addmm(grad_w, g.t(), hidden, out_dtype=torch.float32, out=grad_w)
     else:
         grad_w.add_(g.t() @ hidden)

@@ -24,6 +24,10 @@ from .chunked import auto_chunk_size, fused_linear_loss
 from .compiled import COMPILED_CHUNK_ELEMENTS, compiled_forward_kl_chunk, use_compiled
 from .divergences import divergence
 
+# Elements per block of the CPU closed-form maths (``online_kd_loss``): 4 MiB per fp32 buffer, so
+# the few buffers a block keeps alive fit in a server CPU's last-level cache.
+CPU_BLOCK_ELEMENTS = 1 << 20
+
 __all__ = ["KDSettings", "LossOutput", "combine", "forward_kl_closed_form", "online_kd_loss", "softcap"]
 
 
@@ -126,16 +130,43 @@ def online_kd_loss(
         objective = settings.kd_scale * kd + settings.ce_weight * ce
         return torch.stack([objective, kd, ce]) / normalizer, grad
 
+    # CPU, eager closed form: the chunk's elementwise maths runs over blocks of rows small enough to
+    # stay in cache across its passes (log-softmaxes, exp, difference, scale), instead of streaming
+    # each [chunk, V] fp32 buffer through memory once per pass. The GEMMs keep the whole chunk.
+    block = max(1, CPU_BLOCK_ELEMENTS // vocab) if closed_form and student_rows.device.type == "cpu" else None
+
+    def teacher_logp_of(teacher_logits):
+        with torch.no_grad():
+            z = softcap(teacher_logits.float(), teacher_softcap)
+            return F.log_softmax(z * inv_t if inv_t != 1.0 else z, dim=-1)
+
+    def blocked_forward_kl(student_logits, start, end):
+        """``forward_kl_closed_form`` block by block; the gradient overwrites the chunk's student logits."""
+        with torch.no_grad():
+            teacher_logits = F.linear(teacher_rows[start:end], t_weight, t_bias)
+        grad = student_logits.detach()  # same storage: each block's logits are dead once its gradient exists
+        total = None
+        for i in range(0, end - start, block):
+            j = min(i + block, end - start)
+            block_targets = None if targets is None else targets[start + i:start + j]
+            out = forward_kl_closed_form(student_logits[i:j], teacher_logp_of(teacher_logits[i:j]), block_targets,
+                                         settings, normalizer)
+            if student_logits.requires_grad:
+                out, block_grad = out
+                grad[i:j] = block_grad
+            total = out if total is None else total + out
+        return (total, grad) if student_logits.requires_grad else total
+
     def chunk_loss(student_logits, start, end):
         chunk_targets = None if targets is None else targets[start:end]
+        if block is not None and end - start > block:
+            return blocked_forward_kl(student_logits, start, end)
         if compiled and end - start > 1:  # 0/1-row chunks (rare) stay eager: no extra specialisation
             with torch.no_grad():
                 teacher_logits = F.linear(teacher_rows[start:end], t_weight, t_bias)
             return compiled_forward_kl(student_logits, teacher_logits, chunk_targets, teacher_softcap)
         with torch.no_grad():
-            teacher_logits = softcap(F.linear(teacher_rows[start:end], t_weight, t_bias).float(), teacher_softcap)
-            teacher_logp = F.log_softmax(teacher_logits * inv_t if inv_t != 1.0 else teacher_logits, dim=-1)
-            del teacher_logits  # one fewer [chunk, V] buffer alive
+            teacher_logp = teacher_logp_of(F.linear(teacher_rows[start:end], t_weight, t_bias))
         if closed_form:
             return forward_kl_closed_form(student_logits, teacher_logp, chunk_targets, settings, normalizer)
         logits = softcap(student_logits.float(), student_softcap)

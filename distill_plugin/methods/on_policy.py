@@ -32,7 +32,7 @@ class OnPolicyFields(FieldsBase):
     )
     generation_top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling of the completions.")
     generation_backend: Literal["hf", "vllm"] = Field(
-        "hf", description="`hf`: the training model's `generate`; `vllm`: a colocated vLLM engine, student weights synced before each step."
+        "hf", description="`hf`: the training model itself (batched KV-cached sampling, finished rows dropped); `vllm`: a colocated vLLM engine, student weights synced before each step."
     )
 
     @model_validator(mode="after")

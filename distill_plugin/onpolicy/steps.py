@@ -30,19 +30,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..generation.base import SamplingParams
+from ..generation.base import SamplingParams, stop_ids
 from ..generation.rollout import Rollout
 from .batch import completion_length, replace_completions, split_prompts
 from .schedule import StepSchedule
-
-
-def stop_ids(tokenizer, model: torch.nn.Module | None = None) -> list[int]:
-    """The tokenizer's EOS and the model's generation-config EOS ids (chat models stop on either)."""
-    ids = {tokenizer.eos_token_id}
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    return sorted(i for i in ids if i is not None)
 
 
 class OnPolicySteps:

@@ -11,7 +11,7 @@ from distill_plugin.losses.topk import topk_kd_loss
 
 from reference import make_case, stored_topk
 
-MATMULS = {"mm", "addmm", "bmm", "matmul", "linear"}
+MATMULS = {"mm", "addmm", "addmm_", "bmm", "matmul", "linear"}
 
 
 class CountWork(TorchDispatchMode):

@@ -127,3 +127,38 @@ def test_no_supervised_rows_gives_zero_loss_with_gradient_path():
     out = online_kd_loss(h_s, w_s, h_t, w_t, targets, KDSettings(ce_weight=1.0), normalizer=1)
     out.loss.backward()
     assert out.loss.item() == 0.0 and w_s.grad is not None
+
+
+@pytest.mark.parametrize("temperature,chunk", [(1.0, 8), (2.0, 37), (0.7, 5)])
+@pytest.mark.parametrize("ce_weight", [0.0, 0.3])
+def test_cpu_row_blocks_match_reference(monkeypatch, temperature, chunk, ce_weight):
+    """On CPU, forward KL runs each chunk's maths in blocks of ``CPU_BLOCK_ELEMENTS // V`` rows (3
+    here: blocks that divide neither the chunk nor the rows), writing the gradient block by block."""
+    from distill_plugin.losses import kd
+
+    monkeypatch.setattr(kd, "CPU_BLOCK_ELEMENTS", 3 * 50)
+    block_rows = []
+    closed_form = kd.forward_kl_closed_form
+
+    def spy(student_logits, *args):
+        block_rows.append(student_logits.shape[0])
+        return closed_form(student_logits, *args)
+
+    monkeypatch.setattr(kd, "forward_kl_closed_form", spy)
+    h_s, w_s, h_t, w_t, targets = make_case()
+    s = KDSettings(divergence="forward_kl", temperature=temperature, kd_weight=0.7, ce_weight=ce_weight)
+    with torch.no_grad():
+        values = online_kd_loss(h_s, w_s, h_t, w_t, targets, s, normalizer=50, chunk_size=chunk)
+    out = online_kd_loss(h_s, w_s, h_t, w_t, targets, s, normalizer=50, chunk_size=chunk)
+    out.loss.backward()
+    assert max(block_rows) == 3 and sum(block_rows) == 2 * h_s.shape[0]  # every row, in blocks, twice
+
+    h_s2, w_s2 = h_s.detach().clone().requires_grad_(True), w_s.detach().clone().requires_grad_(True)
+    ref, ref_kd, ref_ce = reference_loss(h_s2, w_s2, h_t, w_t, targets, s, 50, 50)
+    ref.backward()
+    for got in (values, out):
+        torch.testing.assert_close(got.loss.double(), ref, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got.kd.double(), ref_kd, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got.ce.double(), ref_ce, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(h_s.grad, h_s2.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w_s.grad, w_s2.grad, rtol=1e-4, atol=1e-6)
