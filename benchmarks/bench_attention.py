@@ -23,17 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_hidden_kd import rss, rss_hwm_reset  # noqa: E402  (benchmarks/ is the script's directory)
+from bench_hidden_kd import measure_steps  # noqa: E402  (benchmarks/ is the script's directory)
 
 CASES = {
     "logit, sdpa": ("sdpa", {}),
@@ -47,10 +45,7 @@ HEAD_DIM = 64
 def run_case(name: str, a) -> dict:
     from distill_plugin import methods
     from distill_plugin.args import DistillConfig
-    from distill_plugin.losses import supervised_mask
-    from distill_plugin.modeling import model_inputs
     from distill_plugin.testing.tiny import build_model, build_tokenizer
-    from distill_plugin.trainer import student_objective
 
     torch.set_num_threads(a.threads)
     device, tok = torch.device(a.device), build_tokenizer()
@@ -64,37 +59,7 @@ def run_case(name: str, a) -> dict:
     config = DistillConfig(teacher="bench", kd_weight=0.5, ce_weight=0.5, **keys)
     setup = methods.Setup(config, tok, student, device, teacher_model=teacher)
     source, terms = methods.teacher_source(config, setup), methods.loss_terms(config, setup)
-    optimizer = torch.optim.SGD(student.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 256, (a.batch, a.seq), generator=g).to(device)
-    labels = ids.clone()
-    labels[:, : a.seq // 2] = -100
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-
-    def step():
-        mask = supervised_mask(labels)
-        signals = source.signals(inputs, mask)
-        objective, _ = student_objective(student.forward, student, labels, mask, terms, signals, **model_inputs(inputs))
-        (objective / mask.sum()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(a.warmup):
-        step()
-    base = rss_hwm_reset() if device.type == "cpu" else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 1024**3
-    times = []
-    for _ in range(a.repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = rss("VmHWM") if device.type == "cpu" else torch.cuda.max_memory_allocated() / 1024**3
-    pairs = next((t.pairs for t in terms if hasattr(t, "pairs")), ())
-    return {"case": name, "ms": 1000 * statistics.median(times), "peak_gib": peak - base, "pairs": str(list(pairs))}
+    return measure_steps(name, a, device, student, source, terms, list(student.parameters()))
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,26 +44,14 @@ def rss(key: str) -> float:
     return float("nan")
 
 
-def run_case(name: str, a) -> dict:
-    from distill_plugin.args import DistillConfig
+def measure_steps(name: str, a, device, student, source, terms, params) -> dict:
+    """Time the case's training step (teacher forward → student forward with ``terms`` → backward → SGD
+    over ``params``) on random ids, half of each row prompt: median over ``a.repeats`` steps after
+    ``a.warmup``, and the peak memory above the models' (module docstring)."""
     from distill_plugin.losses import supervised_mask
     from distill_plugin.modeling import model_inputs
-    from distill_plugin.teachers import TeacherModelSource
-    from distill_plugin.testing.tiny import build_model, build_tokenizer
     from distill_plugin.trainer import student_objective
 
-    torch.set_num_threads(a.threads)
-    device, tok = torch.device(a.device), build_tokenizer()
-    teacher = build_model(None, tok, a.teacher_hidden, a.teacher_layers, vocab_pad_to=a.vocab, seed=1).to(device).eval().requires_grad_(False)
-    student = build_model(None, tok, a.student_hidden, a.student_layers, vocab_pad_to=a.vocab, seed=2).to(device).train()
-    config = DistillConfig(teacher="bench", kd_weight=0.5, ce_weight=0.5, **CASES[name])
-    terms = config.loss_terms(student, teacher)
-    source = TeacherModelSource(teacher, a.vocab)
-    teacher_layers = {h for t in terms for h in getattr(t, "teacher_layers", ())}
-    if teacher_layers:
-        source.request_hidden(teacher_layers)
-    projectors = [t.trainable.to(device) for t in terms if getattr(t, "trainable", None) is not None]
-    params = list(student.parameters()) + [p for m in projectors for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=1e-4)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 256, (a.batch, a.seq), generator=g).to(device)
@@ -95,7 +82,27 @@ def run_case(name: str, a) -> dict:
         times.append(time.perf_counter() - start)
     peak = rss("VmHWM") if device.type == "cpu" else torch.cuda.max_memory_allocated() / 1024**3
     pairs = next((t.pairs for t in terms if hasattr(t, "pairs")), ())
-    return {"case": name, "ms": 1000 * statistics.median(times), "peak_gib": peak - base, "pairs": str(pairs)}
+    return {"case": name, "ms": 1000 * statistics.median(times), "peak_gib": peak - base, "pairs": str(list(pairs))}
+
+
+def run_case(name: str, a) -> dict:
+    from distill_plugin.args import DistillConfig
+    from distill_plugin.teachers import TeacherModelSource
+    from distill_plugin.testing.tiny import build_model, build_tokenizer
+
+    torch.set_num_threads(a.threads)
+    device, tok = torch.device(a.device), build_tokenizer()
+    teacher = build_model(None, tok, a.teacher_hidden, a.teacher_layers, vocab_pad_to=a.vocab, seed=1).to(device).eval().requires_grad_(False)
+    student = build_model(None, tok, a.student_hidden, a.student_layers, vocab_pad_to=a.vocab, seed=2).to(device).train()
+    config = DistillConfig(teacher="bench", kd_weight=0.5, ce_weight=0.5, **CASES[name])
+    terms = config.loss_terms(student, teacher)
+    source = TeacherModelSource(teacher, a.vocab)
+    teacher_layers = {h for t in terms for h in getattr(t, "teacher_layers", ())}
+    if teacher_layers:
+        source.request_hidden(teacher_layers)
+    projectors = [t.trainable.to(device) for t in terms if getattr(t, "trainable", None) is not None]
+    params = list(student.parameters()) + [p for m in projectors for p in m.parameters()]
+    return measure_steps(name, a, device, student, source, terms, params)
 
 
 def main() -> None:
