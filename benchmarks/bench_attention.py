@@ -20,10 +20,7 @@ on free, so the RSS follows the live tensors instead of keeping what the warm-up
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -31,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_hidden_kd import measure_steps  # noqa: E402  (benchmarks/ is the script's directory)
+from bench_hidden_kd import case_rows, measure_steps, step_parser  # noqa: E402  (benchmarks/ is the script's directory)
 
 CASES = {
     "logit, sdpa": ("sdpa", {}),
@@ -63,28 +60,11 @@ def run_case(name: str, a) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--student-hidden", type=int, default=256)
-    p.add_argument("--teacher-hidden", type=int, default=512)
-    p.add_argument("--student-layers", type=int, default=4)
-    p.add_argument("--teacher-layers", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)  # internal: one case, JSON out
-    a = p.parse_args()
-    if a.case:
-        print(json.dumps(run_case(a.case, a)))
+    a = step_parser(__doc__.splitlines()[0], repeats=3).parse_args()
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
+    rows = case_rows(a, __file__, CASES, run_case, env)
+    if rows is None:
         return
-    rows, env = [], {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
-    for name in CASES:
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--case", name], capture_output=True, text=True,
-                             check=True, env=env)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"device={a.device} B={a.batch} T={a.seq} V={a.vocab} student {a.student_layers}x{a.student_hidden} "
           f"({a.student_hidden // HEAD_DIM} heads), teacher {a.teacher_layers}x{a.teacher_hidden} "
           f"({a.teacher_hidden // HEAD_DIM} heads), fp32, median of {a.repeats}\n")

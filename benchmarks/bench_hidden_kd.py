@@ -105,8 +105,9 @@ def run_case(name: str, a) -> dict:
     return measure_steps(name, a, device, student, source, terms, params)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The step benchmarks' shared options (sizes, device, repeats, threads, the internal ``--case``)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=512)
@@ -115,18 +116,33 @@ def main() -> None:
     p.add_argument("--teacher-hidden", type=int, default=512)
     p.add_argument("--student-layers", type=int, default=4)
     p.add_argument("--teacher-layers", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)  # internal: one case, JSON out
-    a = p.parse_args()
+    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case, JSON out
+    return p
+
+
+def case_rows(a, script: str, cases, run_case, env: dict | None = None) -> list[dict] | None:
+    """With ``--case``: print that case's measurement as JSON and return None. Otherwise run every case of
+    ``cases`` in a fresh subprocess of ``script`` (so one case's memory does not count in another's) and
+    return their measurements."""
     if a.case:
         print(json.dumps(run_case(a.case, a)))
-        return
+        return None
     rows = []
-    for name in CASES:
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--case", name], capture_output=True, text=True, check=True)
+    for name in cases:
+        out = subprocess.run([sys.executable, script, *sys.argv[1:], "--case", name], capture_output=True, text=True,
+                             check=True, env=env)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    a = step_parser(__doc__.splitlines()[0], repeats=5).parse_args()
+    rows = case_rows(a, __file__, CASES, run_case)
+    if rows is None:
+        return
     print(f"device={a.device} B={a.batch} T={a.seq} V={a.vocab} student {a.student_layers}x{a.student_hidden} "
           f"teacher {a.teacher_layers}x{a.teacher_hidden}, median of {a.repeats}\n")
     print("| case | step ms | peak GiB | layer pairs |\n|---|---|---|---|")
