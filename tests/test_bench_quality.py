@@ -57,13 +57,15 @@ def test_every_methods_recipe_has_a_valid_distill_block(name, tmp_path):
     """The block as written into the student's recipe (merged over the base recipe's)."""
     sh = Shared(tmp_path)
     path = student_recipe(tmp_path / "r.yml", QUICK, base_model=tmp_path / "init", data=METHODS[name].data(sh),
-                          output_dir=tmp_path / "out", prepared=tmp_path / "prepared", distill=METHODS[name].distill(sh, QUICK))
+                          output_dir=tmp_path / "out", prepared=tmp_path / "prepared", distill=METHODS[name].distill(sh, QUICK),
+                          extra=METHODS[name].recipe)
     cfg = yaml.safe_load(path.read_text())
     if METHODS[name].distill(sh, QUICK) is None:
         assert "distill" not in cfg and "plugins" not in cfg
     else:
         DistillConfig(**cfg["distill"])
     assert cfg["datasets"][0]["path"].endswith(".jsonl")
+    assert all(cfg[k] == v for k, v in METHODS[name].recipe.items())
     if METHODS[name].tokenizer != "a" and "distill" in cfg:  # the cross-tokenizer rows: the recipe's weights
         assert (cfg["distill"]["kd_weight"], cfg["distill"]["ce_weight"]) == (QUICK.cross_kd_weight, QUICK.cross_ce_weight)
         assert QUICK.cross_ce_weight > 0 and QUICK.cross_ce_weight != QUICK.ce_weight

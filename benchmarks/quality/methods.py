@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill_plugin.demo.run import SUBPROCESS_ENV, thread_env
@@ -121,6 +121,8 @@ class Method:
     around: Callable[[Shared, object], AbstractContextManager] | None = None
     tokenizer: str = "a"
     baseline: str = "sft"
+    # Top-level recipe keys beside the distill: block (e.g. attention transfer's eager attention).
+    recipe: dict = field(default_factory=dict)
 
 
 def distill_data(*args: str, cwd: Path, threads: int = 1) -> float:
@@ -302,6 +304,13 @@ METHODS: dict[str, Method] = {
     "hidden": Method("hidden-state KD (+CE)", distill=lambda sh, s: {
         "teacher": str(sh.teacher), "kd_weight": 0.0, "ce_weight": 1.0, "hidden_weight": s.hidden_weight,
         "hidden_loss": "cosine", "hidden_layers": f"uniform:{s.student_layers}", "hidden_projector": "linear"}),
+    # The attention row's control: the same students with eager attention and no attention term.
+    "fkl_eager": Method("logit KD, forward KL, eager attention", recipe={"attn_implementation": "eager"},
+                        distill=lambda sh, s: logit_kd(sh, s, "forward_kl")),
+    # Attention transfer on top of forward KL: eager attention (the only kind that returns probabilities).
+    "attention": Method("logit KD + attention transfer (forward KL, uniform:2)", recipe={"attn_implementation": "eager"},
+                        distill=lambda sh, s: {**logit_kd(sh, s, "forward_kl"), "attention_weight": s.attention_weight,
+                                               "attention_layers": "uniform:2"}),
     # No teacher model: the student's own moving average (the warm regime: it regularises, adds no knowledge).
     "ema": Method("EMA self-distillation (no teacher, forward KL + CE)", distill=ema_self),
     # Two stages: teacher -> middle model (prepare) -> student, against "fkl" (teacher -> student).

@@ -178,7 +178,9 @@ REGIMES: dict[str, Regime] = {r.name: r for r in (
                        "reverse KL and JSD at least as valid as forward KL, with a lower entropy ratio and "
                        "coverage; ULD and the hybrid below SFT-B in sequence KL; progressive KD (--method) at or "
                        "below direct forward KL (its middle model learns from the same 200 draws, so it knows less "
-                       "than the teacher, and a 2× width gap leaves no capacity gap to bridge)",
+                       "than the teacher, and a 2× width gap leaves no capacity gap to bridge); attention transfer on top of "
+                       "forward KL (--method) within noise of forward KL (the logits already carry the source's "
+                       "two-letter context)",
            settings=UNCERTAIN, quick=UNCERTAIN_QUICK, metrics=SOURCE_METRICS,
            methods=("sft", "fkl", "rkl", "jsd", "topk", "sft_b", "uld", "uld_hybrid")),
     Regime("warm", "warm students: the uncertain source, students SFT'd first", data="source",

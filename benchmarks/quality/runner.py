@@ -145,7 +145,8 @@ def student_runs(out: Path, sh: Shared, rows: dict[str, tuple[str, Settings]], s
         init = student_init(sdir, sh, s, m.tokenizer)
         recipe = student_recipe(sdir / "recipes" / f"{row}.yml", s, base_model=init, data=m.data(sh),
                                 output_dir=sdir / row, prepared=out / "prepared", distill=m.distill(sh, s),
-                                tokenizer=student_tokenizer(out, m.tokenizer), pad_to_multiple_of=s.pad_to_multiple_of)
+                                tokenizer=student_tokenizer(out, m.tokenizer), pad_to_multiple_of=s.pad_to_multiple_of,
+                                extra=m.recipe)
         runs[f"s{seed}_{row}"] = (row, recipe, s.student_steps)
     return runs
 

@@ -30,6 +30,7 @@ class Settings(Budget):
     cross_ce_weight: float = 1.0
     cross_uld_weight: float = 1.0  # hybrid: ULD against the next-byte term (``distill.uld_weight``)
     top_k: int = 16
+    attention_weight: float = 1.0  # attention transfer's row, beside forward KL at kd_weight
     ema_decay: float = 0.99  # EMA self-distillation: an average over about the last 100 of the warm regime's 150 steps
     middle_hidden: int = 72  # progressive KD's middle model, between the teacher (96 × 3) and the students (48 × 2)
     middle_layers: int = 3

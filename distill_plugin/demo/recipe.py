@@ -40,13 +40,15 @@ def base_recipe() -> dict:
 
 
 def student_recipe(path: Path, s, *, base_model: Path, data: Path, output_dir: Path, prepared: Path,
-                   distill: dict | None, tokenizer: Path | None = None, pad_to_multiple_of: int | None = None) -> Path:
+                   distill: dict | None, tokenizer: Path | None = None, pad_to_multiple_of: int | None = None,
+                   extra: dict | None = None) -> Path:
     """Write one student recipe to ``path``: the settings ``s`` (steps, batch, lr, seed) on ``data``;
     ``distill=None`` is plain SFT (no plugin, Axolotl's own trainer and loss), otherwise the plugin
     with ``distill`` merged over the base block. Every student of a comparison shares all but these.
     ``tokenizer`` (``tokenizer_config``; default: ``base_model``'s): Axolotl keys a prepared dataset on
     the tokenizer's path, so students that name one tokenizer folder share one tokenised dataset.
-    ``pad_to_multiple_of``: Axolotl's batch padding (its default, 64, pads ~100-token rows to 128)."""
+    ``pad_to_multiple_of``: Axolotl's batch padding (its default, 64, pads ~100-token rows to 128).
+    ``extra``: top-level recipe keys a method needs (e.g. ``attn_implementation: eager``)."""
     base = base_recipe()
     cfg = {
         **base,
@@ -69,6 +71,7 @@ def student_recipe(path: Path, s, *, base_model: Path, data: Path, output_dir: P
         "val_set_size": 0.0,
         "output_dir": str(output_dir),
         "dataset_prepared_path": str(prepared),
+        **(extra or {}),
     }
     if distill is None:
         cfg.pop("plugins")
