@@ -199,3 +199,19 @@ def inside_forward(model: nn.Module, fn: Callable, **kwargs):
         return model(**kwargs)
     finally:
         swap.restore()
+
+
+def keep_4bit_layers_trainable_on_cpu(model: nn.Module) -> int:
+    """Turn off bitsandbytes' CPU inference repacking on ``model``'s 4-bit linears; returns how many.
+
+    bitsandbytes (0.50) repacks a ``Linear4bit``'s weight for its AVX512-BF16 CPU kernel on the first
+    forward in eval mode without gradient, and keeps that layout: the next training forward then takes
+    the inference-only kernel and stops with "a view of a leaf Variable that requires grad is being used
+    in an in-place operation". An evaluation during training (``eval_steps``) is such a forward. Only
+    CPUs with AVX512-BF16 are affected; a frozen teacher keeps the repacking (it never trains)."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

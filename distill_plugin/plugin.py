@@ -105,10 +105,12 @@ class DistillPlugin(BasePlugin):
 
     @exits_on_setup_error
     def post_trainer_create(self, cfg, trainer) -> None:
+        from .modeling import keep_4bit_layers_trainable_on_cpu, unwrap_causal_lm
+
+        keep_4bit_layers_trainable_on_cpu(trainer.model)
         config = distill_config_of(cfg)
         if config is None or not hasattr(trainer, "setup_distillation"):
             return
-        from .modeling import unwrap_causal_lm
 
         setup = methods.Setup(config, trainer.processing_class, unwrap_causal_lm(trainer.model), trainer.args.device,
                               log=LOG)

@@ -41,7 +41,8 @@ from .losses.chunked import supervised_mask
 from .hidden.capture import hidden_rows
 from .hidden.projector import PROJECTOR_FILE, load_projectors, save_projectors
 from .losses.terms import LossTerm, TermOutput, check_signals, metric_names, run_terms
-from .modeling import inside_forward, model_inputs, through_head, unwrap_causal_lm, unwrap_distributed
+from .modeling import (inside_forward, keep_4bit_layers_trainable_on_cpu, model_inputs, through_head, unwrap_causal_lm,
+                       unwrap_distributed)
 from .signals import LABELS, StudentRows
 
 
@@ -367,6 +368,7 @@ def make_trl_trainer_class():
 
         def __init__(self, *args, teacher_model=None, distill_config: DistillConfig | dict | None = None, **kwargs):
             super().__init__(*args, **kwargs)
+            keep_4bit_layers_trainable_on_cpu(self.model)
             fields = dict(distill_config or {}) if not isinstance(distill_config, DistillConfig) else distill_config.model_dump()
             fields, teacher_model = methods.with_teacher_model(fields, teacher_model, self.args.device)
             config = DistillConfig.model_validate(fields)

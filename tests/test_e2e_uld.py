@@ -81,7 +81,10 @@ def canonical_share(student_path, rows, new_tokens=40) -> float:
     for row in rows:
         prompt = tok.apply_chat_template(row["messages"][:1], add_generation_prompt=True, return_dict=True,
                                          return_tensors="pt")["input_ids"]
-        out = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        # min_new_tokens: the share measures which tokens it writes, so a student that would end the turn at
+        # once (its greedy first token EOS) still writes some to measure.
+        out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=8, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
         ids = [i for i in out[0, prompt.shape[1]:].tolist() if i != tok.eos_token_id and i != tok.pad_token_id]
         text = b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
         written += len(tok(text, add_special_tokens=False)["input_ids"])

@@ -93,3 +93,41 @@ def test_an_engine_that_gathers_around_forward_sees_the_full_lm_head(tiny_pair, 
         engine = GatherAroundForward(student)
         assert student.lm_head.weight.numel() == 0
         torch.testing.assert_close(trainer.compute_loss(engine, batch), expected)
+
+
+def _eval_then_train(layer) -> None:
+    """An evaluation's forward (eval mode, no gradient), then a training forward and backward."""
+    import torch
+
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        layer.eval()(x)
+    y = layer.train()(x.requires_grad_())
+    y.sum().backward()
+
+
+def test_4bit_layers_keep_training_after_an_evaluation_on_cpu():
+    """bitsandbytes repacks a 4-bit weight for its AVX512-BF16 inference kernel on the first eval forward
+    and keeps it; with the repacking off (what the plugin and the TRL trainer do to the student) a
+    training forward after an evaluation works. Where the CPU has AVX512-BF16 the unguarded layer is
+    also checked to fail, so the guard is known to be what makes the difference."""
+    import pytest
+    import torch
+
+    bnb = pytest.importorskip("bitsandbytes")
+    from bitsandbytes.functional import has_avx512bf16
+
+    from distill_plugin.modeling import keep_4bit_layers_trainable_on_cpu
+
+    def layer():
+        torch.manual_seed(0)
+        lin = bnb.nn.Linear4bit(64, 32, bias=True, compute_dtype=torch.float32, quant_type="nf4")
+        lin.load_state_dict(torch.nn.Linear(64, 32).state_dict())
+        return torch.nn.Sequential(lin.to("cpu"))
+
+    guarded = layer()
+    assert keep_4bit_layers_trainable_on_cpu(guarded) == (1 if has_avx512bf16() else 0)
+    _eval_then_train(guarded)
+    if has_avx512bf16():
+        with pytest.raises(RuntimeError, match="leaf Variable"):
+            _eval_then_train(layer())

@@ -106,13 +106,19 @@ def reloaded(run: Run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from distill_plugin.modeling import keep_4bit_layers_trainable_on_cpu
+
     if not (run.out / "adapter_config.json").exists():
         return full_model(run.out)
     kwargs = {}
     if run.config.get("load_in_4bit"):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
-    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.student, dtype=torch.float32, **kwargs), run.out)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.student, dtype=torch.float32, **kwargs), run.out)
+    # The probe's logits came from the training run's 4-bit kernel; bitsandbytes' AVX512-BF16 inference
+    # kernel (taken in eval mode on such CPUs) rounds differently, so compare on the same kernel.
+    keep_4bit_layers_trainable_on_cpu(model)
+    return model
 
 
 def assert_gives_the_end_logits(run: Run, model) -> None:

@@ -113,4 +113,7 @@ class ProbePlugin(BasePlugin):
     """Adds the recording callback to the trainer (listed after the plugin under test)."""
 
     def add_callbacks_post_trainer(self, cfg, trainer):
+        from ..modeling import keep_4bit_layers_trainable_on_cpu
+
+        keep_4bit_layers_trainable_on_cpu(trainer.model)  # also for twins of recipes without the plugin
         return [_Probe(trainer)]
