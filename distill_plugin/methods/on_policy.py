@@ -9,7 +9,7 @@ their supervised tokens, and the sampling statistics are logged.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -17,7 +17,7 @@ from ..errors import SetupError
 from .base import FieldsBase, Method
 
 # Sampling settings, meaningful only when something is sampled.
-GENERATION_ONLY = ("max_new_tokens", "generation_temperature", "generation_top_p", "generation_backend")
+GENERATION_ONLY = ("max_new_tokens", "generation_temperature", "generation_top_p", "generation_backend", "vllm_options")
 
 
 class OnPolicyFields(FieldsBase):
@@ -34,6 +34,9 @@ class OnPolicyFields(FieldsBase):
     generation_backend: Literal["hf", "vllm"] = Field(
         "hf", description="`hf`: the training model itself (batched KV-cached sampling, finished rows dropped); `vllm`: a colocated vLLM engine, student weights synced before each step."
     )
+    vllm_options: dict[str, Any] | None = Field(
+        None, description="Keyword arguments of `vllm.LLM` for the colocated engine (e.g. `gpu_memory_utilization` (default 0.3), `max_model_len`, `enforce_eager`); with `generation_backend: vllm` only."
+    )
 
     @model_validator(mode="after")
     def _check_on_policy(self):
@@ -41,6 +44,8 @@ class OnPolicyFields(FieldsBase):
         self.refuse_unless(GENERATION_ONLY, sampled, "without `on_policy_fraction` > 0 or `seq_kd`")
         if not sampled:
             return self
+        if self.vllm_options is not None and self.generation_backend != "vllm":
+            raise ValueError("distill.vllm_options has no effect without `generation_backend: vllm`; remove it")
         if getattr(self, "teacher", None) is None or getattr(self, "teacher_logits", None) is not None:
             raise ValueError("distill: `on_policy_fraction` / `seq_kd` need the online `teacher` alone: stored "
                              "`teacher_logits` cannot score freshly sampled completions")

@@ -104,6 +104,6 @@ def on_policy_steps(config, tokenizer, student: torch.nn.Module, teacher: torch.
         return None
     sampling = SamplingParams(n=1, temperature=config.generation_temperature, top_p=config.generation_top_p,
                               max_tokens=config.max_new_tokens)
-    rollout = Rollout(tokenizer, sampling, backend=config.generation_backend)
+    rollout = Rollout(tokenizer, sampling, backend=config.generation_backend, vllm_options=config.vllm_options)
     return OnPolicySteps(StepSchedule(config.on_policy_fraction, seed), rollout, tokenizer,
                          stop_ids(tokenizer, student), teacher=teacher, seq_kd=config.seq_kd)

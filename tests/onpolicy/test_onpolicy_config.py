@@ -13,13 +13,15 @@ ONLINE = {"teacher": "t", "divergence": "jsd"}
 
 
 @pytest.mark.parametrize("key,value", [("max_new_tokens", 64), ("generation_temperature", 0.7),
-                                       ("generation_top_p", 0.9), ("generation_backend", "vllm")])
+                                       ("generation_top_p", 0.9), ("generation_backend", "vllm"),
+                                       ("vllm_options", {"gpu_memory_utilization": 0.5})])
 def test_sampling_keys_need_something_sampled(key, value):
     assert key in GENERATION_ONLY
     with pytest.raises(ValidationError, match=f"distill.{key} has no effect without"):
         DistillConfig(**ONLINE, **{key: value})
-    DistillConfig(**ONLINE, on_policy_fraction=0.5, **{key: value})
-    if key != "generation_backend":
+    vllm = {"generation_backend": "vllm"} if key == "vllm_options" else {}
+    DistillConfig(**ONLINE, on_policy_fraction=0.5, **vllm, **{key: value})
+    if key not in ("generation_backend", "vllm_options"):
         DistillConfig(**ONLINE, seq_kd=True, **{key: value})
 
 
@@ -29,6 +31,7 @@ def test_sampling_keys_need_something_sampled(key, value):
     ({"on_policy_fraction": 1.0, "seq_kd": True}, "seq_kd has no effect"),
     ({"on_policy_fraction": 0.5, "ce_weight": 0.5}, "ce_weight > 0"),
     ({"seq_kd": True, "generation_backend": "vllm"}, "hf` backend only"),
+    ({"on_policy_fraction": 0.5, "vllm_options": {"enforce_eager": True}}, "vllm_options has no effect without `generation_backend: vllm`"),
     ({"on_policy_fraction": 1.5}, "less than or equal to 1"),
 ])
 def test_settings_that_cannot_work_are_refused(fields, message):
