@@ -1,23 +1,27 @@
 """Step time and tokens/s of on-policy (GKD) vs off-policy distillation steps, and where the time goes.
 
-One step, as the trainer runs it: (on-policy only) the student samples a completion for every
-prompt of the micro-batch (``OnPolicySteps.generated``: the rollout, then the rows are rebuilt) →
-teacher forward (no grad) → student forward with the fused JSD loss inside → backward → optimizer
-step (``DistillTrainerMixin.compute_loss``, the HF Trainer loop around it left out). Prompts are the
-demo's addition chats (``distill_plugin.testing.addition``) rendered with the student's chat
-template; off-policy steps train on the data's answers. Cases:
+One optimizer step, as the trainer runs it: (on-policy only) the student samples a completion for
+every prompt of the step's ``--accumulation`` micro-batches (``OnPolicySteps.generated_together``: the
+rollout, then the rows are rebuilt) → per micro-batch: teacher forward (no grad) → student forward with
+the fused JSD loss inside → backward; then the optimizer step (``DistillTrainerMixin.compute_loss``,
+the HF Trainer loop around it left out). Prompts are the demo's addition chats
+(``distill_plugin.testing.addition``) rendered with the student's chat template; off-policy steps
+train on the data's answers. Cases:
 
-    off-policy              the data's completions
-    on-policy               the ``hf`` rollout (``generation.decode.sample_tokens``)
-    on-policy (generate)    the former ``hf`` rollout, ``model.generate`` through ``HFBackend``, for reference
+    off-policy                      the data's completions
+    on-policy                       the trainer's path: the step's micro-batches sampled in one rollout
+                                    (``generation.decode.sample_tokens``)
+    on-policy (per micro-batch)     the same sampler, one rollout per micro-batch (only with --accumulation > 1)
+    on-policy (generate)            ``model.generate`` through ``HFBackend``, one call per micro-batch, for reference
 
-The cases run interleaved (one step of each per batch, the order rotated), so a contended machine
-slows them alike. Reported per case: median step time over ``--repeats`` steps after ``--warmup``,
-its split into generation and loss (teacher + student forward + backward + step), the median
-(min–max) of the per-step generation share, supervised tokens per step and tokens/s (supervised
-tokens / step time), and the generated tokens per second of the sampling phase.
+The cases run interleaved (one step of each, the order rotated), so a contended machine slows them
+alike. Reported per case: median step time over ``--repeats`` steps after ``--warmup``, its split into
+generation and loss (teacher + student forward + backward + step), the median (min–max) of the
+per-step generation share, supervised tokens per step and tokens/s (supervised tokens / step time),
+and the generated tokens per second of the sampling phase.
 
-    python benchmarks/bench_onpolicy.py                      # tiny pair on CPU
+    python benchmarks/bench_onpolicy.py                      # tiny pair on CPU, one micro-batch per step
+    python benchmarks/bench_onpolicy.py --accumulation 4     # the GKD recipe's accumulation
     python benchmarks/bench_onpolicy.py --device cuda --student Qwen/Qwen2.5-1.5B-Instruct \\
         --teacher Qwen/Qwen2.5-7B-Instruct --batch 8 --max-new-tokens 512 --dtype bfloat16
 """
@@ -87,7 +91,7 @@ class GenerateRollout:
         return out
 
 
-CASES = ("off-policy", "on-policy", "on-policy (generate)")
+CASES = ("off-policy", "on-policy", "on-policy (per micro-batch)", "on-policy (generate)")
 
 
 def run(a) -> list[dict]:
@@ -113,22 +117,26 @@ def run(a) -> list[dict]:
     steps = trainer.distill_hooks["on_policy"].steps
     reference = copy.copy(steps)
     reference.rollout = GenerateRollout(steps.rollout)
-    samplers = {"on-policy": steps, "on-policy (generate)": reference}
-    data = [{k: v.to(a.device) for k, v in b.items()} for b in batches(tok, a.warmup + a.repeats, a.batch)]
+    data = [{k: v.to(a.device) for k, v in b.items()} for b in batches(tok, (a.warmup + a.repeats) * a.accumulation, a.batch)]
+    groups = [data[i:i + a.accumulation] for i in range(0, len(data), a.accumulation)]
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    cases = [c for c in CASES if c in a.cases]
+    cases = [c for c in CASES if c in a.cases and (a.accumulation > 1 or c != "on-policy (per micro-batch)")]
+    sample = {"on-policy": lambda g: steps.generated_together(g, student),
+              "on-policy (per micro-batch)": lambda g: [steps.generated(b, student) for b in g],
+              "on-policy (generate)": lambda g: [reference.generated(b, student) for b in g],
+              "off-policy": lambda g: g}
     times = {c: {"step": [], "generation": [], "loss": [], "tokens": [], "generated": []} for c in cases}
-    for i, batch in enumerate(data):  # the cases interleaved, one step each per batch, order rotated
+    for i, group in enumerate(groups):  # the cases interleaved, one step each per group, order rotated
         for case in cases[i % len(cases):] + cases[: i % len(cases)]:
             student.train()
             sync()
             start = time.perf_counter()
-            inputs = samplers[case].generated(batch, student) if case in samplers else batch
+            inputs = sample[case](group)
             sync()
             mid = time.perf_counter()
-            n = inputs["labels"][:, 1:].ne(-100).sum()
-            loss = trainer.compute_loss(student, inputs, num_items_in_batch=n)
-            loss.backward()
+            n = sum(b["labels"][:, 1:].ne(-100).sum() for b in inputs)
+            for b in inputs:
+                trainer.compute_loss(student, b, num_items_in_batch=n).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sync()
@@ -139,7 +147,7 @@ def run(a) -> list[dict]:
                 t["generation"].append(mid - start)
                 t["loss"].append(end - mid)
                 t["tokens"].append(int(n))
-                t["generated"].append(int(inputs["labels"].ne(-100).sum()) if case in samplers else 0)
+                t["generated"].append(sum(int(b["labels"].ne(-100).sum()) for b in inputs) if case != "off-policy" else 0)
     results = []
     for case, t in times.items():
         step, gen = statistics.median(t["step"]), statistics.median(t["generation"])
@@ -148,7 +156,7 @@ def run(a) -> list[dict]:
             "case": case, "step_ms": 1e3 * step, "generation_ms": 1e3 * gen, "loss_ms": 1e3 * statistics.median(t["loss"]),
             "share": statistics.median(shares), "share_range": (min(shares), max(shares)),
             "tokens": statistics.mean(t["tokens"]), "tokens_per_s": statistics.mean(t["tokens"]) / step,
-            "gen_tokens_per_s": statistics.mean(t["generated"]) / gen if case in samplers else float("nan"),
+            "gen_tokens_per_s": statistics.mean(t["generated"]) / gen if case != "off-policy" else float("nan"),
         })
     return results
 
@@ -161,7 +169,8 @@ def main(argv=None) -> None:
     p.add_argument("--student-hidden", type=int, default=32)
     p.add_argument("--teacher-hidden", type=int, default=48)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8, help="rows per micro-batch")
+    p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=8)
@@ -171,7 +180,7 @@ def main(argv=None) -> None:
     if (a.student is None) != (a.teacher is None):
         p.error("give both --student and --teacher, or neither (tiny pair)")
     rows = run(a)
-    print(f"device {a.device}, batch {a.batch}, max_new_tokens {a.max_new_tokens}, {a.threads} thread(s), "
+    print(f"device {a.device}, batch {a.batch} x {a.accumulation} micro-batch(es), max_new_tokens {a.max_new_tokens}, {a.threads} thread(s), "
           f"median of {a.repeats} steps after {a.warmup} warm-up, cases interleaved")
     print("| case | step ms | generation ms | loss ms | generation share (min–max) | supervised tokens/step | tokens/s | generated tokens/s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -47,18 +47,19 @@ def main(teacher_path: str, student_path: str, out: str) -> None:
         force_eos(student, eos_ids[0])
 
     sampled = []  # (step, prompts given, prompts of the generated rows, completion lengths)
-    generated = trainer.distill_hooks["on_policy"].steps.generated
+    generated = trainer.distill_hooks["on_policy"].steps.generated_together
 
-    def recording(batch, model):
-        out_batch = generated(batch, model)
-        prompts = split_prompts(batch["input_ids"], batch["labels"], batch.get("attention_mask"))
-        labels = out_batch["labels"]
-        lengths = [int((labels[b] != -100).sum()) for b in range(labels.shape[0])]
-        sampled.append((trainer.state.global_step, prompts, split_prompts(out_batch["input_ids"], labels,
-                        out_batch["attention_mask"]), lengths))
-        return out_batch
+    def recording(batches, model):
+        out_batches = generated(batches, model)
+        for batch, out_batch in zip(batches, out_batches):
+            prompts = split_prompts(batch["input_ids"], batch["labels"], batch.get("attention_mask"))
+            labels = out_batch["labels"]
+            lengths = [int((labels[b] != -100).sum()) for b in range(labels.shape[0])]
+            sampled.append((trainer.state.global_step, prompts, split_prompts(out_batch["input_ids"], labels,
+                            out_batch["attention_mask"]), lengths))
+        return out_batches
 
-    trainer.distill_hooks["on_policy"].steps.generated = recording
+    trainer.distill_hooks["on_policy"].steps.generated_together = recording
     trainer.train()
     seen = [(step, int((batch["labels"][:, 1:] != -100).sum()), int(n)) for step, batch, n in trainer.seen]
     records = [None] * world

@@ -230,31 +230,41 @@ def test_trl_trainer_takes_the_same_settings(tiny_pair, arithmetic_data, tmp_pat
     assert all(h["kd_loss"] > 0 for h in steps)
 
 
-@pytest.mark.parametrize("who", ["student", "teacher"])
-def test_completions_are_the_samplers_own(tiny_pair, tmp_path, who):
+@pytest.mark.parametrize("who,layout", [("student", "one batch"), ("teacher", "one batch"),
+                                        ("student", "accumulated"), ("student", "accumulated, capped")])
+def test_completions_are_the_samplers_own(tiny_pair, tmp_path, who, layout):
     """Greedy sampling makes the sampler's completions known in advance: on a student step (λ = 1) the
-    batches hold the student's continuation of each prompt, on a seq_kd step (λ = 0) the teacher's."""
+    batches hold the student's continuation of each prompt, on a seq_kd step (λ = 0) the teacher's.
+    With gradient accumulation the step's micro-batches are sampled in one rollout (``accumulated``), or
+    in rollouts of ``generation_batch_size`` rows (``capped``), and each sample returns to its own row."""
     tok, teacher, student = load_pair(tiny_pair)
     sharpen(teacher, 0.3, seed=1)  # a peaked teacher, whose greedy continuation differs from the student's
     data = chat_rows(tok, n=4)
     mode = {"on_policy_fraction": 1.0} if who == "student" else {"seq_kd": True}
-    config = DistillConfig(**GKD, **SAMPLING, generation_temperature=0.0, **mode)
+    cap = {"generation_batch_size": 3} if layout.endswith("capped") else {}
+    config = DistillConfig(**GKD, **SAMPLING, generation_temperature=0.0, **mode, **cap)
     prompts = prompts_of(data, copies=1)
     greedy = Rollout(tok, SamplingParams(n=1, temperature=0.0, max_tokens=12))
     expected = {who: greedy.sample(model, prompts) for who, model in (("student", student), ("teacher", teacher))}
     assert expected["student"] != expected["teacher"]
-    trainer = make_trainer(tmp_path, tok, teacher, student, config, data, bs=4, ga=1, steps=1)
+    bs, ga = (4, 1) if layout == "one batch" else (2, 2)
+    trainer = make_trainer(tmp_path, tok, teacher, student, config, data, bs=bs, ga=ga, steps=1)
+    rollout = trainer.distill_hooks["on_policy"].steps.rollout
+    calls, sample = [], rollout.sample
+    rollout.sample = lambda model, rows: calls.append(len(rows)) or sample(model, rows)
     logs = train_logs(trainer)
-    ((_, batch, n_items),) = trainer.seen
+    assert calls == ([3, 1] if cap else [4])
+    assert len(trainer.seen) == ga
     got = {}
-    for b in range(batch["labels"].shape[0]):
-        supervised = batch["labels"][b] != -100
-        first = int(supervised.nonzero()[0])
-        got[tuple(batch["input_ids"][b, :first].tolist())] = batch["labels"][b][supervised].tolist()
+    for _, batch, _ in trainer.seen:
+        for b in range(batch["labels"].shape[0]):
+            supervised = batch["labels"][b] != -100
+            first = int(supervised.nonzero()[0])
+            got[tuple(batch["input_ids"][b, :first].tolist())] = batch["labels"][b][supervised].tolist()
     stops = stop_ids(tok, student)
     want = {tuple(p): c[: next((i + 1 for i, t in enumerate(c) if t in stops), len(c))] for p, c in zip(prompts, expected[who])}
     assert got == want
-    assert int(n_items) == sum(len(c) for c in want.values())
+    assert all(int(n) == sum(len(c) for c in want.values()) for _, _, n in trainer.seen)
     assert logs[0]["on_policy"] == (1.0 if who == "student" else 0.0)
 
 

@@ -17,7 +17,8 @@ from ..errors import SetupError
 from .base import FieldsBase, Method
 
 # Sampling settings, meaningful only when something is sampled.
-GENERATION_ONLY = ("max_new_tokens", "generation_temperature", "generation_top_p", "generation_backend", "vllm_options")
+GENERATION_ONLY = ("max_new_tokens", "generation_temperature", "generation_top_p", "generation_batch_size",
+                   "generation_backend", "vllm_options")
 
 
 class OnPolicyFields(FieldsBase):
@@ -31,6 +32,9 @@ class OnPolicyFields(FieldsBase):
         1.0, ge=0.0, description="Sampling temperature of the completions (0 = greedy); the loss keeps its own `temperature`."
     )
     generation_top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling of the completions.")
+    generation_batch_size: int | None = Field(
+        None, gt=0, description="Prompts sampled together at most: an optimizer step's micro-batches (all of its gradient accumulation) are sampled in one rollout by default; a cap bounds the KV cache of long completions."
+    )
     generation_backend: Literal["hf", "vllm"] = Field(
         "hf", description="`hf`: the training model itself (batched KV-cached sampling, finished rows dropped); `vllm`: a colocated vLLM engine, student weights synced before each step."
     )
@@ -68,7 +72,8 @@ class OnPolicyHook:
     def batches(self, trainer, iterator):
         # trainer.model, not model_wrapped: DDP's forward may broadcast buffers on every call, and ranks
         # whose samples end at different lengths make different numbers of calls (a deadlock).
-        return self.steps.batches(trainer.state.global_step, iterator, trainer.model)
+        return self.steps.batches(trainer.state.global_step, iterator, trainer.model,
+                                  trainer.args.gradient_accumulation_steps)
 
     def logs(self, trainer) -> dict[str, float]:
         # Summed over processes: each one sampled for its own prompts.
