@@ -103,7 +103,7 @@ def step_flops(a, student, teacher) -> dict[str, float]:
 def ce_chunk(targets, normalizer, block: int):
     """Closed-form CE chunk for ``fused_linear_loss``: ``[Σ ce / N]`` and (softmax − onehot) / N,
     computed over blocks of ``block`` rows (as ours: the fp32 maths stays in cache), the gradient
-    written over the chunk's logits."""
+    written over the chunk's logits (fp32 here)."""
 
     def chunk(logits, start, end):
         grad, total = logits.detach(), None
@@ -114,10 +114,10 @@ def ce_chunk(targets, normalizer, block: int):
                 logp = F.log_softmax(logits[i:j].float(), dim=-1)
                 ce = -logp.gather(1, t[:, None]).sum() / normalizer
                 total = ce if total is None else total + ce
-                if logits.requires_grad:
-                    g = logp.exp_()
+                if logits.requires_grad:  # written over the block's own logits, as ours writes its gradient
+                    g = torch.exp(logp, out=grad[i:j])
                     g[torch.arange(len(t)), t] -= 1.0
-                    grad[i:j] = g.mul_(1.0 / normalizer)
+                    g.mul_(1.0 / normalizer)
         return (total[None], grad) if logits.requires_grad else total[None]
 
     return chunk

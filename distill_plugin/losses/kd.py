@@ -31,11 +31,12 @@ CPU_BLOCK_ELEMENTS = 1 << 20
 __all__ = ["KDSettings", "LossOutput", "combine", "forward_kl_closed_form", "online_kd_loss", "softcap"]
 
 
-def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSettings, normalizer):
+def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSettings, normalizer, out=None):
     """``[objective, kd, ce]`` and d objective / d logits for forward KL, without autograd.
 
     When ``student_logits`` does not require grad only ``[objective, kd, ce]`` is returned.
-    ``teacher_logp`` is consumed (overwritten) to save a buffer.
+    ``teacher_logp`` is consumed (overwritten) to save a buffer; ``out`` (fp32, the logits' shape; it
+    may be ``student_logits``' own storage, read before it is written) receives the gradient.
 
     With q = softmax(z/T) and p the teacher:  d KL(p‖q)/dz = (q − p)/T  and
     d CE/dz = softmax(z) − onehot(target). Skipping the chunk's autograd graph saves several
@@ -59,7 +60,7 @@ def forward_kl_closed_form(student_logits, teacher_logp, targets, settings: KDSe
         kd_coef = settings.kd_scale * inv_t / normalizer
         use_ce = with_ce and settings.ce_weight > 0
         ce_coef = settings.ce_weight / normalizer
-        q = torch.exp(student_logp, out=student_logp)  # reuses the log-probs' buffer
+        q = torch.exp(student_logp, out=student_logp if out is None else out)  # no new buffer either way
         if use_ce and ce_logp is student_logp:  # T = 1: softmax(z) is q itself
             grad = q.mul_(kd_coef + ce_coef).sub_(p.mul_(kd_coef))
         else:
@@ -145,15 +146,17 @@ def online_kd_loss(
         with torch.no_grad():
             teacher_logits = F.linear(teacher_rows[start:end], t_weight, t_bias)
         grad = student_logits.detach()  # same storage: each block's logits are dead once its gradient exists
+        in_place = grad.dtype == torch.float32  # the gradient is written straight into the block's logits
         total = None
         for i in range(0, end - start, block):
             j = min(i + block, end - start)
             block_targets = None if targets is None else targets[start + i:start + j]
             out = forward_kl_closed_form(student_logits[i:j], teacher_logp_of(teacher_logits[i:j]), block_targets,
-                                         settings, normalizer)
+                                         settings, normalizer, out=grad[i:j] if in_place else None)
             if student_logits.requires_grad:
                 out, block_grad = out
-                grad[i:j] = block_grad
+                if not in_place:
+                    grad[i:j] = block_grad
             total = out if total is None else total + out
         return (total, grad) if student_logits.requires_grad else total
 

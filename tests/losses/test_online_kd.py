@@ -140,9 +140,9 @@ def test_cpu_row_blocks_match_reference(monkeypatch, temperature, chunk, ce_weig
     block_rows = []
     closed_form = kd.forward_kl_closed_form
 
-    def spy(student_logits, *args):
+    def spy(student_logits, *args, **kwargs):
         block_rows.append(student_logits.shape[0])
-        return closed_form(student_logits, *args)
+        return closed_form(student_logits, *args, **kwargs)
 
     monkeypatch.setattr(kd, "forward_kl_closed_form", spy)
     h_s, w_s, h_t, w_t, targets = make_case()
