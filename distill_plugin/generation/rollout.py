@@ -107,8 +107,10 @@ def merged_state_dict(model: torch.nn.Module):
 def load_weights_into_vllm(llm, model: torch.nn.Module) -> None:
     """Copy the student's weights into the colocated engine's model (vLLM ``load_weights``)."""
     engine_model = None
-    for path in ("llm_engine.model_executor.driver_worker.model_runner.model",
-                 "llm_engine.model_executor.driver_worker.worker.model_runner.model"):
+    for path in ("llm_engine.model_executor.driver_worker.model_runner.model",  # V0
+                 "llm_engine.model_executor.driver_worker.worker.model_runner.model",  # V0 wrapper, V1 external launcher
+                 # V1 with VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine core runs in this process
+                 "llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner.model"):
         engine_model = llm
         try:
             for attr in path.split("."):
@@ -119,7 +121,8 @@ def load_weights_into_vllm(llm, model: torch.nn.Module) -> None:
     if engine_model is not None:
         engine_model.load_weights(merged_state_dict(model))
         return
-    # vLLM V1 runs the model in a worker: collective_rpc calls a function there with the weights.
+    # vLLM V1 runs the model in a worker process: collective_rpc calls a function there with the
+    # weights (pickled through the engine's message queue: a copy per step, fine for small students).
     weights = [(n, t.cpu()) for n, t in merged_state_dict(model)]
     llm.collective_rpc(_load_in_worker, args=(weights,))
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill_plugin.generation import SamplingParams
-from distill_plugin.generation.rollout import Rollout, generation_mode, merged_state_dict
+from distill_plugin.generation.rollout import Rollout, generation_mode, load_weights_into_vllm, merged_state_dict
 
 PROMPTS = [[1, 2, 3, 4], [5, 6]]
 
@@ -90,6 +90,48 @@ def test_generation_mode_restores_eval_models_too(tiny_pair):
     with generation_mode(model):
         assert not model.training and model.config.use_cache
     assert not model.training
+
+
+class EngineModel:
+    """Where vLLM keeps its model: ``load_weights`` takes (name, tensor) pairs in checkpoint names."""
+
+    def __init__(self):
+        self.loaded = {}
+
+    def load_weights(self, weights):
+        self.loaded.update((name, tensor.clone()) for name, tensor in weights)
+
+
+def nested(path: str, leaf):
+    """An object with ``leaf`` at the dotted ``path`` (the attribute chains of vLLM's engines)."""
+    from types import SimpleNamespace
+
+    for attr in reversed(path.split(".")):
+        leaf = SimpleNamespace(**{attr: leaf})
+    return leaf
+
+
+@pytest.mark.parametrize("path", ["llm_engine.model_executor.driver_worker.model_runner.model",
+                                  "llm_engine.model_executor.driver_worker.worker.model_runner.model",
+                                  "llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner.model",
+                                  "collective_rpc"])
+def test_weights_reach_the_engine_model_in_each_vllm_layout(tiny_pair, path):
+    """vLLM's in-process layouts are found by their attribute chain; otherwise the weights go to the
+    worker through ``collective_rpc`` (which calls the function with the worker first). vLLM itself is
+    not installed here: the stand-ins hold only what the sync touches."""
+    model, _ = student(tiny_pair)
+    engine = EngineModel()
+    if path == "collective_rpc":
+        worker = nested("model_runner.model", engine)
+        llm = nested("llm_engine", object())
+        llm.collective_rpc = lambda fn, args=(): [fn(worker, *args)]
+    else:
+        llm = nested(path, engine)
+    load_weights_into_vllm(llm, model)
+    expected = model.state_dict()
+    assert engine.loaded.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(engine.loaded[name], value)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (optional, GPU only)")
