@@ -5,14 +5,14 @@ optimizer step's ``count`` micro-batches from (``Trainer.get_batch_samples``). F
 marks on-policy, every micro-batch's completions are replaced by the student's samples; with
 ``seq_kd``, the other steps' completions are replaced by the teacher's samples; otherwise batches pass
 through untouched (λ = 0 without ``seq_kd`` trains exactly the off-policy objective). The step's
-micro-batches are read together and their prompts sampled in one rollout (``rows_per_rollout`` rows at
-most per call): a decode step costs about the same for 8 rows as for 32 when the forward is small
-(per-operator overhead on CPU, memory-bound weights on GPU), so gradient accumulation no longer
-multiplies the sampling time. The Trainer then
-counts the supervised tokens of the *new* labels for the whole step (``num_items_in_batch``,
-summed over processes with ``average_tokens_across_devices``), so the loss stays normalised by the
-step's real token count. The teacher source scores the new rows like any batch: the divergence is
-computed at every completion position by the existing fused chunked loss.
+micro-batches are read together and their prompts sampled in one rollout (``generation_batch_size``
+prompts at most per call): a decode step costs about the same for 8 rows as for 32 when the forward
+is small (per-operator overhead on CPU, memory-bound weights on GPU), so gradient accumulation does
+not multiply the sampling time. The Trainer then counts the supervised tokens of the *new* labels
+for the whole step (``num_items_in_batch``, summed over processes with
+``average_tokens_across_devices``), so the loss stays normalised by the step's real token count.
+The teacher source scores the new rows like any batch: the divergence is computed at every
+completion position by the existing fused chunked loss.
 
 Under DDP every process makes the same decision for a step without communicating (the schedule is
 a pure function of (seed, step), and every process's ``global_step`` is the same), samples for its
@@ -43,11 +43,12 @@ from .schedule import StepSchedule
 
 class OnPolicySteps:
     def __init__(self, schedule: StepSchedule, rollout: Rollout, tokenizer, eos_ids: list[int],
-                 teacher: torch.nn.Module | None = None, seq_kd: bool = False, rows_per_rollout: int | None = None):
+                 teacher: torch.nn.Module | None = None, seq_kd: bool = False,
+                 generation_batch_size: int | None = None):
         if seq_kd and teacher is None:
             raise ValueError("distill.seq_kd needs an online teacher model to sample from")
         self.schedule, self.rollout, self.teacher, self.seq_kd = schedule, rollout, teacher, seq_kd
-        self.rows_per_rollout = rows_per_rollout  # None: all of a step's rows in one call
+        self.generation_batch_size = generation_batch_size  # None: all of a step's rows in one call
         self.eos_ids = eos_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
         self._seconds = self._tokens = self._completions = 0
@@ -79,13 +80,14 @@ class OnPolicySteps:
         return self.generated_together([batch], model)[0]
 
     def generated_together(self, batches: list[dict], model: torch.nn.Module) -> list[dict]:
-        """:meth:`generated` of every batch, their prompts sampled together (``rows_per_rollout`` at most
-        per rollout call), in order: prompt j of the flattened list gets sample j either way."""
+        """:meth:`generated` of every batch, their prompts sampled together (``generation_batch_size`` at
+        most per rollout call), in order: prompt j of the flattened list gets sample j either way."""
         start = time.perf_counter()
-        split = [split_prompts(b["input_ids"], b["labels"], b.get("attention_mask"), b.get("position_ids")) for b in batches]
+        split = [split_prompts(b["input_ids"], b["labels"], b.get("attention_mask"), b.get("position_ids"))
+                 for b in batches]
         wanted = [(i, r) for i, prompts in enumerate(split) for r, p in enumerate(prompts) if p is not None]
         flat = [split[i][r] for i, r in wanted]
-        size = self.rows_per_rollout or max(len(flat), 1)
+        size = self.generation_batch_size or max(len(flat), 1)
         samples = [s for at in range(0, len(flat), size) for s in self.rollout.sample(model, flat[at:at + size])]
         completions = [[None] * len(prompts) for prompts in split]
         for (i, r), sample in zip(wanted, samples):
@@ -126,4 +128,4 @@ def on_policy_steps(config, tokenizer, student: torch.nn.Module, teacher: torch.
     rollout = Rollout(tokenizer, sampling, backend=config.generation_backend, vllm_options=config.vllm_options)
     return OnPolicySteps(StepSchedule(config.on_policy_fraction, seed), rollout, tokenizer,
                          stop_ids(tokenizer, student), teacher=teacher, seq_kd=config.seq_kd,
-                         rows_per_rollout=config.generation_batch_size)
+                         generation_batch_size=config.generation_batch_size)
