@@ -23,7 +23,7 @@ and the generated tokens per second of the sampling phase.
     python benchmarks/bench_onpolicy.py                      # tiny pair on CPU, one micro-batch per step
     python benchmarks/bench_onpolicy.py --accumulation 4     # the GKD recipe's accumulation
     python benchmarks/bench_onpolicy.py --device cuda --student Qwen/Qwen2.5-1.5B-Instruct \\
-        --teacher Qwen/Qwen2.5-7B-Instruct --batch 8 --max-new-tokens 512 --dtype bfloat16
+        --teacher Qwen/Qwen2.5-7B-Instruct --batch 8 --accumulation 4 --max-new-tokens 512 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def run(a) -> list[dict]:
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     cases = [c for c in CASES if c in a.cases and (a.accumulation > 1 or c != "on-policy (per micro-batch)")]
     sample = {"on-policy": lambda g: steps.generated_together(g, student),
-              "on-policy (per micro-batch)": lambda g: [steps.generated(b, student) for b in g],
-              "on-policy (generate)": lambda g: [reference.generated(b, student) for b in g],
+              "on-policy (per micro-batch)": lambda g: [steps.generated_together([b], student)[0] for b in g],
+              "on-policy (generate)": lambda g: [reference.generated_together([b], student)[0] for b in g],
               "off-policy": lambda g: g}
     times = {c: {"step": [], "generation": [], "loss": [], "tokens": [], "generated": []} for c in cases}
     for i, group in enumerate(groups):  # the cases interleaved, one step each per group, order rotated

@@ -75,13 +75,10 @@ class OnPolicySteps:
 
         return regenerated()
 
-    def generated(self, batch: dict, model: torch.nn.Module) -> dict:
-        """``batch`` with each row's completion sampled from ``model`` after the row's prompt."""
-        return self.generated_together([batch], model)[0]
-
     def generated_together(self, batches: list[dict], model: torch.nn.Module) -> list[dict]:
-        """:meth:`generated` of every batch, their prompts sampled together (``generation_batch_size`` at
-        most per rollout call), in order: prompt j of the flattened list gets sample j either way."""
+        """Each batch with each row's completion sampled from ``model`` after the row's prompt; the
+        prompts of all batches are sampled together (``generation_batch_size`` at most per rollout
+        call), and prompt j of the flattened list gets sample j."""
         start = time.perf_counter()
         split = [split_prompts(b["input_ids"], b["labels"], b.get("attention_mask"), b.get("position_ids"))
                  for b in batches]
